@@ -1,0 +1,61 @@
+"""Run a local LLM inside your Python process.
+
+>>> from llm_inproc import Message, Role, Session
+>>> with Session() as s:
+...     print(s.prompt([Message(Role.USER, "Why is the sky blue?")], max_tokens=64))
+
+``import llm_inproc`` is cheap: llama.cpp is only loaded when a Session starts.
+"""
+
+from __future__ import annotations
+
+from .config import DEFAULT_MODEL, Config, KnownLLM, Options, default_config, load_config
+from .encoding import PromptEncoding
+from .errors import (
+    BackendError,
+    BusyError,
+    ContextOverflowError,
+    InvalidInputError,
+    LLMError,
+    ModelLoadError,
+    ModelNotFoundError,
+    SessionClosedError,
+)
+from .memory import Conversation, Memory
+from .messages import Message, Role
+from .metrics import Metrics, TokenPerformance
+from .references import ModelRef, PackedFileRef, PackedRepoRef, make_packed_file_ref
+from .sampling import Sampling
+from .session import Session
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "BackendError",
+    "BusyError",
+    "Config",
+    "ContextOverflowError",
+    "Conversation",
+    "InvalidInputError",
+    "KnownLLM",
+    "LLMError",
+    "Memory",
+    "Message",
+    "Metrics",
+    "ModelLoadError",
+    "ModelNotFoundError",
+    "ModelRef",
+    "Options",
+    "PackedFileRef",
+    "PackedRepoRef",
+    "PromptEncoding",
+    "Role",
+    "Sampling",
+    "Session",
+    "SessionClosedError",
+    "TokenPerformance",
+    "default_config",
+    "load_config",
+    "make_packed_file_ref",
+]

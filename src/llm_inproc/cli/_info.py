@@ -1,0 +1,81 @@
+"""``llm-inproc info``: what this installation of llama.cpp can do, and what is cached."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import add_cache_dir_flag
+
+__all__ = ["add_parser", "format_info", "run"]
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser(
+        "info",
+        help="show the llama.cpp build, devices, threads and caches",
+        description="Show the installed llama-cpp-python, its llama.cpp features and devices, "
+        "the default thread count, and the cached models and llama-server builds.",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_cache_dir_flag(p)
+    p.set_defaults(func=run)
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"  # pragma: no cover - the loop always returns
+
+
+def format_info(info: dict[str, Any]) -> str:
+    """The report as aligned human-readable lines."""
+    lines = [
+        f"llama-cpp-python  {info.get('llama_cpp_python_version') or 'not installed'}",
+        f"gpu offload       {'yes' if info.get('gpu_offload') else 'no'}",
+        f"default threads   {info.get('default_threads')} (physical cores)",
+        f"cache dir         {info.get('cache_dir')}",
+    ]
+    if info.get("llama_cpp_error"):
+        lines.append(f"llama_cpp error   {info['llama_cpp_error']}")
+    if info.get("system_info"):
+        lines.append(f"llama.cpp         {info['system_info']}")
+    devices = info.get("devices") or []
+    lines.append(f"devices           {len(devices) or 'none reported'}")
+    for d in devices:
+        memory = f", {_size(d['memory_total'])}" if d.get("memory_total") else ""
+        lines.append(f"  {d['name']} ({d['type']}{memory}): {d['description']}")
+    builds = info.get("llama_server_builds") or []
+    lines.append(f"llama-server      {len(builds)} cached build(s)")
+    for b in builds:
+        lines.append(
+            f"  {b['version']}/{b['preset']}  llama.cpp {b['commit']}  {b['llama_server']}"
+        )
+    models = info.get("cached_models")
+    if models is None:
+        lines.append("models            (listing unavailable)")
+    else:
+        lines.append(f"models            {len(models)} cached")
+        for m in models:
+            if isinstance(m, dict):
+                size = f"  {_size(m['size'])}" if isinstance(m.get("size"), int) else ""
+                lines.append(f"  {m.get('ref') or m.get('path')}{size}")
+            else:
+                lines.append(f"  {m}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..paths import default_cache_dir
+    from ..sysinfo import system_info
+
+    cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    info = system_info(cache_dir)
+    sys.stdout.write((json.dumps(info, indent=2) if args.json else format_info(info)) + "\n")
+    return 0

@@ -1,0 +1,72 @@
+"""``llm-inproc models``: the models in the cache, with their size and origin.
+
+Reads the cache only (no network), so it answers instantly and offline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import add_cache_dir_flag
+
+if TYPE_CHECKING:
+    from ..hub import CachedModel
+
+__all__ = ["Lister", "add_parser", "format_models", "run"]
+
+Lister = Callable[[Path], "list[CachedModel]"]
+"""``cache_dir -> cached models``; ``run`` concatenates the listers it is given."""
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser(
+        "models",
+        help="list the cached models",
+        description="List the models in the cache with their size and where they came from.",
+    )
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+    add_cache_dir_flag(p)
+    p.set_defaults(func=run)
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB"):
+        if value < 1024:
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+def format_models(models: Sequence[CachedModel]) -> str:
+    """Aligned columns: reference, size, source and commit."""
+    rows = [("REF", "SIZE", "SOURCE", "COMMIT")]
+    rows += [(m.ref, _size(m.size), m.source, m.commit[:12]) for m in models]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(r[:3], widths, strict=True)) + "  " + r[3]
+        for r in rows
+    )
+
+
+def run(args: argparse.Namespace, *, listers: Sequence[Lister] | None = None) -> int:
+    """List the cache; ``listers`` defaults to the Hugging Face cache only."""
+    from ..hub import list_cached_models
+    from ..paths import default_cache_dir
+
+    cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    models = [m for lister in (listers or (list_cached_models,)) for m in lister(cache_dir)]
+    if args.json:
+        items = [{**dataclasses.asdict(m), "path": str(m.path)} for m in models]
+        print(json.dumps(items, indent=2))  # noqa: T201 - the command's output
+    elif models:
+        print(format_models(models))  # noqa: T201 - the command's output
+    else:
+        print(f"no models cached in {cache_dir}", file=sys.stderr)  # noqa: T201
+    return 0

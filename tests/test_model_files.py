@@ -1,0 +1,81 @@
+"""Bad model files give our errors, never a crash. Loads run in a subprocess so a
+crash of llama.cpp fails the test instead of killing the test run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from llm_inproc import ModelNotFoundError, Options, Session
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+_LOAD = textwrap.dedent(
+    """
+    import json, sys
+    from llm_inproc import Options, Session, LLMError
+    try:
+        Session(Options(model=sys.argv[1], context_length=256)).close()
+        print(json.dumps({"ok": True}))
+    except LLMError as e:
+        print(json.dumps({"ok": False, "type": type(e).__name__, "msg": str(e)}))
+    """
+)
+
+
+def load_in_subprocess(path: Path) -> dict[str, object]:
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run(
+        [sys.executable, "-c", _LOAD, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert proc.returncode == 0, f"the process died ({proc.returncode}): {proc.stderr[-2000:]}"
+    result: dict[str, object] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        Session(Options(model=str(tmp_path / "nope.gguf")))
+
+
+def test_not_a_gguf_file(tmp_path: Path) -> None:
+    bad = tmp_path / "model.gguf"
+    bad.write_bytes(b"<html>not a model</html>" * 10)
+    r = load_in_subprocess(bad)
+    assert r == {"ok": False, "type": "ModelLoadError", "msg": r["msg"]}
+    assert "not a GGUF file" in str(r["msg"])
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    bad = tmp_path / "empty.gguf"
+    bad.write_bytes(b"")
+    r = load_in_subprocess(bad)
+    assert r["type"] == "ModelLoadError"
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("fraction", [0.001, 0.5, 0.999])
+def test_truncated_model(tmp_path: Path, model_path: Path, fraction: float) -> None:
+    data = model_path.read_bytes()
+    cut = tmp_path / "truncated.gguf"
+    cut.write_bytes(data[: int(len(data) * fraction)])
+    r = load_in_subprocess(cut)
+    assert r["ok"] is False and r["type"] == "ModelLoadError", r
+    assert "truncated" in str(r["msg"]) or "corrupt" in str(r["msg"])
+
+
+def test_gguf_magic_with_garbage(tmp_path: Path) -> None:
+    bad = tmp_path / "garbage.gguf"
+    bad.write_bytes(b"GGUF" + os.urandom(4096))
+    r = load_in_subprocess(bad)
+    assert r["type"] == "ModelLoadError", r

