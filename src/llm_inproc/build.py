@@ -316,6 +316,7 @@ def _build_locked(
         final = version_dir / preset
         tmp = Path(tempfile.mkdtemp(prefix=f".{preset}-", dir=version_dir))
         try:
+            tmp.chmod(0o755)  # mkdtemp's 0700 would hide the build from other users
             (tmp / "bin").mkdir()
             for name in _BINARIES:
                 built = _find_binary(build_dir, f"{name}{_EXE}")

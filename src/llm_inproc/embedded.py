@@ -15,11 +15,20 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .errors import ModelLoadError
 
-__all__ = ["EMBEDDED_MODELS", "EmbeddedModel", "embedded_model_path", "find_embedded"]
+if TYPE_CHECKING:
+    from .hub import CachedModel
+
+__all__ = [
+    "EMBEDDED_MODELS",
+    "EmbeddedModel",
+    "embedded_model_path",
+    "find_embedded",
+    "list_embedded",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -125,3 +134,23 @@ def embedded_model_path(model: EmbeddedModel, cache_dir: Path) -> Path | None:
             tmp.unlink(missing_ok=True)
         marker.write_text(json.dumps({"sha256": model.sha256, **_stamp(target)}))
     return target
+
+
+def list_embedded(cache_dir: Path) -> list[CachedModel]:
+    """Embedded models already assembled in ``cache_dir`` (for ``llm-inproc models``)."""
+    from .hub import CachedModel
+
+    found = []
+    for m in EMBEDDED_MODELS:
+        path = cache_dir / "embedded" / m.filename
+        if path.is_file():
+            found.append(
+                CachedModel(
+                    ref=m.ref,
+                    path=path,
+                    size=path.stat().st_size,
+                    commit="",
+                    source=f"pypi:{m.distribution}",
+                )
+            )
+    return found

@@ -56,12 +56,14 @@ def format_models(models: Sequence[CachedModel]) -> str:
 
 
 def run(args: argparse.Namespace, *, listers: Sequence[Lister] | None = None) -> int:
-    """List the cache; ``listers`` defaults to the Hugging Face cache only."""
+    """List the cache; ``listers`` defaults to the embedded models and the Hugging Face cache."""
+    from ..embedded import list_embedded
     from ..hub import list_cached_models
     from ..paths import default_cache_dir
 
     cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
-    models = [m for lister in (listers or (list_cached_models,)) for m in lister(cache_dir)]
+    listers = listers or (list_embedded, list_cached_models)
+    models = [m for lister in listers for m in lister(cache_dir)]
     if args.json:
         items = [{**dataclasses.asdict(m), "path": str(m.path)} for m in models]
         print(json.dumps(items, indent=2))  # noqa: T201 - the command's output

@@ -36,9 +36,15 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def hub_resolver(ref: str, cache_dir: Path, progress: bool) -> Path:
-    """Download ``ref`` from the Hugging Face Hub, checking for a newer commit."""
+    """An installed package's copy of ``ref`` if there is one, else the Hub's latest commit."""
+    from ..embedded import embedded_model_path, find_embedded
     from ..hub import download_model
 
+    embedded = find_embedded(ref)
+    if embedded is not None:
+        path = embedded_model_path(embedded, cache_dir)
+        if path is not None:
+            return path
     return download_model(ref, cache_dir, progress=progress, update=True)
 
 
