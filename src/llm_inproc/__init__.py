@@ -31,12 +31,12 @@ from .session import Session
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_MODEL",
     "BackendError",
     "BusyError",
     "Config",
     "ContextOverflowError",
     "Conversation",
-    "DEFAULT_MODEL",
     "InvalidInputError",
     "KnownLLM",
     "LLMError",

@@ -59,6 +59,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args))
+    except BrokenPipeError:
+        # The reader went away (``llm-inproc models | head``): not an error.
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("llm-inproc: interrupted", file=sys.stderr)  # noqa: T201
         return 130
