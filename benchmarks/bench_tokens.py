@@ -36,22 +36,31 @@ def _median(values: list[float]) -> float:
 def bench_llm_inproc(model: Path, threads: int, tokens: int, runs: int) -> dict[str, float]:
     from llm_inproc import Message, Options, Role, Session
 
-    gen, pp = [], []
+    gen: list[float] = []
+    pp: list[float] = []
+    wall: list[float] = []
     with Session(Options(model=str(model), threads=threads, context_length=2048)) as s:
         s.prompt([Message(Role.USER, "warm up")], max_tokens=8, temperature=0)
         for i in range(runs):
             # A different prompt each run so the KV cache cannot help prompt processing.
             msgs = [Message(Role.USER, f"{i}: " + PROMPT + " Once upon a time" * 40)]
             before = s.get_metrics()
-            s.prompt(msgs, max_tokens=tokens, temperature=0)
+            first = end = 0.0
+            n = 0
+            for _ in s.prompt_streaming(msgs, max_tokens=tokens, temperature=0):
+                end = time.perf_counter()
+                first = first or end
+                n += 1
             after = s.get_metrics()
+            if n > 1:
+                wall.append((after.generated.count - before.generated.count - 1) / (end - first))
             g = after.generated.count - before.generated.count
             gt = (after.generated.duration - before.generated.duration).total_seconds()
             p = after.prompt.count - before.prompt.count
             pt = (after.prompt.duration - before.prompt.duration).total_seconds()
             gen.append(g / gt)
             pp.append(p / pt)
-    return {"tg": _median(gen), "pp": _median(pp)}
+    return {"tg": _median(gen), "pp": _median(pp), "tg_wall": _median(wall)}
 
 
 def bench_llama_cpp_python(
@@ -221,10 +230,9 @@ def main() -> None:
         print(f"  {name}: {res}", file=sys.stderr)
 
     t = args.threads
-    add(
-        f"llm_inproc Session (in-process, {t} threads)",
-        bench_llm_inproc(model, t, args.tokens, args.runs),
-    )
+    ours = bench_llm_inproc(model, t, args.tokens, args.runs)
+    add(f"llm_inproc Session (own metrics), {t} threads", ours)
+    add(f"llm_inproc Session (client wall clock, streaming), {t} threads", ours, "tg_wall", False)
     add(
         f"llama-cpp-python create_completion, n_threads={t}",
         bench_llama_cpp_python(model, t, args.tokens, args.runs),
