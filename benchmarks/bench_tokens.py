@@ -34,33 +34,12 @@ def _median(values: list[float]) -> float:
 
 
 def bench_llm_inproc(model: Path, threads: int, tokens: int, runs: int) -> dict[str, float]:
-    from llm_inproc import Message, Options, Role, Session
+    from llm_inproc import Options, Session
+    from llm_inproc.bench import measure
 
-    gen: list[float] = []
-    pp: list[float] = []
-    wall: list[float] = []
     with Session(Options(model=str(model), threads=threads, context_length=2048)) as s:
-        s.prompt([Message(Role.USER, "warm up")], max_tokens=8, temperature=0)
-        for i in range(runs):
-            # A different prompt each run so the KV cache cannot help prompt processing.
-            msgs = [Message(Role.USER, f"{i}: " + PROMPT + " Once upon a time" * 40)]
-            before = s.get_metrics()
-            first = end = 0.0
-            n = 0
-            for _ in s.prompt_streaming(msgs, max_tokens=tokens, temperature=0):
-                end = time.perf_counter()
-                first = first or end
-                n += 1
-            after = s.get_metrics()
-            if n > 1:
-                wall.append((after.generated.count - before.generated.count - 1) / (end - first))
-            g = after.generated.count - before.generated.count
-            gt = (after.generated.duration - before.generated.duration).total_seconds()
-            p = after.prompt.count - before.prompt.count
-            pt = (after.prompt.duration - before.prompt.duration).total_seconds()
-            gen.append(g / gt)
-            pp.append(p / pt)
-    return {"tg": _median(gen), "pp": _median(pp), "tg_wall": _median(wall)}
+        r = measure(s, tokens=tokens, runs=runs)
+    return {"tg": r.generation, "pp": r.prompt, "tg_wall": r.generation_wall}
 
 
 def bench_llama_cpp_python(

@@ -46,7 +46,7 @@ def test_help_does_not_load_llama_cpp() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": SRC})
     r = cli("--help")
     assert r.returncode == 0
-    for command in ("prompt", "chat", "pull", "models", "build", "info"):
+    for command in ("prompt", "chat", "pull", "models", "build", "info", "bench"):
         assert command in r.stdout
 
 
@@ -127,3 +127,13 @@ def test_chat_keeps_history_in_memory(model_path: Path, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     memory.load_file(cache / "chat-memory.json")
     assert memory.conversations()[0].messages == []
+
+
+@pytest.mark.model
+def test_bench_reports_rates(model_path: Path) -> None:
+    r = cli("bench", "--json", "--tokens", "8", "--runs", "1", "--context-length", "1024")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["generation"] > 0 and out["prompt"] > 0
+    assert out["tokens"] == 8 and out["runs"] == 1
+    assert cli("bench", "--runs", "0").returncode == 1

@@ -144,6 +144,23 @@ def test_threads_are_serialised(session: Session) -> None:
     assert len(results) == 3 and len(set(results)) == 1
 
 
+def test_metrics_count_requests_processing_and_pending(session: Session) -> None:
+    stream = session.prompt_streaming([Message(Role.USER, "Tell a long story.")], temperature=0)
+    next(iter(stream))
+    waiter = threading.Thread(target=lambda: session.prompt(Q, max_tokens=2, temperature=0))
+    waiter.start()
+    deadline = time.monotonic() + 10
+    while session.get_metrics().requests_pending < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    m = session.get_metrics()
+    assert (m.requests_processing, m.requests_pending) == (1, 1)
+    stream.close()  # type: ignore[attr-defined]
+    waiter.join(60)
+    assert not waiter.is_alive()
+    m = session.get_metrics()
+    assert (m.requests_processing, m.requests_pending) == (0, 0)
+
+
 def test_busy_when_queue_is_full(model_path: object, cache_dir: object) -> None:
     with Session(Options(model=str(model_path), context_length=512, max_pending=0)) as s:
         stream = s.prompt_streaming([Message(Role.USER, "Tell me a long story.")], temperature=0)
