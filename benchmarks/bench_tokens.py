@@ -75,8 +75,8 @@ def find_binary(name: str) -> Path | None:
     if found:
         return Path(found)
     try:
-        from llm_inproc.build import find_llama_server
         from llm_inproc.paths import default_cache_dir
+        from llm_inproc.server_build import find_llama_server
 
         server = find_llama_server(default_cache_dir())
         if server is not None and (server.parent / name).is_file():

@@ -9,27 +9,29 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from llm_inproc.build import (
-    ServerBuild,
-    build_llama_server,
-    cached_server_build,
-    find_llama_server,
-    installed_llama_cpp_version,
-    list_server_builds,
-)
+from llm_inproc.build import installed_llama_cpp_version
 from llm_inproc.errors import InvalidInputError, LLMError
 from llm_inproc.hardware import physical_cores
 from llm_inproc.paths import default_cache_dir
 from llm_inproc.presets import list_presets
+from llm_inproc.server_build import (
+    ServerBuild,
+    build_llama_server,
+    cached_server_build,
+    find_llama_server,
+    list_server_builds,
+)
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 
@@ -172,6 +174,35 @@ def test_every_preset_flag_exists_in_the_vendored_llama_cpp(cpu_build: ServerBui
         )
 
 
+def test_jobs_below_one_are_refused_before_any_work(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInputError, match="jobs must be at least 1"):
+        build_llama_server(tmp_path, "cpu", jobs=0)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake is not installed")
+def test_a_truncated_sdist_is_deleted_so_the_next_build_downloads_it(tmp_path: Path) -> None:
+    version = installed_llama_cpp_version()
+    version_dir = tmp_path / "llama-server" / version
+    (version_dir / "sdist").mkdir(parents=True)
+    tree = tmp_path / "tree" / "pkg" / "vendor" / "llama.cpp"
+    tree.mkdir(parents=True)
+    (tree / "CMakeLists.txt").write_bytes(os.urandom(200_000))  # incompressible
+    archive = version_dir / "sdist" / f"llama_cpp_python-{version}.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tree.parent.parent, "pkg")
+    archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    with pytest.raises(LLMError, match=r"unpack step: .* damaged .* deleted, run the build again"):
+        build_llama_server(tmp_path, "cpu")
+    assert not archive.exists()
+    assert sorted(p.name for p in version_dir.iterdir()) == [
+        ".cpu.lock",
+        ".src.lock",
+        "cpu.log",
+        "sdist",
+    ]
+
+
 # --- info ----------------------------------------------------------------------------------
 
 
@@ -198,7 +229,10 @@ def test_info_json_is_truthful_on_this_cpu_build(info: dict[str, Any]) -> None:
     cpu = next(d for d in info["devices"] if d["type"] == "cpu")
     assert cpu["name"] and cpu["description"]
     assert isinstance(info["llama_server_builds"], list)
-    assert info["cached_models"] is None or isinstance(info["cached_models"], list)
+    # The same models, in the same form, as `llm-inproc models --json` lists.
+    models = run_cli("models", "--json")
+    assert models.returncode == 0, models.stderr
+    assert info["cached_models"] == json.loads(models.stdout)
 
 
 def test_physical_cores_matches_proc_cpuinfo() -> None:

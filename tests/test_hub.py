@@ -108,6 +108,7 @@ def test_first_download_then_no_request(hub: FakeHub, cache: Path) -> None:
         ("HEAD", f"/{REPO}/resolve/main/{Q4}"),
         ("GET", f"/{REPO}/resolve/main/{Q4}"),
     ]
+    assert hub.requests[0].query == "", "only file names are needed: no per-file metadata"
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     assert (cache / "verified" / sha).is_file(), "the verified marker is keyed by the sha256"
 

@@ -257,6 +257,7 @@ BAD_DOCUMENTS = {
     "missing version": '{"c":[]}',
     "version as string": '{"v":"1"}',
     "version as bool": '{"v":true}',
+    "version as float": '{"v":1.0}',
     "unknown top key": '{"v":1,"x":1}',
     "unknown conversation key": '{"v":1,"c":[{"u":"a","z":1}]}',
     "unknown message key": '{"v":1,"c":[{"u":"a","m":[{"r":1,"c":"x","t":0}]}]}',

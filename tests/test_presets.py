@@ -97,6 +97,22 @@ def test_cli_dry_run_prints_the_command(name: str) -> None:
         assert flag in line
 
 
+@pytest.mark.parametrize("name", ["cuda", "vulkan-rpc"])
+def test_cli_server_dry_run_prints_flags_and_target(name: str, tmp_path: Path) -> None:
+    done = run_cli(
+        "build", "--target", "llama-server", "--preset", name, "--dry-run",
+        "--cache-dir", str(tmp_path),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    configure = next(ln for ln in lines if ln.startswith("cmake -S vendor/llama.cpp"))
+    for flag in [*EXPECTED[name], "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_BUILD_SERVER=ON"]:
+        assert flag in configure.split(), flag
+    version = python_build_plan(name).version
+    assert lines[-1] == f"# binaries: {tmp_path / 'llama-server' / version / name / 'bin'}"
+    assert not any(tmp_path.iterdir()), "a dry run creates nothing"
+
+
 def test_cli_lists_presets_and_refuses_unknown_ones() -> None:
     listed = run_cli("build", "--list")
     assert listed.returncode == 0, listed.stderr

@@ -94,8 +94,8 @@ def build_python(
 ) -> PythonBuildPlan:
     """Reinstall llama-cpp-python from source with ``preset``'s flags; returns the plan run.
 
-    ``on_output`` first receives two ``==>`` lines (what is rebuilt, the exact command),
-    then pip's output.
+    ``on_output`` first receives ``==>`` lines (what is rebuilt, the exact command, the
+    log file), then pip's output.
     """
     plan = python_build_plan(preset)
     logs = Path(log_dir) if log_dir is not None else Path(tempfile.gettempdir())
@@ -103,8 +103,9 @@ def build_python(
     log_path = logs / f"python-{plan.version}-{plan.preset}.log"
     with open(log_path, "w", encoding="utf-8") as logf:
         for line in (
-            f"==> rebuilding {DIST_NAME} {plan.version} with preset {plan.preset}: log in {log_path}",
+            f"==> rebuilding {DIST_NAME} {plan.version} with preset {plan.preset}",
             f"==> {plan.shell()}",
+            f"==> log in {log_path}",
         ):
             logf.write(line + "\n")
             if on_output is not None:

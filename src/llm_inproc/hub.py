@@ -19,6 +19,7 @@ cache layout (under ``<cache_dir>/hf``). This module adds what a model runner ne
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -68,6 +69,10 @@ class CachedModel:
     source: str = "hf"
     """Where it came from: ``"hf"`` for the Hugging Face cache."""
 
+    def to_json(self) -> dict[str, Any]:
+        """The fields as JSON values (``path`` as a string), for ``models`` and ``info``."""
+        return {**dataclasses.asdict(self), "path": str(self.path)}
+
 
 def download_model(
     ref: str,
@@ -114,8 +119,8 @@ def download_model(
         raise
     except Exception as e:
         error = _translate(e, ref, endpoint)
-        stale_ok = isinstance(error, BackendError) and cached is not None
-        if stale_ok and cached is not None and _verify(cached, cache_dir) is None:
+        # update=True with the Hub unreachable: the cached copy still serves.
+        if isinstance(error, BackendError) and cached and _verify(cached, cache_dir) is None:
             logger.warning("could not check %s for updates, using the cached copy: %s", ref, error)
             return cached
         raise error from e
@@ -159,10 +164,9 @@ def _download(
 
     api = HfApi(endpoint=endpoint, token=token)
     # One API call answers "does the repository, revision and file exist?" quickly (no
-    # retries, unlike the download's metadata request) and lists the alternatives.
-    info = api.model_info(
-        ref.repo_id(), revision=ref.hf_revision(), files_metadata=True, timeout=_API_TIMEOUT
-    )
+    # retries, unlike the download's metadata request) and lists the alternatives. Only
+    # the names are needed, so no per-file metadata is asked for.
+    info = api.model_info(ref.repo_id(), revision=ref.hf_revision(), timeout=_API_TIMEOUT)
     names = [s.rfilename for s in info.siblings or []]
     if ref.filename() not in names:
         raise ModelNotFoundError(_missing_file_message(ref, names))

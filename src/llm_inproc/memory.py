@@ -308,7 +308,7 @@ def _parse(text: object) -> dict[tuple[str, str], Conversation]:
         raise _bad("document", f"not valid JSON ({exc})") from None
     top = _object(document, "document", {"v", "c"})
     version = top.get("v")
-    if version != _VERSION or isinstance(version, bool):
+    if type(version) is not int or version != _VERSION:  # not 1.0 or true, as Go refuses them
         raise _bad("v", f"unsupported version {version!r}, this library reads version 1")
     result: dict[tuple[str, str], Conversation] = {}
     for i, raw in enumerate(_array(top.get("c"), "c")):

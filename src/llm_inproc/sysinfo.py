@@ -9,16 +9,15 @@ Everything is read from llama.cpp itself, never guessed from the build flags.
 from __future__ import annotations
 
 import ctypes
-import dataclasses
-import importlib
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
-from .build import installed_llama_cpp_version, list_server_builds
+from .build import installed_llama_cpp_version
 from .errors import LLMError
 from .hardware import physical_cores
+from .server_build import list_server_builds
 
 __all__ = ["DEVICE_TYPES", "llama_cpp_devices", "system_info"]
 
@@ -114,28 +113,14 @@ def llama_cpp_devices() -> list[dict[str, Any]]:
     return devices
 
 
-def _cached_models(cache_dir: Path) -> list[Any] | None:
-    """Cached models from the hub module, when it offers the listing (None otherwise)."""
+def _cached_models(cache_dir: Path) -> list[dict[str, Any]] | None:
+    """The models ``llm-inproc models`` lists (embedded, then Hub), None if unreadable."""
+    from .embedded import list_embedded
+    from .hub import list_cached_models
+
     try:
-        list_cached_models = importlib.import_module(f"{__package__}.hub").list_cached_models
-    except (ImportError, AttributeError):
-        return None
-    try:
-        models = list_cached_models(cache_dir)
+        models = [*list_embedded(cache_dir), *list_cached_models(cache_dir)]
     except (LLMError, OSError) as e:
         log.warning("cannot list cached models: %s", e)
         return None
-    return [_jsonable(m) for m in models]
-
-
-def _jsonable(value: Any) -> Any:
-    """Dataclasses and paths as plain JSON values."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {k: _jsonable(v) for k, v in dataclasses.asdict(value).items()}
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
+    return [m.to_json() for m in models]

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..presets import DEFAULT_PRESET
 from . import add_cache_dir_flag
 
 __all__ = ["add_parser", "run"]
@@ -20,7 +21,11 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
             "(target 'llama-server') with the flags of a preset from CMakePresets.json."
         ),
     )
-    p.add_argument("--preset", default="cpu", help="preset name (default: cpu); see --list")
+    p.add_argument(
+        "--preset",
+        default=DEFAULT_PRESET,
+        help=f"preset name (default: {DEFAULT_PRESET}); see --list",
+    )
     p.add_argument(
         "--target",
         choices=("python", "llama-server"),
@@ -51,7 +56,7 @@ def _progress(line: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import build, presets
+    from .. import build, presets, server_build
 
     if args.list:
         entries = presets.list_presets()
@@ -61,28 +66,28 @@ def run(args: argparse.Namespace) -> int:
             _out(f"{'':<{width}}  {' '.join(p.cmake_args())}")
         return 0
     if args.target == "python":
-        plan = build.python_build_plan(args.preset)
         if args.dry_run:
-            _out(plan.shell())
+            _out(build.python_build_plan(args.preset).shell())
             return 0
-        _progress(f"==> rebuilding llama-cpp-python {plan.version} with preset {plan.preset}")
-        _progress(f"==> {plan.shell()}")
-        build.build_python(args.preset, log_dir=_cache_dir(args) / "logs", on_output=_progress)
+        logs = _cache_dir(args) / "logs"
+        plan = build.build_python(args.preset, log_dir=logs, on_output=_progress)
         _out(f"llama-cpp-python {plan.version} rebuilt with preset {plan.preset}")
         return 0
     cache_dir = _cache_dir(args)
     if args.dry_run:
         version = build.installed_llama_cpp_version()
-        cached = build.cached_server_build(cache_dir, args.preset, version=version)
-        commit = build.vendored_commit(cache_dir, version) or "<commit named by its changelog>"
-        flags = build.server_cmake_args(args.preset, commit=commit)
-        target = cache_dir / "llama-server" / version / args.preset
+        cached = server_build.cached_server_build(cache_dir, args.preset, version=version)
+        commit = (
+            server_build.vendored_commit(cache_dir, version) or "<commit named by its changelog>"
+        )
+        flags = server_build.server_cmake_args(args.preset, commit=commit)
+        target = server_build.server_build_dir(cache_dir, args.preset, version=version)
         _out(f"# sources: {build.DIST_NAME}=={version} sdist, vendor/llama.cpp")
         _out(f"cmake -S vendor/llama.cpp -B build {' '.join(flags)}")
         _out("cmake --build build --target llama-server llama-bench")
         _out(f"# binaries: {target / 'bin'}" + (" (already cached)" if cached else ""))
         return 0
-    result = build.build_llama_server(
+    result = server_build.build_llama_server(
         cache_dir, args.preset, jobs=args.jobs, force=args.force, on_output=_progress
     )
     _out(str(result.llama_server))

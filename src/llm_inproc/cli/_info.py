@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from . import add_cache_dir_flag
+from ._models import format_size
 
 __all__ = ["add_parser", "format_info", "run"]
 
@@ -23,15 +24,6 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_cache_dir_flag(p)
     p.set_defaults(func=run)
-
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"  # pragma: no cover - the loop always returns
 
 
 def format_info(info: dict[str, Any]) -> str:
@@ -49,7 +41,7 @@ def format_info(info: dict[str, Any]) -> str:
     devices = info.get("devices") or []
     lines.append(f"devices           {len(devices) or 'none reported'}")
     for d in devices:
-        memory = f", {_size(d['memory_total'])}" if d.get("memory_total") else ""
+        memory = f", {format_size(d['memory_total'])}" if d.get("memory_total") else ""
         lines.append(f"  {d['name']} ({d['type']}{memory}): {d['description']}")
     builds = info.get("llama_server_builds") or []
     lines.append(f"llama-server      {len(builds)} cached build(s)")
@@ -63,11 +55,7 @@ def format_info(info: dict[str, Any]) -> str:
     else:
         lines.append(f"models            {len(models)} cached")
         for m in models:
-            if isinstance(m, dict):
-                size = f"  {_size(m['size'])}" if isinstance(m.get("size"), int) else ""
-                lines.append(f"  {m.get('ref') or m.get('path')}{size}")
-            else:
-                lines.append(f"  {m}")
+            lines.append(f"  {m['ref']}  {format_size(m['size'])}  ({m['source']})")
     return "\n".join(lines)
 
 

@@ -6,7 +6,6 @@ Reads the cache only (no network), so it answers instantly and offline.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -18,7 +17,7 @@ from . import add_cache_dir_flag
 if TYPE_CHECKING:
     from ..hub import CachedModel
 
-__all__ = ["Lister", "add_parser", "format_models", "run"]
+__all__ = ["Lister", "add_parser", "format_models", "format_size", "run"]
 
 Lister = Callable[[Path], "list[CachedModel]"]
 """``cache_dir -> cached models``; ``run`` concatenates the listers it is given."""
@@ -35,7 +34,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.set_defaults(func=run)
 
 
-def _size(n: int) -> str:
+def format_size(n: int) -> str:
+    """Bytes in binary units: ``512 B``, ``4.9 KiB``, ``253.0 MiB``, ``1.2 GiB``."""
     value = float(n)
     for unit in ("B", "KiB", "MiB"):
         if value < 1024:
@@ -47,7 +47,7 @@ def _size(n: int) -> str:
 def format_models(models: Sequence[CachedModel]) -> str:
     """Aligned columns: reference, size, source and commit."""
     rows = [("REF", "SIZE", "SOURCE", "COMMIT")]
-    rows += [(m.ref, _size(m.size), m.source, m.commit[:12]) for m in models]
+    rows += [(m.ref, format_size(m.size), m.source, m.commit[:12]) for m in models]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     return "\n".join(
         "  ".join(cell.ljust(w) for cell, w in zip(r[:3], widths, strict=True)) + "  " + r[3]
@@ -65,8 +65,7 @@ def run(args: argparse.Namespace, *, listers: Sequence[Lister] | None = None) ->
     listers = listers or (list_embedded, list_cached_models)
     models = [m for lister in listers for m in lister(cache_dir)]
     if args.json:
-        items = [{**dataclasses.asdict(m), "path": str(m.path)} for m in models]
-        print(json.dumps(items, indent=2))  # noqa: T201 - the command's output
+        print(json.dumps([m.to_json() for m in models], indent=2))  # noqa: T201 - the command's output
     elif models:
         print(format_models(models))  # noqa: T201 - the command's output
     else:
