@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["CACHE_ENV", "default_cache_dir"]
+__all__ = ["CACHE_ENV", "default_cache_dir", "resolve_cache_dir"]
 
 CACHE_ENV = "LLM_INPROC_CACHE"
 """Environment variable that overrides the cache directory."""
@@ -33,3 +33,8 @@ def default_cache_dir() -> Path:
     # XDG says a relative value is invalid and must be ignored.
     base_dir = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
     return base_dir / _APP
+
+
+def resolve_cache_dir(value: str | os.PathLike[str] | None) -> Path:
+    """An explicit cache dir (``~`` expanded), else :func:`default_cache_dir`."""
+    return Path(value).expanduser() if value else default_cache_dir()

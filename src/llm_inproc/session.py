@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -43,7 +42,7 @@ class Session:
         cache_dir: str | os.PathLike[str] | None = None,
         known_llms: Sequence[KnownLLM] | None = None,
     ) -> None:
-        from .paths import default_cache_dir
+        from .paths import resolve_cache_dir
 
         defaults = default_config()
         opts = options if options is not None else Options()
@@ -51,7 +50,7 @@ class Session:
             raise InvalidInputError(f"options must be an Options, not {type(opts).__name__}")
         opts.validate()
         self.options = opts
-        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        self.cache_dir = resolve_cache_dir(cache_dir)
         catalogue = list(known_llms) if known_llms is not None else defaults.known_llms
         model = opts.model or defaults.options.model
         self.model = PackedFileRef(model) if model.startswith("hf:") else model

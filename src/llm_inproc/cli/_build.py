@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from ..presets import DEFAULT_PRESET
 from . import add_cache_dir_flag
@@ -40,12 +39,6 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.set_defaults(func=run)
 
 
-def _cache_dir(args: argparse.Namespace) -> Path:
-    from ..paths import default_cache_dir
-
-    return Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
-
-
 def _out(text: str) -> None:
     sys.stdout.write(text + "\n")
 
@@ -57,6 +50,7 @@ def _progress(line: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import build, presets, server_build
+    from ..paths import resolve_cache_dir
 
     if args.list:
         entries = presets.list_presets()
@@ -69,11 +63,11 @@ def run(args: argparse.Namespace) -> int:
         if args.dry_run:
             _out(build.python_build_plan(args.preset).shell())
             return 0
-        logs = _cache_dir(args) / "logs"
+        logs = resolve_cache_dir(args.cache_dir) / "logs"
         plan = build.build_python(args.preset, log_dir=logs, on_output=_progress)
         _out(f"llama-cpp-python {plan.version} rebuilt with preset {plan.preset}")
         return 0
-    cache_dir = _cache_dir(args)
+    cache_dir = resolve_cache_dir(args.cache_dir)
     if args.dry_run:
         version = build.installed_llama_cpp_version()
         cached = server_build.cached_server_build(cache_dir, args.preset, version=version)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from . import add_cache_dir_flag
@@ -60,10 +59,10 @@ def format_info(info: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..paths import default_cache_dir
+    from ..paths import resolve_cache_dir
     from ..sysinfo import system_info
 
-    cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    cache_dir = resolve_cache_dir(args.cache_dir)
     info = system_info(cache_dir)
     sys.stdout.write((json.dumps(info, indent=2) if args.json else format_info(info)) + "\n")
     return 0

@@ -59,9 +59,9 @@ def run(args: argparse.Namespace, *, listers: Sequence[Lister] | None = None) ->
     """List the cache; ``listers`` defaults to the embedded models and the Hugging Face cache."""
     from ..embedded import list_embedded
     from ..hub import list_cached_models
-    from ..paths import default_cache_dir
+    from ..paths import resolve_cache_dir
 
-    cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    cache_dir = resolve_cache_dir(args.cache_dir)
     listers = listers or (list_embedded, list_cached_models)
     models = [m for lister in listers for m in lister(cache_dir)]
     if args.json:

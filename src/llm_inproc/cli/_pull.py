@@ -50,9 +50,9 @@ def hub_resolver(ref: str, cache_dir: Path, progress: bool) -> Path:
 
 def run(args: argparse.Namespace, *, resolver: Resolver | None = None) -> int:
     """Pull ``args.ref``; ``resolver`` defaults to :func:`hub_resolver`."""
-    from ..paths import default_cache_dir
+    from ..paths import resolve_cache_dir
 
-    cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    cache_dir = resolve_cache_dir(args.cache_dir)
     path = (resolver or hub_resolver)(args.ref, cache_dir, not args.no_progress)
     print(path)  # noqa: T201 - the command's output
     return 0
