@@ -1,0 +1,73 @@
+"""End to end: an ``hf:`` reference that no installed package provides is downloaded
+from a (fake, loopback) Hub on first use, prompted, then served offline from the cache."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fakehub import FakeHub
+
+pytestmark = pytest.mark.model
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+REPO = "someone/gemma-copy-GGUF"
+REF = f"hf:{REPO}/HEAD/gemma-3-270m-q4_k_m"
+SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+
+
+def _prompt(hub: FakeHub, cache: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    full_env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE", "LLM_"))
+    }
+    full_env.update(
+        PYTHONPATH=str(SRC),
+        HF_ENDPOINT=hub.endpoint,
+        HF_HOME=str(cache.parent / "hf-home"),
+        LLM_INPROC_CACHE=str(cache),
+        **env,
+    )
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "llm_inproc.cli",
+            "prompt",
+            "--model",
+            REF,
+            "--max-tokens",
+            "8",
+            "--temperature",
+            "0",
+            "--context-length",
+            "512",
+            "Hello",
+        ],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_prompt_downloads_on_first_use_then_works_offline(model_path: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    with FakeHub() as hub:
+        hub.add_repo(
+            REPO,
+            {"main": {"gemma-3-270m-q4_k_m.gguf": model_path}},
+            sha256={"gemma-3-270m-q4_k_m.gguf": SHA256},
+        )
+        first = _prompt(hub, cache)
+        assert first.returncode == 0, first.stderr
+        assert first.stdout.strip()
+        assert any(r.method == "GET" and r.path.endswith(".gguf") for r in hub.requests)
+        hub.clear_log()
+        again = _prompt(hub, cache, HF_HUB_OFFLINE="1")
+        assert again.returncode == 0, again.stderr
+        assert again.stdout == first.stdout  # greedy: the same reply from the cached file
+        assert hub.requests == []
