@@ -137,3 +137,11 @@ def test_bench_reports_rates(model_path: Path) -> None:
     assert out["generation"] > 0 and out["prompt"] > 0
     assert out["tokens"] == 8 and out["runs"] == 1
     assert cli("bench", "--runs", "0").returncode == 1
+
+
+@pytest.mark.model
+def test_prompt_default_reply_length_is_bounded(model_path: Path) -> None:
+    """The README's main command must end even when a base model never says it is done."""
+    r = cli("prompt", "--json", "--context-length", "2048", "Why is the sky blue?")
+    assert r.returncode == 0, r.stderr
+    assert 0 < json.loads(r.stdout)["metrics"]["generated"]["count"] <= 512

@@ -23,7 +23,9 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--system", default=None, help="system prompt for a new conversation")
     p.add_argument("--channel", default="cli", help="conversation name (default: cli)")
-    p.add_argument("--max-tokens", type=int, default=0)
+    p.add_argument(
+        "--max-tokens", type=int, default=512, help="per reply (default 512; 0: no limit)"
+    )
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     add_common_model_flags(p)

@@ -21,7 +21,12 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("text", nargs="*", help="the prompt; read from stdin when absent or '-'")
     p.add_argument("--system", default=None, help="system prompt ({{.Now}}, {{.Model}} expand)")
-    p.add_argument("--max-tokens", type=int, default=0, help="0: until the model stops")
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=512,
+        help="reply length limit (default 512; 0: until the model stops or the context is full)",
+    )
     p.add_argument("--temperature", type=float, default=1.0, help="0 is greedy")
     p.add_argument("--seed", type=int, default=0, help="0 is random; fix it to repeat a reply")
     p.add_argument("--json", action="store_true", help="print the reply and metrics as JSON")
