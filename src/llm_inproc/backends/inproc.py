@@ -322,8 +322,18 @@ class InprocBackend:
                 tok = sample(sampler, ctx, -1)
                 if is_eog(vocab, tok):
                     break
-                n = to_piece(vocab, tok, buf, 256, 0, False)
+                n = to_piece(vocab, tok, buf, len(buf), 0, False)
+                if n < 0:  # a piece longer than the buffer: grow it once and retry
+                    buf = self._piece = ctypes.create_string_buffer(-n)
+                    n = to_piece(vocab, tok, buf, len(buf), 0, False)
                 n_gen += 1
+                text = decoder.decode(buf.raw[:n]) if n > 0 else ""
+                if text:
+                    # Hand the text over before evaluating the token: the caller sees it
+                    # one decode (~the time of a token) earlier.
+                    busy += time.perf_counter() - t
+                    yield text
+                    t = time.perf_counter()
                 if n_gen < budget:
                     one[0] = tok
                     if decode(ctx, batch) != 0:
@@ -333,11 +343,6 @@ class InprocBackend:
                             + (log.take_errors() or "unknown error")
                         )
                     cached.append(tok)
-                text = decoder.decode(buf.raw[:n]) if n > 0 else ""
-                if text:
-                    busy += time.perf_counter() - t
-                    yield text
-                    t = time.perf_counter()
             tail = decoder.decode(b"", final=True)
             if tail:
                 yield tail
