@@ -52,7 +52,8 @@ class Message:
 
 
 # Go's text/template syntax, restricted to the two fields the reference exposes.
-_ACTION = re.compile(r"\{\{-?\s*(.*?)\s*-?\}\}", re.DOTALL)
+# "{{- " and " -}}" trim the white space before and after the action, as in Go.
+_ACTION = re.compile(r"(\s*)\{\{(?:(-)\s)?\s*(.*?)\s*(?:\s(-))?\}\}(\s*)", re.DOTALL)
 _FIELDS = {".Now", ".Model"}
 
 
@@ -73,11 +74,16 @@ def render_system_prompt(text: str, model: str, now: _dt.datetime | None = None)
     if text.count("{{") != len(_ACTION.findall(text)):
         logger.warning("system prompt is not a valid template (unclosed '{{'); used as is")
         return text
-    fields = _ACTION.findall(text)
+    fields = [m[2] for m in _ACTION.findall(text)]
     unknown = [f for f in fields if f not in _FIELDS]
     if unknown:
         logger.warning("system prompt template uses unknown field %r; used as is", unknown[0])
         return text
     when = now or _dt.datetime.now().astimezone()
     values = {".Now": _go_time(when), ".Model": str(model)}
-    return _ACTION.sub(lambda m: values[m.group(1)], text)
+
+    def expand(m: re.Match[str]) -> str:
+        before, trim_before, name, trim_after, after = m.groups()
+        return ("" if trim_before else before) + values[name] + ("" if trim_after else after)
+
+    return _ACTION.sub(expand, text)
