@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import re
 import socket
@@ -36,7 +37,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-__all__ = ["FakeFile", "FakeHub", "FakeRepo", "LoggedRequest", "make_gguf"]
+__all__ = ["FakeFile", "FakeHub", "FakeRepo", "LoggedRequest", "cli_env", "make_gguf"]
 
 _CHUNK = 1 << 20
 
@@ -548,3 +549,21 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if body:
             self.wfile.write(data)
+
+
+def cli_env(hub: FakeHub, cache: Path, **extra: str) -> dict[str, str]:
+    """Environment for a ``llm-inproc`` subprocess that talks only to ``hub``.
+
+    The machine's own Hugging Face and llm_inproc settings (tokens, endpoint, cache) are
+    dropped so the child sees the fake Hub and an isolated cache.
+    """
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE", "LLM_"))}
+    env.update(
+        PYTHONPATH=str(src),
+        HF_ENDPOINT=hub.endpoint,
+        HF_HOME=str(cache.parent / "hf-home"),
+        LLM_INPROC_CACHE=str(cache),
+        **extra,
+    )
+    return env

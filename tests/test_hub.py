@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from fakehub import FakeHub, make_gguf
+from fakehub import FakeHub, cli_env, make_gguf
 from llm_inproc.errors import (
     BackendError,
     InvalidInputError,
@@ -32,7 +31,6 @@ Q4 = "tiny-q4_k_m.gguf"
 REF = f"hf:{REPO}/HEAD/tiny-q4_k_m"
 BIG = 12 * 1024 * 1024  # above huggingface_hub's 10 MiB download chunk, so resume can show
 DEFAULT_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
-SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 @pytest.fixture(autouse=True)
@@ -367,19 +365,9 @@ def test_real_default_model_through_the_fake_hub(model_path: Path, cache: Path) 
 
 
 def _cli(hub: FakeHub, cache: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    full_env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE", "LLM_"))
-    }
-    full_env.update(
-        PYTHONPATH=str(SRC),
-        HF_ENDPOINT=hub.endpoint,
-        HF_HOME=str(cache.parent / "hf-home"),
-        LLM_INPROC_CACHE=str(cache),
-        **env,
-    )
     return subprocess.run(
         [sys.executable, "-m", "llm_inproc.cli", *args],
-        env=full_env,
+        env=cli_env(hub, cache, **env),
         capture_output=True,
         text=True,
         timeout=120,

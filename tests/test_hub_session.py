@@ -3,34 +3,22 @@ from a (fake, loopback) Hub on first use, prompted, then served offline from the
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from fakehub import FakeHub
+from fakehub import FakeHub, cli_env
 
 pytestmark = pytest.mark.model
 
-SRC = Path(__file__).resolve().parents[1] / "src"
 REPO = "someone/gemma-copy-GGUF"
 REF = f"hf:{REPO}/HEAD/gemma-3-270m-q4_k_m"
 SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 
 
 def _prompt(hub: FakeHub, cache: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    full_env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE", "LLM_"))
-    }
-    full_env.update(
-        PYTHONPATH=str(SRC),
-        HF_ENDPOINT=hub.endpoint,
-        HF_HOME=str(cache.parent / "hf-home"),
-        LLM_INPROC_CACHE=str(cache),
-        **env,
-    )
     return subprocess.run(
         [
             sys.executable,
@@ -47,7 +35,7 @@ def _prompt(hub: FakeHub, cache: Path, **env: str) -> subprocess.CompletedProces
             "512",
             "Hello",
         ],
-        env=full_env,
+        env=cli_env(hub, cache, **env),
         capture_output=True,
         text=True,
         timeout=300,
