@@ -242,3 +242,27 @@ def test_close_then_use(model_path: object) -> None:
     with pytest.raises(SessionClosedError):
         s.get_metrics()
     s.close()  # idempotent
+
+
+def test_close_while_a_stream_is_left_open_elsewhere(model_path: object) -> None:
+    """close() does not hang on a stream another thread abandoned, and nothing crashes."""
+    s = Session(Options(model=str(model_path), context_length=512))
+    holder: dict[str, object] = {}
+
+    def open_stream() -> None:
+        stream = s.prompt_streaming([Message(Role.USER, "Tell a long story.")], temperature=0)
+        next(iter(stream))
+        holder["stream"] = stream  # left open, never iterated again
+
+    t = threading.Thread(target=open_stream)
+    t.start()
+    t.join(30)
+    started = time.monotonic()
+    s.close()
+    assert time.monotonic() - started < 10
+    assert s.get_health() == "closed"
+    with pytest.raises(SessionClosedError):
+        s.prompt(Q)
+    # Resuming the abandoned stream ends it quietly instead of touching freed memory.
+    rest = list(holder["stream"])  # type: ignore[call-overload]
+    assert len(rest) <= 1

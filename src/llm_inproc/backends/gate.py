@@ -78,17 +78,17 @@ class Gate:
             self._owner = None
             self._cond.notify_all()
 
-    def close(self) -> bool:
-        """Refuse new requests; wait for the running one unless this thread runs it.
+    def close(self, wait: float = 5.0) -> bool:
+        """Refuse new requests and give the running one up to ``wait`` seconds to stop.
 
-        Returns True when the caller may free resources now, False when the
-        running request (in this thread) must free them when it ends.
+        A running request notices ``closed`` within a token. Returns True when the
+        caller may free resources now, False when the request still holds the gate
+        (it runs in this thread, or its stream is left open) and must free them
+        when it ends.
         """
         with self._cond:
             self.closed = True
             self._cond.notify_all()
             if self._owner == threading.get_ident():
                 return False
-            while self._owner is not None:
-                self._cond.wait()
-            return True
+            return self._cond.wait_for(lambda: self._owner is None, timeout=wait)

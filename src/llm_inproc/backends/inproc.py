@@ -334,6 +334,8 @@ class InprocBackend:
                     busy += time.perf_counter() - t
                     yield text
                     t = time.perf_counter()
+                    if cancel.is_set() or gate.closed:
+                        break  # closed while the caller held the text: the context may be gone
                 if n_gen < budget:
                     one[0] = tok
                     if decode(ctx, batch) != 0:
