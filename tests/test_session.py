@@ -266,3 +266,32 @@ def test_close_while_a_stream_is_left_open_elsewhere(model_path: object) -> None
     # Resuming the abandoned stream ends it quietly instead of touching freed memory.
     rest = list(holder["stream"])  # type: ignore[call-overload]
     assert len(rest) <= 1
+
+
+def test_cancel_during_a_long_prompt_is_prompt(model_path: object) -> None:
+    """Cancelling while llama.cpp evaluates a long prompt stops within a batch, not after it."""
+    long = [Message(Role.USER, "The sea is wide and deep. " * 400)]
+
+    async def main(s: Session) -> float:
+        task = asyncio.create_task(s.aprompt(long, max_tokens=4, temperature=0))
+        await asyncio.sleep(1.5)
+        task.cancel()
+        cancelled_at = time.monotonic()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        while s.get_metrics().requests_processing and time.monotonic() - cancelled_at < 30:
+            await asyncio.sleep(0.005)
+        return time.monotonic() - cancelled_at
+
+    with Session(Options(model=str(model_path), context_length=4096)) as s:
+        n = s.count_tokens(long)
+        assert n > 2500  # several 512-token batches: seconds of work on 2 cores
+        stopped_after = asyncio.run(main(s))
+        assert stopped_after < 0.5, f"took {stopped_after:.2f}s to stop"
+        m = s.get_metrics()
+        # Whole batches evaluated before the cancel are kept; the interrupted one is dropped.
+        assert m.kv_cache_tokens < n and m.kv_cache_tokens % 512 == 0
+        # The cache is consistent: the same prompt now completes and matches a fresh session.
+        reply = s.prompt(long, max_tokens=4, temperature=0)
+    with Session(Options(model=str(model_path), context_length=4096)) as fresh:
+        assert fresh.prompt(long, max_tokens=4, temperature=0) == reply
