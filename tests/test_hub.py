@@ -106,7 +106,7 @@ def test_first_download_then_no_request(hub: FakeHub, cache: Path) -> None:
         ("HEAD", f"/{REPO}/resolve/main/{Q4}"),
         ("GET", f"/{REPO}/resolve/main/{Q4}"),
     ]
-    assert hub.requests[0].query == "", "only file names are needed: no per-file metadata"
+    assert "blobs=true" in hub.requests[0].query.lower(), "sizes and sha256 come with the list"
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     assert (cache / "verified" / sha).is_file(), "the verified marker is keyed by the sha256"
 
@@ -220,16 +220,36 @@ def test_cut_connection_resumes_with_a_range_request(hub: FakeHub, cache: Path) 
     assert gets[1].header("Range") == "bytes=10485760-", "resumed after the bytes it kept"
 
 
-def test_interrupted_download_leaves_nothing_and_the_next_call_succeeds(
-    hub: FakeHub, cache: Path
-) -> None:
+def test_interrupted_download_resumes_on_the_next_call(hub: FakeHub, cache: Path) -> None:
     data = make_gguf(size=BIG, seed=8)
     hub.add_repo("a/big-GGUF", {"main": {"big-Q8_0.gguf": data}})
     hub.cut_connection("a/big-GGUF", "big-Q8_0.gguf", after=11 * 1024 * 1024, then_status=500)
     with pytest.raises(BackendError, match="HTTP 500"):
         _get(hub, "hf:a/big-GGUF/HEAD/big-Q8_0", cache)
-    assert _leftovers(cache) == [], "huggingface_hub 2.x discards the partial file"
-    assert not list(cache.rglob("big-Q8_0.gguf"))
+    assert _leftovers(cache) == []
+    assert not list(cache.rglob("big-Q8_0.gguf")), "nothing under the final name"
+    (part,) = (cache / "partial").glob("*.part")
+    kept = part.stat().st_size
+    assert 0 < kept < len(data)
+
+    hub.clear_log()
+    assert _get(hub, "hf:a/big-GGUF/HEAD/big-Q8_0", cache).read_bytes() == data
+    (get,) = hub.downloads("big-Q8_0.gguf")
+    assert get.header("Range") == f"bytes={kept}-", "continued where the first call stopped"
+    assert not part.exists()
+    assert _leftovers(cache) == []
+
+
+def test_a_corrupt_partial_download_is_thrown_away(hub: FakeHub, cache: Path) -> None:
+    data = make_gguf(size=BIG, seed=10)
+    hub.add_repo("a/big-GGUF", {"main": {"big-Q8_0.gguf": data}})
+    sha = hashlib.sha256(data).hexdigest()
+    part = cache / "partial" / f"{sha}.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"\0" * (1 << 20))  # not the file's first MiB
+    with pytest.raises(ModelLoadError, match="corrupt"):
+        _get(hub, "hf:a/big-GGUF/HEAD/big-Q8_0", cache)
+    assert not part.exists()
     assert _get(hub, "hf:a/big-GGUF/HEAD/big-Q8_0", cache).read_bytes() == data
 
 

@@ -1,7 +1,11 @@
 """Resolve ``hf:`` references to local GGUF files through huggingface_hub.
 
-huggingface_hub does the downloading, resuming within a call, locking, progress bars and
-cache layout (under ``<cache_dir>/hf``). This module adds what a model runner needs on top:
+huggingface_hub does the downloading, locking, progress bars and cache layout (under
+``<cache_dir>/hf``). This module adds what a model runner needs on top:
+
+- **Resume across calls.** huggingface_hub resumes a cut connection within one call but
+  drops its partial file when the call fails; for large files we keep the partial bytes
+  and continue them next time with its own ``http_get`` (see :func:`_fetch_blob`).
 
 - **No request when cached.** A file already in the cache is used without asking the Hub,
   for branches too (as Ollama does); ``update=True`` (``llm-inproc pull``) asks the Hub for
@@ -43,6 +47,7 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _GIT_SHA1 = re.compile(r"^[0-9a-f]{40}$")
 _LOGIN_HINT = "log in with `hf auth login` or set HF_TOKEN"
 _API_TIMEOUT = 10.0  # seconds; huggingface_hub's own default for file metadata
+_RESUMABLE_SIZE = 8 << 20  # files this large survive an interrupted download
 
 
 def hf_cache_dir(cache_dir: Path) -> Path:
@@ -164,13 +169,26 @@ def _download(
 
     api = HfApi(endpoint=endpoint, token=token)
     # One API call answers "does the repository, revision and file exist?" quickly (no
-    # retries, unlike the download's metadata request) and lists the alternatives. Only
-    # the names are needed, so no per-file metadata is asked for.
-    info = api.model_info(ref.repo_id(), revision=ref.hf_revision(), timeout=_API_TIMEOUT)
-    names = [s.rfilename for s in info.siblings or []]
-    if ref.filename() not in names:
-        raise ModelNotFoundError(_missing_file_message(ref, names))
+    # retries, unlike the download's metadata request), lists the alternatives, and gives
+    # each file's size and LFS sha256 for the resumable transfer below.
+    info = api.model_info(
+        ref.repo_id(), revision=ref.hf_revision(), files_metadata=True, timeout=_API_TIMEOUT
+    )
+    siblings = {s.rfilename: s for s in info.siblings or []}
+    wanted = siblings.get(ref.filename())
+    if wanted is None:
+        raise ModelNotFoundError(_missing_file_message(ref, list(siblings)))
     tqdm_class: Any = None if progress else silent_tqdm
+    if wanted.lfs is not None and wanted.lfs.size >= _RESUMABLE_SIZE:
+        _fetch_blob(
+            ref,
+            cache_dir,
+            sha256=wanted.lfs.sha256,
+            size=wanted.lfs.size,
+            token=token,
+            endpoint=endpoint,
+            tqdm_class=tqdm_class,
+        )
     path = hf_hub_download(
         ref.repo_id(),
         ref.filename(),
@@ -181,6 +199,70 @@ def _download(
         tqdm_class=tqdm_class,
     )
     return Path(path)
+
+
+def _fetch_blob(
+    ref: PackedFileRef,
+    cache_dir: Path,
+    *,
+    sha256: str,
+    size: int,
+    token: str | bool | None,
+    endpoint: str | None,
+    tqdm_class: Any,
+) -> None:
+    """Put a large LFS file's blob into huggingface_hub's cache, resuming an earlier attempt.
+
+    huggingface_hub 2.x resumes only within one call: it deletes its partial file when a
+    download fails. We keep ours in ``<cache_dir>/partial/<sha256>.part``, continue it with
+    huggingface_hub's own ``http_get`` (Range requests, retries, progress bar), check the
+    sha256, and move it to the blob path; ``hf_hub_download`` then finds the blob and only
+    links it into the snapshot.
+    """
+    from filelock import FileLock
+    from huggingface_hub import hf_hub_url
+    from huggingface_hub.file_download import http_get, repo_folder_name
+    from huggingface_hub.utils._headers import build_hf_headers
+
+    storage = hf_cache_dir(cache_dir) / repo_folder_name(repo_id=ref.repo_id(), repo_type="model")
+    blob = storage / "blobs" / sha256
+    if blob.exists():
+        return
+    part = cache_dir / "partial" / f"{sha256}.part"
+    part.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{part}.lock"):
+        if blob.exists():  # another thread or process finished it meanwhile
+            return
+        with part.open("r+b" if part.exists() else "wb") as f:
+            have = f.seek(0, os.SEEK_END)
+            if have > size:
+                f.truncate(0)
+                have = f.seek(0)
+            if have:
+                logger.info("resuming %s at %d of %d bytes", ref.filename(), have, size)
+            if have < size:
+                url = hf_hub_url(
+                    ref.repo_id(), ref.filename(), revision=ref.hf_revision(), endpoint=endpoint
+                )
+                http_get(
+                    url,
+                    f,
+                    resume_size=have,
+                    headers=build_hf_headers(token=token),
+                    expected_size=size,
+                    displayed_filename=ref.filename(),
+                    tqdm_class=tqdm_class,
+                )
+        actual = _hash_file(part, git=False)
+        if actual != sha256:
+            part.unlink()
+            raise ModelLoadError(
+                f"downloaded file for {ref} is corrupt: sha256 {actual}, expected {sha256}; "
+                "it was deleted, try again"
+            )
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(part, blob)
+        _mark_verified(blob, cache_dir)
 
 
 def _missing_file_message(ref: PackedFileRef, names: list[str]) -> str:
@@ -280,11 +362,18 @@ def _verify(path: Path, cache_dir: Path) -> str | None:
         for p in (path, blob, marker):
             p.unlink(missing_ok=True)
         return f"{kind} {actual}, expected {expected}"
+    _mark_verified(blob, cache_dir)
+    return None
+
+
+def _mark_verified(blob: Path, cache_dir: Path) -> None:
+    """Record that ``blob`` matches its name, stamped so a later change is noticed."""
+    stat = blob.stat()
+    marker = _markers_dir(cache_dir) / blob.name
     marker.parent.mkdir(parents=True, exist_ok=True)
     tmp = marker.with_name(f"{marker.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(stamp)
+    tmp.write_text(f"{stat.st_size} {stat.st_mtime_ns}")
     os.replace(tmp, marker)
-    return None
 
 
 def _hash_file(path: Path, *, git: bool) -> str:
