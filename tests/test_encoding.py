@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from llm_inproc.config import default_config, find_known_llm
-from llm_inproc.encoding import END_OF_TURN_MARKERS, PromptEncoding, ReplyCleaner, clean_reply
+from llm_inproc.encoding import (
+    END_OF_TURN_MARKERS,
+    TURN_START_MARKERS,
+    PromptEncoding,
+    ReplyCleaner,
+    clean_reply,
+)
 from llm_inproc.errors import InvalidInputError
 from llm_inproc.messages import Message, Role
 
@@ -115,10 +121,12 @@ def test_role_without_tokens(gemma: PromptEncoding) -> None:
 
 
 def test_stop_markers(mistral: PromptEncoding, gemma: PromptEncoding) -> None:
-    assert mistral.stop_markers() == END_OF_TURN_MARKERS
-    assert gemma.stop_markers() == END_OF_TURN_MARKERS
+    base = END_OF_TURN_MARKERS + TURN_START_MARKERS
+    assert mistral.stop_markers() == (*base, "[INST]\u2581")
+    assert gemma.stop_markers() == (*base, "<start_of_turn>user")
     own = PromptEncoding(user_token_start="<u>", assistant_token_end="<|stop|>\n")
-    assert own.stop_markers()[-1] == "<|stop|>"
+    assert own.stop_markers() == (*base, "<|stop|>", "<u>")
+    assert len(set(own.stop_markers())) == len(own.stop_markers())
 
 
 # --- reply clean-up ---------------------------------------------------------------------

@@ -295,3 +295,16 @@ def test_cancel_during_a_long_prompt_is_prompt(model_path: object) -> None:
         reply = s.prompt(long, max_tokens=4, temperature=0)
     with Session(Options(model=str(model_path), context_length=4096)) as fresh:
         assert fresh.prompt(long, max_tokens=4, temperature=0) == reply
+
+
+def test_turn_start_control_tokens_end_a_reply(session: Session) -> None:
+    """A chat model that emits <start_of_turn> (a control token, rendered as nothing) has
+    finished its reply; the engine recognises it by its text among the stop markers."""
+    from llm_inproc.encoding import TURN_START_MARKERS
+
+    engine = session._backend
+    start_of_turn, hello = engine.tokenize("<start_of_turn>Hello")[1:3]  # type: ignore[attr-defined]
+    stops = frozenset(TURN_START_MARKERS)
+    assert engine._is_stop_token(start_of_turn, stops)  # type: ignore[attr-defined]
+    assert not engine._is_stop_token(hello, stops)  # type: ignore[attr-defined]
+    assert not engine._is_stop_token(start_of_turn, frozenset())  # type: ignore[attr-defined]

@@ -13,7 +13,13 @@ from typing import Any
 from .errors import InvalidInputError
 from .messages import Message, Role
 
-__all__ = ["END_OF_TURN_MARKERS", "PromptEncoding", "ReplyCleaner", "clean_reply"]
+__all__ = [
+    "END_OF_TURN_MARKERS",
+    "TURN_START_MARKERS",
+    "PromptEncoding",
+    "ReplyCleaner",
+    "clean_reply",
+]
 
 END_OF_TURN_MARKERS: tuple[str, ...] = (
     "<|eot_id|>",
@@ -24,6 +30,10 @@ END_OF_TURN_MARKERS: tuple[str, ...] = (
     "</s>",
 )
 """Markers that end a reply; they never reach the caller."""
+
+TURN_START_MARKERS: tuple[str, ...] = ("<start_of_turn>", "<|im_start|>", "<|start_header_id|>")
+"""Markers that open a new turn: a model that writes one has finished its reply (base
+models often go on to invent the user's next message)."""
 
 
 @dataclass(frozen=True)
@@ -129,9 +139,11 @@ class PromptEncoding:
         return "".join(parts)
 
     def stop_markers(self) -> tuple[str, ...]:
-        """End-of-turn markers plus this encoding's own assistant end."""
-        own = self.assistant_token_end.strip()
-        return END_OF_TURN_MARKERS + ((own,) if own and own not in END_OF_TURN_MARKERS else ())
+        """Where a reply ends: end-of-turn and turn-start markers, and this encoding's own
+        assistant end and user/system starts."""
+        own = (self.assistant_token_end, self.user_token_start, self.system_token_start)
+        markers = END_OF_TURN_MARKERS + TURN_START_MARKERS + tuple(m.strip() for m in own)
+        return tuple(m for m in dict.fromkeys(markers) if m)
 
 
 _CONVERSATION_ROLES = {Role.USER, Role.ASSISTANT, Role.TOOL_CALL, Role.TOOL_CALL_RESULT}

@@ -11,7 +11,13 @@ from typing import Any
 from ._aio import iterate_in_thread
 from .backends.base import Backend, GenerationRequest
 from .config import KnownLLM, Options, default_config, find_known_llm
-from .encoding import END_OF_TURN_MARKERS, PromptEncoding, ReplyCleaner, check_order
+from .encoding import (
+    END_OF_TURN_MARKERS,
+    TURN_START_MARKERS,
+    PromptEncoding,
+    ReplyCleaner,
+    check_order,
+)
 from .errors import InvalidInputError, SessionClosedError
 from .messages import Message, Role, render_system_prompt
 from .metrics import Metrics
@@ -115,7 +121,9 @@ class Session:
                 prompt=self.encoding.encode(msgs),
                 stops=self.encoding.stop_markers(),
             )
-        return GenerationRequest(sampling=sampling, messages=msgs, stops=END_OF_TURN_MARKERS)
+        return GenerationRequest(
+            sampling=sampling, messages=msgs, stops=END_OF_TURN_MARKERS + TURN_START_MARKERS
+        )
 
     def _stream(self, request: GenerationRequest, cancel: threading.Event) -> Iterator[str]:
         cleaner = ReplyCleaner(request.stops)

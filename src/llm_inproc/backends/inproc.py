@@ -335,6 +335,7 @@ class InprocBackend:
             ll.llama_decode,
         )
         cached, gate = self._cached, self._gate
+        stops = frozenset(request.stops)
         n_gen = 0
         busy = 0.0
         t = time.perf_counter()
@@ -344,6 +345,8 @@ class InprocBackend:
                 if is_eog(vocab, tok):
                     break
                 n = to_piece(vocab, tok, buf, len(buf), 0, False)
+                if n == 0 and self._is_stop_token(tok, stops):
+                    break  # a control token such as <start_of_turn>: the reply is over
                 if n < 0:  # a piece longer than the buffer: grow it once and retry
                     buf = self._piece = ctypes.create_string_buffer(-n)
                     n = to_piece(vocab, tok, buf, len(buf), 0, False)
@@ -373,6 +376,12 @@ class InprocBackend:
             busy += time.perf_counter() - t
             ll.llama_sampler_free(sampler)
             self._generated += TokenPerformance(n_gen, timedelta(seconds=busy))
+
+    def _is_stop_token(self, token: int, stops: frozenset[str]) -> bool:
+        """Whether ``token`` is a control token (rendered as nothing) that ends a reply."""
+        if not self._ll.llama_vocab_is_control(self._vocab, token):
+            return False
+        return self._token_text(token) in stops
 
     # -- state -------------------------------------------------------------------------------
 
