@@ -308,3 +308,13 @@ def test_turn_start_control_tokens_end_a_reply(session: Session) -> None:
     assert engine._is_stop_token(start_of_turn, stops)  # type: ignore[attr-defined]
     assert not engine._is_stop_token(hello, stops)  # type: ignore[attr-defined]
     assert not engine._is_stop_token(start_of_turn, frozenset())  # type: ignore[attr-defined]
+
+
+def test_defaults_trained_context_and_physical_cores(model_path: object) -> None:
+    from llm_inproc.hardware import physical_cores
+
+    with Session(Options(model=str(model_path))) as s:
+        info = s.model_info
+        assert info.n_ctx == info.n_ctx_train == 32768  # context_length=0: the trained length
+        assert info.threads == physical_cores()
+        assert s.prompt(Q, max_tokens=4, temperature=0)
