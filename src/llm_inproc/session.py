@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._aio import iterate_in_thread
 from .backends.base import Backend, GenerationRequest
@@ -24,6 +25,9 @@ from .metrics import Metrics
 from .references import PackedFileRef
 from .sampling import Sampling
 
+if TYPE_CHECKING:
+    from .backends.inproc import ModelInfo
+
 __all__ = ["Session"]
 
 
@@ -40,6 +44,10 @@ class Session:
     """The raw prompt encoding, or None when the model's chat template is used."""
     backend: str
     """``"inproc"`` (more backends come with the HTTP issue)."""
+    model_path: Path
+    """The local GGUF file that was loaded."""
+    model_info: ModelInfo
+    """What llama.cpp set up: context size, threads, layers offloaded to a GPU."""
 
     def __init__(
         self,
