@@ -33,9 +33,6 @@ class Gate:
     def pending(self) -> int:
         return len(self._waiters)
 
-    def owned_by_me(self) -> bool:
-        return self._owner == threading.get_ident()
-
     def __enter__(self) -> Gate:
         me = threading.get_ident()
         with self._cond:

@@ -17,12 +17,20 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from ..chat_template import render_chat_template
-from ..errors import ContextOverflowError, InvalidInputError, LLMError, ModelLoadError
+from ..errors import (
+    ContextOverflowError,
+    InvalidInputError,
+    LLMError,
+    ModelLoadError,
+    ModelNotFoundError,
+    SessionClosedError,
+)
 from ..hardware import physical_cores
 from ..metrics import Metrics, TokenPerformance
 from ..sampling import Sampling
@@ -40,28 +48,30 @@ _FLASH_ATTN_DISABLED = 0
 _DECODE_ABORTED = 2
 
 
+@dataclass(frozen=True)
 class ModelInfo:
     """Facts about the loaded model, read from llama.cpp after loading."""
 
-    def __init__(self, **kw: Any) -> None:
-        self.architecture: str = kw["architecture"]
-        self.description: str = kw["description"]
-        self.chat_template: str | None = kw["chat_template"]
-        self.n_ctx: int = kw["n_ctx"]
-        self.n_ctx_train: int = kw["n_ctx_train"]
-        self.n_layers: int = kw["n_layers"]
-        self.gpu_layers_offloaded: int = kw["gpu_layers_offloaded"]
-        self.gpu_offload_supported: bool = kw["gpu_offload_supported"]
-        self.threads: int = kw["threads"]
-
-    def __repr__(self) -> str:
-        return f"ModelInfo({self.__dict__!r})"
+    architecture: str
+    """``general.architecture`` from the GGUF, e.g. ``gemma3``."""
+    description: str
+    """llama.cpp's one-line description (size and quantization)."""
+    chat_template: str | None
+    """``tokenizer.chat_template``, or None when the file has none."""
+    n_ctx: int
+    """The context window actually allocated, in tokens."""
+    n_ctx_train: int
+    """The context length the model was trained with."""
+    n_layers: int
+    gpu_layers_offloaded: int
+    """Layers llama.cpp reported offloading to a GPU (0 on a CPU-only build)."""
+    gpu_offload_supported: bool
+    """Whether this llama-cpp-python build can offload at all."""
+    threads: int
 
 
 def _check_gguf(path: Path) -> None:
     if not path.is_file():
-        from ..errors import ModelNotFoundError
-
         raise ModelNotFoundError(f"model file {str(path)!r} does not exist; check the path")
     try:
         with path.open("rb") as f:
@@ -351,7 +361,7 @@ class InprocBackend:
                     buf = self._piece = ctypes.create_string_buffer(-n)
                     n = to_piece(vocab, tok, buf, len(buf), 0, False)
                 n_gen += 1
-                text = decoder.decode(buf.raw[:n]) if n > 0 else ""
+                text = decoder.decode(ctypes.string_at(buf, n)) if n > 0 else ""
                 if text:
                     # Hand the text over before evaluating the token: the caller sees it
                     # one decode (~the time of a token) earlier.
@@ -387,8 +397,6 @@ class InprocBackend:
 
     def _check_open(self) -> None:
         if self._ctx is None:
-            from ..errors import SessionClosedError
-
             raise SessionClosedError("the session is closed; create a new Session")
 
     def health(self) -> str:
