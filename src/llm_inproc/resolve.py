@@ -1,25 +1,40 @@
-"""Turn ``Options.model`` into a local GGUF path: a file, an installed package, or the Hub."""
+"""Where models come from: a local file, an installed package, or the Hub.
+
+One place decides the order (installed package first, then the Hub), for the Session,
+``llm-inproc pull`` and ``llm-inproc models`` / ``info`` alike.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .embedded import embedded_model_path, find_embedded
 from .errors import InvalidInputError, ModelNotFoundError
 from .references import PackedFileRef
 
-__all__ = ["resolve_model"]
+if TYPE_CHECKING:
+    from .hub import CachedModel
+
+__all__ = ["list_models", "resolve_model"]
 
 logger = logging.getLogger(__name__)
 
 
-def resolve_model(model: str, cache_dir: Path, *, hf: Callable[[], Any] | None = None) -> Path:
+def resolve_model(
+    model: str,
+    cache_dir: Path,
+    *,
+    hf: Callable[[], Any] | None = None,
+    update: bool = False,
+    progress: bool = True,
+) -> Path:
     """Local path of ``model``, downloading it first if it is an ``hf:`` reference.
 
     ``hf`` returns the ``HfApi`` to download with; it is only called for a download.
+    ``update`` asks the Hub whether the revision moved even when a copy is cached.
     """
     if not isinstance(model, str) or not model:
         raise InvalidInputError(
@@ -41,7 +56,9 @@ def resolve_model(model: str, cache_dir: Path, *, hf: Callable[[], Any] | None =
             )
         from .hub import download_model
 
-        return download_model(ref, cache_dir, api=hf() if hf else None)
+        return download_model(
+            ref, cache_dir, api=hf() if hf else None, update=update, progress=progress
+        )
     path = Path(model).expanduser()
     if not path.is_file():
         raise ModelNotFoundError(
@@ -49,3 +66,11 @@ def resolve_model(model: str, cache_dir: Path, *, hf: Callable[[], Any] | None =
             "or an hf:author/repo/revision/file reference"
         )
     return path
+
+
+def list_models(cache_dir: Path) -> list[CachedModel]:
+    """The models in the cache: assembled from packages first, then Hub downloads."""
+    from .embedded import list_embedded
+    from .hub import list_cached_models
+
+    return [*list_embedded(cache_dir), *list_cached_models(cache_dir)]

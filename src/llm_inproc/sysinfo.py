@@ -115,11 +115,10 @@ def llama_cpp_devices() -> list[dict[str, Any]]:
 
 def _cached_models(cache_dir: Path) -> list[dict[str, Any]] | None:
     """The models ``llm-inproc models`` lists (embedded, then Hub), None if unreadable."""
-    from .embedded import list_embedded
-    from .hub import list_cached_models
+    from .resolve import list_models
 
     try:
-        models = [*list_embedded(cache_dir), *list_cached_models(cache_dir)]
+        models = list_models(cache_dir)
     except (LLMError, OSError) as e:
         log.warning("cannot list cached models: %s", e)
         return None

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from . import add_common_model_flags
-from ._common import session_from_args
+from ._common import add_sampling_flags, sampling_kwargs, session_from_args, stream_to_stdout
 
 __all__ = ["add_parser"]
 
@@ -23,11 +23,7 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--system", default=None, help="system prompt for a new conversation")
     p.add_argument("--channel", default="cli", help="conversation name (default: cli)")
-    p.add_argument(
-        "--max-tokens", type=int, default=512, help="per reply (default 512; 0: no limit)"
-    )
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    add_sampling_flags(p)
     add_common_model_flags(p)
     p.set_defaults(func=run)
 
@@ -36,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from ..memory import Memory
     from ..messages import Message, Role
 
-    kw = {"max_tokens": args.max_tokens, "seed": args.seed, "temperature": args.temperature}
+    kw = sampling_kwargs(args)
     with session_from_args(args) as session:
         path = session.cache_dir / "chat-memory.json"
         memory = Memory()
@@ -65,15 +61,7 @@ def run(args: argparse.Namespace) -> int:
                 print("(conversation forgotten)", file=sys.stderr)  # noqa: T201
                 continue
             conv.messages.append(Message(Role.USER, text))
-            pieces: list[str] = []
-            for piece in session.prompt_streaming(conv.messages, **kw):
-                if not pieces:
-                    piece = piece.lstrip()
-                pieces.append(piece)
-                sys.stdout.write(piece)
-                sys.stdout.flush()
-            sys.stdout.write("\n")
-            sys.stdout.flush()
-            conv.messages.append(Message(Role.ASSISTANT, "".join(pieces).strip()))
+            reply = stream_to_stdout(session.prompt_streaming(conv.messages, **kw))
+            conv.messages.append(Message(Role.ASSISTANT, reply))
             memory.save_file(path)
     return 0

@@ -1,9 +1,12 @@
-"""What the model-running commands share: building a Session from flags, metrics as JSON."""
+"""What the model-running commands share: sampling flags, building a Session from flags,
+streaming a reply to stdout, metrics as JSON."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -11,7 +14,47 @@ if TYPE_CHECKING:
     from ..metrics import Metrics
     from ..session import Session
 
-__all__ = ["metrics_dict", "session_from_args"]
+__all__ = [
+    "add_sampling_flags",
+    "metrics_dict",
+    "sampling_kwargs",
+    "session_from_args",
+    "stream_to_stdout",
+]
+
+
+def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
+    """``--max-tokens``, ``--temperature``, ``--seed``, with the Session's meanings."""
+    g = parser.add_argument_group("sampling")
+    g.add_argument(
+        "--max-tokens",
+        type=int,
+        default=512,
+        help="reply length limit (default 512; 0: until the model stops or the context is full)",
+    )
+    g.add_argument("--temperature", type=float, default=1.0, help="0 is greedy")
+    g.add_argument("--seed", type=int, default=0, help="0 is random; fix it to repeat a reply")
+
+
+def sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of ``Session.prompt`` that the sampling flags set."""
+    return {"max_tokens": args.max_tokens, "seed": args.seed, "temperature": args.temperature}
+
+
+def stream_to_stdout(pieces: Iterable[str]) -> str:
+    """Print a streamed reply as it comes (leading white space dropped); return it stripped."""
+    out: list[str] = []
+    for piece in pieces:
+        if not out:
+            piece = piece.lstrip()
+            if not piece:
+                continue
+        out.append(piece)
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    return "".join(out).strip()
 
 
 def session_from_args(args: argparse.Namespace) -> Session:

@@ -8,8 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from . import add_cache_dir_flag
@@ -17,10 +16,7 @@ from . import add_cache_dir_flag
 if TYPE_CHECKING:
     from ..hub import CachedModel
 
-__all__ = ["Lister", "add_parser", "format_models", "format_size", "run"]
-
-Lister = Callable[[Path], "list[CachedModel]"]
-"""``cache_dir -> cached models``; ``run`` concatenates the listers it is given."""
+__all__ = ["add_parser", "format_models", "format_size", "run"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -55,15 +51,13 @@ def format_models(models: Sequence[CachedModel]) -> str:
     )
 
 
-def run(args: argparse.Namespace, *, listers: Sequence[Lister] | None = None) -> int:
-    """List the cache; ``listers`` defaults to the embedded models and the Hugging Face cache."""
-    from ..embedded import list_embedded
-    from ..hub import list_cached_models
+def run(args: argparse.Namespace) -> int:
+    """List the models assembled from packages and downloaded from the Hub."""
     from ..paths import resolve_cache_dir
+    from ..resolve import list_models
 
     cache_dir = resolve_cache_dir(args.cache_dir)
-    listers = listers or (list_embedded, list_cached_models)
-    models = [m for lister in listers for m in lister(cache_dir)]
+    models = list_models(cache_dir)
     if args.json:
         print(json.dumps([m.to_json() for m in models], indent=2))  # noqa: T201 - the command's output
     elif models:

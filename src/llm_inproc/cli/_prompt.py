@@ -8,7 +8,13 @@ import sys
 from typing import Any
 
 from . import add_common_model_flags
-from ._common import metrics_dict, session_from_args
+from ._common import (
+    add_sampling_flags,
+    metrics_dict,
+    sampling_kwargs,
+    session_from_args,
+    stream_to_stdout,
+)
 
 __all__ = ["add_parser"]
 
@@ -21,14 +27,7 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("text", nargs="*", help="the prompt; read from stdin when absent or '-'")
     p.add_argument("--system", default=None, help="system prompt ({{.Now}}, {{.Model}} expand)")
-    p.add_argument(
-        "--max-tokens",
-        type=int,
-        default=512,
-        help="reply length limit (default 512; 0: until the model stops or the context is full)",
-    )
-    p.add_argument("--temperature", type=float, default=1.0, help="0 is greedy")
-    p.add_argument("--seed", type=int, default=0, help="0 is random; fix it to repeat a reply")
+    add_sampling_flags(p)
     p.add_argument("--json", action="store_true", help="print the reply and metrics as JSON")
     add_common_model_flags(p)
     p.set_defaults(func=run)
@@ -46,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     messages = [Message(Role.USER, text)]
     if args.system:
         messages.insert(0, Message(Role.SYSTEM, args.system))
-    kw = {"max_tokens": args.max_tokens, "seed": args.seed, "temperature": args.temperature}
+    kw = sampling_kwargs(args)
     with session_from_args(args) as session:
         if args.json:
             reply = session.prompt(messages, **kw)
@@ -57,12 +56,5 @@ def run(args: argparse.Namespace) -> int:
             }
             print(json.dumps(out, ensure_ascii=False, indent=2))  # noqa: T201
             return 0
-        started = False
-        for piece in session.prompt_streaming(messages, **kw):
-            if not started:
-                piece = piece.lstrip()
-                started = bool(piece)
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-        sys.stdout.write("\n")
+        stream_to_stdout(session.prompt_streaming(messages, **kw))
     return 0

@@ -8,15 +8,10 @@ stdout so scripts can use it (``llama-cli -m "$(llm-inproc pull hf:...)"``).
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
-from pathlib import Path
 
 from . import add_cache_dir_flag
 
-__all__ = ["Resolver", "add_parser", "hub_resolver", "run"]
-
-Resolver = Callable[[str, Path, bool], Path]
-"""``(reference, cache_dir, progress) -> local path``; the hook ``run`` downloads through."""
+__all__ = ["add_parser", "run"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -35,24 +30,17 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.set_defaults(func=run)
 
 
-def hub_resolver(ref: str, cache_dir: Path, progress: bool) -> Path:
-    """An installed package's copy of ``ref`` if there is one, else the Hub's latest commit."""
-    from ..embedded import embedded_model_path, find_embedded
-    from ..hub import download_model
-
-    embedded = find_embedded(ref)
-    if embedded is not None:
-        path = embedded_model_path(embedded, cache_dir)
-        if path is not None:
-            return path
-    return download_model(ref, cache_dir, progress=progress, update=True)
-
-
-def run(args: argparse.Namespace, *, resolver: Resolver | None = None) -> int:
-    """Pull ``args.ref``; ``resolver`` defaults to :func:`hub_resolver`."""
+def run(args: argparse.Namespace) -> int:
+    """Pull ``args.ref``: an installed package's copy if there is one, else the Hub's latest."""
+    from ..errors import InvalidInputError
     from ..paths import resolve_cache_dir
+    from ..resolve import resolve_model
 
+    if not args.ref.startswith("hf:"):
+        raise InvalidInputError(
+            f"{args.ref!r} is not an hf: reference; use hf:<author>/<repo>/<revision>/<file>"
+        )
     cache_dir = resolve_cache_dir(args.cache_dir)
-    path = (resolver or hub_resolver)(args.ref, cache_dir, not args.no_progress)
+    path = resolve_model(args.ref, cache_dir, update=True, progress=not args.no_progress)
     print(path)  # noqa: T201 - the command's output
     return 0
