@@ -14,6 +14,7 @@ step raises :class:`~llm_inproc.errors.LLMError` naming the step and the log.
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import subprocess
@@ -30,13 +31,15 @@ from .presets import DEFAULT_PRESET, load_presets
 
 __all__ = [
     "DIST_NAME",
+    "BuildLog",
     "OutputCallback",
     "PythonBuildPlan",
     "build_python",
     "installed_llama_cpp_version",
     "python_build_plan",
-    "run_step",
 ]
+
+logger = logging.getLogger(__name__)
 
 OutputCallback = Callable[[str], None]
 """Receives each line of a build's output (without the newline)."""
@@ -99,61 +102,79 @@ def build_python(
     """
     plan = python_build_plan(preset)
     logs = Path(log_dir) if log_dir is not None else Path(tempfile.gettempdir())
-    logs.mkdir(parents=True, exist_ok=True)
-    log_path = logs / f"python-{plan.version}-{plan.preset}.log"
-    with open(log_path, "w", encoding="utf-8") as logf:
-        for line in (
-            f"==> rebuilding {DIST_NAME} {plan.version} with preset {plan.preset}",
-            f"==> {plan.shell()}",
-            f"==> log in {log_path}",
-        ):
-            logf.write(line + "\n")
-            if on_output is not None:
-                on_output(line)
-        run_step("pip install", plan.command, logf, log_path, on_output, env=plan.env)
+    with BuildLog(logs / f"python-{plan.version}-{plan.preset}.log", on_output) as log:
+        log.step(f"rebuilding {DIST_NAME} {plan.version} with preset {plan.preset}")
+        log.step(plan.shell())
+        log.step(f"log in {log.path}")
+        log.run("pip install", plan.command, env=plan.env)
     return plan
 
 
-def run_step(
-    step: str,
-    command: Sequence[str],
-    logf: IO[str],
-    log_path: Path,
-    on_output: OutputCallback | None,
-    *,
-    env: dict[str, str] | None = None,
-) -> None:
-    """Run one build step, copying its output line by line to the log and ``on_output``.
+class BuildLog:
+    """A build's log file and the caller's live view of it.
 
-    No time limit: a compile legitimately takes many minutes; pip applies its own
-    network timeouts. Raises LLMError naming ``step`` and ``log_path`` on failure.
+    :meth:`step` records a ``==>`` heading; :meth:`run` runs one command, copying its
+    output line by line to the log and to ``on_output``. Use it as a context manager.
     """
-    logf.write(f"$ {shlex.join(command)}\n")
-    logf.flush()
-    try:
-        proc = subprocess.Popen(
-            list(command),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, **env} if env else None,
-            text=True,
-            errors="replace",
-            bufsize=1,
-        )
-    except OSError as e:
-        raise LLMError(f"{step} step could not start {command[0]}: {e}; see {log_path}") from e
-    assert proc.stdout is not None
-    with proc:
+
+    def __init__(self, path: Path, on_output: OutputCallback | None = None) -> None:
+        self.path = path
+        self._on_output = on_output
+        self._file: IO[str] | None = None
+
+    def __enter__(self) -> BuildLog:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "w", encoding="utf-8")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._file is not None
+        self._file.close()
+
+    def _line(self, line: str) -> None:
+        assert self._file is not None, "use BuildLog as a context manager"
+        self._file.write(line + "\n")
+        if self._on_output is not None:
+            self._on_output(line)
+
+    def step(self, text: str) -> None:
+        """A heading: what happens next."""
+        logger.info("%s", text)
+        self._line(f"==> {text}")
+        assert self._file is not None
+        self._file.flush()
+
+    def run(self, step: str, command: Sequence[str], *, env: dict[str, str] | None = None) -> None:
+        """Run one step's command; raise LLMError naming ``step`` and the log on failure.
+
+        No time limit: a compile legitimately takes many minutes; pip applies its own
+        network timeouts.
+        """
+        assert self._file is not None, "use BuildLog as a context manager"
+        self._file.write(f"$ {shlex.join(command)}\n")
+        self._file.flush()
         try:
-            for line in proc.stdout:
-                logf.write(line)
-                if on_output is not None:
-                    on_output(line.rstrip("\n"))
-        except BaseException:
-            proc.kill()
-            raise
-        code = proc.wait()
-    logf.flush()
-    if code != 0:
-        raise LLMError(f"{step} step failed (exit status {code}); full log: {log_path}")
+            proc = subprocess.Popen(
+                list(command),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **env} if env else None,
+                text=True,
+                errors="replace",
+                bufsize=1,
+            )
+        except OSError as e:
+            raise LLMError(f"{step} step could not start {command[0]}: {e}; see {self.path}") from e
+        assert proc.stdout is not None
+        with proc:
+            try:
+                for line in proc.stdout:
+                    self._line(line.rstrip("\n"))
+            except BaseException:
+                proc.kill()
+                raise
+            code = proc.wait()
+        self._file.flush()
+        if code != 0:
+            raise LLMError(f"{step} step failed (exit status {code}); full log: {self.path}")

@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 from functools import cache
 
-__all__ = ["physical_cores"]
+__all__ = ["physical_cores", "usable_cpus"]
 
 
-def _usable_cpus() -> int:
+def usable_cpus() -> int:
+    """Logical CPUs this process may run on (at least 1); for parallel compiles."""
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -23,7 +24,7 @@ def _usable_cpus() -> int:
 @cache
 def physical_cores() -> int:
     """Physical cores this process may run on (at least 1)."""
-    usable = _usable_cpus()
+    usable = usable_cpus()
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             text = f.read()

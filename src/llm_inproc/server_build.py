@@ -17,7 +17,6 @@ kept after a failure so the next try is incremental).
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import shutil
@@ -26,14 +25,14 @@ import tarfile
 import tempfile
 import time
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from .build import DIST_NAME, OutputCallback, installed_llama_cpp_version, run_step
+from .build import DIST_NAME, BuildLog, OutputCallback, installed_llama_cpp_version
 from .errors import InvalidInputError, LLMError
+from .hardware import usable_cpus
 from .presets import DEFAULT_PRESET, load_presets
 
 __all__ = [
@@ -47,7 +46,6 @@ __all__ = [
     "vendored_commit",
 ]
 
-log = logging.getLogger(__name__)
 
 _BINARIES = ("llama-server", "llama-bench")
 _EXE = ".exe" if sys.platform == "win32" else ""
@@ -214,41 +212,32 @@ def build_llama_server(
 def _build_locked(
     version_dir: Path, version: str, preset: str, jobs: int | None, on_output: OutputCallback | None
 ) -> ServerBuild:
-    log_path = version_dir / f"{preset}.log"
-    say = on_output or (lambda line: None)
     started = time.monotonic()
-    with open(log_path, "w", encoding="utf-8") as logf:
-
-        def step(text: str) -> None:
-            line = f"==> {text}"
-            log.info("%s", text)
-            logf.write(line + "\n")
-            logf.flush()
-            say(line)
-
+    with BuildLog(version_dir / f"{preset}.log", on_output) as blog:
+        log_path = blog.path
         cmake = shutil.which("cmake")
         if cmake is None:
             raise LLMError(
                 "cmake not found on PATH; install cmake >= 3.21 (e.g. pip install cmake)"
             )
-        step(f"llama-server {version}/{preset}: log in {log_path}")
-        source = _sources(version_dir, version, logf, log_path, on_output, step)
+        blog.step(f"llama-server {version}/{preset}: log in {log_path}")
+        source = _sources(version_dir, version, blog)
         commit = _vendored_commit(source / "CHANGELOG.md", version)
         flags = server_cmake_args(preset, commit=commit)
         build_dir = version_dir / f".build-{preset}"
         generator = ["-G", "Ninja"] if shutil.which("ninja") else []
         if build_dir.exists() and not (build_dir / "CMakeCache.txt").exists():
             shutil.rmtree(build_dir)
-        step(f"configure: cmake {' '.join(flags)}")
+        blog.step(f"configure: cmake {' '.join(flags)}")
         configure = [cmake, "-S", str(source / "vendor" / "llama.cpp"), "-B", str(build_dir)]
-        run_step("configure", [*configure, *generator, *flags], logf, log_path, on_output)
-        jobs = jobs or _cpus()
-        step(f"build: {', '.join(_BINARIES)} with {jobs} jobs")
+        blog.run("configure", [*configure, *generator, *flags])
+        jobs = jobs or usable_cpus()
+        blog.step(f"build: {', '.join(_BINARIES)} with {jobs} jobs")
         compile_cmd = [cmake, "--build", str(build_dir), "--target", *_BINARIES, "-j", str(jobs)]
         if not generator:
             compile_cmd += ["--config", "Release"]
-        run_step("build", compile_cmd, logf, log_path, on_output)
-        step("install into the cache")
+        blog.run("build", compile_cmd)
+        blog.step("install into the cache")
         final = version_dir / preset
         tmp = Path(tempfile.mkdtemp(prefix=f".{preset}-", dir=version_dir))
         try:
@@ -279,18 +268,11 @@ def _build_locked(
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         shutil.rmtree(build_dir, ignore_errors=True)
-        step(f"done in {build.seconds:.0f} s: {build.llama_server}")
+        blog.step(f"done in {build.seconds:.0f} s: {build.llama_server}")
     return build
 
 
-def _sources(
-    version_dir: Path,
-    version: str,
-    logf: IO[str],
-    log_path: Path,
-    on_output: OutputCallback | None,
-    step: Callable[[str], None],
-) -> Path:
+def _sources(version_dir: Path, version: str, blog: BuildLog) -> Path:
     """The unpacked sdist of ``version`` (downloaded and unpacked once per version).
 
     Every preset of a version shares these sources, so a version-wide lock keeps a
@@ -304,8 +286,8 @@ def _sources(
     with FileLock(str(version_dir / ".src.lock")):
         if (source / "vendor" / "llama.cpp" / "CMakeLists.txt").is_file():
             return source  # unpacked by another build while we waited
-        archive = _sdist(version_dir, version, logf, log_path, on_output, step)
-        step(f"unpack: {archive.name}")
+        archive = _sdist(version_dir, version, blog)
+        blog.step(f"unpack: {archive.name}")
         tmp = Path(tempfile.mkdtemp(prefix=".src-", dir=version_dir))
         try:
             with tarfile.open(archive) as tar:
@@ -336,27 +318,20 @@ def _sources(
     return source
 
 
-def _sdist(
-    version_dir: Path,
-    version: str,
-    logf: IO[str],
-    log_path: Path,
-    on_output: OutputCallback | None,
-    step: Callable[[str], None],
-) -> Path:
+def _sdist(version_dir: Path, version: str, blog: BuildLog) -> Path:
     """The sdist archive of ``version``, downloaded into ``<version_dir>/sdist`` once."""
     download_dir = version_dir / "sdist"
     archives = sorted(download_dir.glob("*.tar.gz"))
     if not archives:
-        step(f"download: {DIST_NAME}=={version} sdist from the package index")
+        blog.step(f"download: {DIST_NAME}=={version} sdist from the package index")
         command = [
             sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
             "--dest", str(download_dir), f"{DIST_NAME}=={version}",
         ]  # fmt: skip
-        run_step("download", command, logf, log_path, on_output)
+        blog.run("download", command)
         archives = sorted(download_dir.glob("*.tar.gz"))
         if not archives:
-            raise LLMError(f"download step left no .tar.gz in {download_dir}; see {log_path}")
+            raise LLMError(f"download step left no .tar.gz in {download_dir}; see {blog.path}")
     return archives[-1]
 
 
@@ -384,10 +359,3 @@ def _find_binary(build_dir: Path, name: str) -> Path | None:
         if candidate.is_file():
             return candidate
     return next((p for p in build_dir.rglob(name) if p.is_file()), None)
-
-
-def _cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
