@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from subproc import child_env
+
 __all__ = ["FakeFile", "FakeHub", "FakeRepo", "LoggedRequest", "cli_env", "make_gguf"]
 
 _CHUNK = 1 << 20
@@ -557,13 +559,11 @@ def cli_env(hub: FakeHub, cache: Path, **extra: str) -> dict[str, str]:
     The machine's own Hugging Face and llm_inproc settings (tokens, endpoint, cache) are
     dropped so the child sees the fake Hub and an isolated cache.
     """
-    src = Path(__file__).resolve().parents[1] / "src"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE", "LLM_"))}
-    env.update(
-        PYTHONPATH=str(src),
+    own = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE", "LLM_"))}
+    return child_env(
+        own,
         HF_ENDPOINT=hub.endpoint,
         HF_HOME=str(cache.parent / "hf-home"),
         LLM_INPROC_CACHE=str(cache),
         **extra,
     )
-    return env

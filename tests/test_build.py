@@ -12,7 +12,6 @@ import re
 import shutil
 import stat
 import subprocess
-import sys
 import tarfile
 import time
 from pathlib import Path
@@ -32,22 +31,10 @@ from llm_inproc.server_build import (
     find_llama_server,
     list_server_builds,
 )
-
-SRC = Path(__file__).resolve().parent.parent / "src"
+from subproc import run_cli
 
 # The first build on a machine takes 8-16 minutes on 2 cores, more than the default timeout.
 pytestmark = pytest.mark.timeout(3600)
-
-
-def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "llm_inproc.cli", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(SRC)},
-        timeout=timeout,
-        check=False,
-    )
 
 
 @pytest.fixture(scope="module")

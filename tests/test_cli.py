@@ -3,35 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from llm_inproc import Memory, Role
-
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+from subproc import child_env, run_cli, run_python
 
 
 def cli(
     *args: str, stdin: str = "", env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    full_env = {
-        **os.environ,
-        "PYTHONPATH": SRC,
-        "HF_HUB_OFFLINE": "1",  # the main job must work with no network at all
-        **(env or {}),
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "llm_inproc.cli", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=full_env,
-    )
+    # The main job must work with no network at all.
+    return run_cli(*args, stdin=stdin, env=child_env(HF_HUB_OFFLINE="1", **(env or {})))
 
 
 def test_help_does_not_load_llama_cpp() -> None:
@@ -43,7 +28,7 @@ def test_help_does_not_load_llama_cpp() -> None:
         "assert 'llama_cpp' not in sys.modules, 'llama_cpp imported'\n"
         "assert 'huggingface_hub' not in sys.modules, 'huggingface_hub imported'\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": SRC})
+    assert run_python(code).returncode == 0
     r = cli("--help")
     assert r.returncode == 0
     for command in ("prompt", "chat", "pull", "models", "build", "info", "bench"):

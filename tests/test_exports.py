@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import llm_inproc
 import llm_inproc.errors
+from subproc import run_python
 
 SPEC_NAMES = {
     "PackedFileRef",
@@ -68,14 +66,8 @@ def test_errors_tree() -> None:
 
 
 def test_import_does_not_load_llama_cpp() -> None:
-    src = str(Path(__file__).resolve().parents[1] / "src")
     heavy = ("llama_cpp", "huggingface_hub", "httpx", "numpy")
     code = f"import sys, llm_inproc; print(sorted(m for m in sys.modules if m.startswith({heavy})))"
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "PYTHONPATH": src},
-    ).stdout.strip()
-    assert out == "[]"
+    r = run_python(code)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"

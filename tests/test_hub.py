@@ -9,7 +9,6 @@ import hashlib
 import json
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from llm_inproc.errors import (
     ModelNotFoundError,
 )
 from llm_inproc.hub import download_model, list_cached_models
+from subproc import run_cli
 
 REPO = "hugginllam/tiny-GGUF"
 Q4 = "tiny-q4_k_m.gguf"
@@ -385,13 +385,7 @@ def test_real_default_model_through_the_fake_hub(model_path: Path, cache: Path) 
 
 
 def _cli(hub: FakeHub, cache: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "llm_inproc.cli", *args],
-        env=cli_env(hub, cache, **env),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_cli(*args, env=cli_env(hub, cache, **env), timeout=120)
 
 
 def test_cli_pull_and_models(hub: FakeHub, cache: Path) -> None:

@@ -4,12 +4,12 @@ from a (fake, loopback) Hub on first use, prompted, then served offline from the
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from fakehub import FakeHub, cli_env
+from subproc import run_cli
 
 pytestmark = pytest.mark.model
 
@@ -19,27 +19,9 @@ SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 
 
 def _prompt(hub: FakeHub, cache: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "llm_inproc.cli",
-            "prompt",
-            "--model",
-            REF,
-            "--max-tokens",
-            "8",
-            "--temperature",
-            "0",
-            "--context-length",
-            "512",
-            "Hello",
-        ],
-        env=cli_env(hub, cache, **env),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    args = ("prompt", "--model", REF, "--max-tokens", "8", "--temperature", "0",
+            "--context-length", "512", "Hello")  # fmt: skip
+    return run_cli(*args, env=cli_env(hub, cache, **env))
 
 
 def test_prompt_downloads_on_first_use_then_works_offline(model_path: Path, tmp_path: Path) -> None:

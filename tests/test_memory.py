@@ -6,8 +6,6 @@ import datetime as dt
 import io
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,9 +15,9 @@ import pytest
 from llm_inproc.errors import InvalidInputError
 from llm_inproc.memory import Conversation, Memory
 from llm_inproc.messages import Message, Role
+from subproc import child_env, run_python
 
 UTC = dt.timezone.utc
-SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 # Written by hand in the reference's encoding: system role (0) and empty values omitted.
 REFERENCE_DOC = {
@@ -343,7 +341,6 @@ def test_save_failing_mid_write_leaves_old_file_and_no_temp(tmp_path: Path) -> N
     assert len(old) < 4096
     script = f"""
 import errno, resource, signal, sys
-sys.path.insert(0, {SRC!r})
 from llm_inproc.memory import Memory
 from llm_inproc.messages import Message, Role
 memory = Memory()
@@ -355,10 +352,7 @@ try:
 except OSError as exc:
     print("failed", errno.errorcode[exc.errno])
 """
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60
-    )
+    done = run_python(script, env=child_env(PYTHONDONTWRITEBYTECODE="1"), timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "failed EFBIG"
     assert path.read_bytes() == old
@@ -370,14 +364,13 @@ def test_save_killed_before_rename_leaves_old_file(tmp_path: Path) -> None:
     path, old = _old_file(tmp_path)
     script = f"""
 import os, sys
-sys.path.insert(0, {SRC!r})
 from llm_inproc.memory import Memory
 memory = Memory()
 memory.get("new", "x")
 os.fsync = lambda fd: os._exit(3)
 memory.save_file({str(path)!r})
 """
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+    done = run_python(script, timeout=60)
     assert done.returncode == 3, done.stderr
     assert path.read_bytes() == old
     leftovers = [p for p in os.listdir(tmp_path) if p != "memory.json"]

@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
 from llm_inproc import ModelNotFoundError, Options, Session
-
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+from subproc import run_python
 
 _LOAD = textwrap.dedent(
     """
@@ -30,14 +27,7 @@ _LOAD = textwrap.dedent(
 
 
 def load_in_subprocess(path: Path) -> dict[str, object]:
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run(
-        [sys.executable, "-c", _LOAD, str(path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
+    proc = run_python(_LOAD, str(path))
     assert proc.returncode == 0, f"the process died ({proc.returncode}): {proc.stderr[-2000:]}"
     result: dict[str, object] = json.loads(proc.stdout.strip().splitlines()[-1])
     return result

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -14,9 +13,9 @@ import pytest
 from llm_inproc.build import python_build_plan
 from llm_inproc.errors import InvalidInputError
 from llm_inproc.presets import PresetFile, cmake_args, find_presets_file, list_presets
+from subproc import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
-SRC = REPO / "src"
 
 # What each preset must switch on: the flag names are llama.cpp's (vendor/llama.cpp).
 EXPECTED: dict[str, set[str]] = {
@@ -35,18 +34,6 @@ EXPECTED: dict[str, set[str]] = {
     "hip-rpc": {"-DGGML_HIP=ON", "-DGGML_RPC=ON"},
 }
 BACKENDS = {"GGML_CUDA", "GGML_METAL", "GGML_VULKAN", "GGML_HIP", "GGML_SYCL", "GGML_RPC"}
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
-    return subprocess.run(
-        [sys.executable, "-m", "llm_inproc.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
 
 
 def test_the_file_is_found_in_a_checkout() -> None:
