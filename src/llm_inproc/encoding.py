@@ -6,6 +6,7 @@ cleaned the same way whichever backend produced it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -177,13 +178,16 @@ class ReplyCleaner:
     Once a marker is seen, :attr:`stopped` is set and everything after it is dropped.
     """
 
-    __slots__ = ("_buf", "_firsts", "_markers", "_maxlen", "stopped")
+    __slots__ = ("_buf", "_find", "_firsts", "_maxlen", "_prefixes", "stopped")
 
     def __init__(self, markers: Iterable[str] = END_OF_TURN_MARKERS) -> None:
         normalized = (m.replace("\u2581", " ") for m in markers)
-        self._markers = tuple(m for m in dict.fromkeys(normalized) if m)
-        self._firsts = frozenset(m[0] for m in self._markers)
-        self._maxlen = max((len(m) for m in self._markers), default=0)
+        unique = tuple(m for m in dict.fromkeys(normalized) if m)
+        # Per piece: one regex search for a whole marker, and a set lookup for a partial one.
+        self._find = re.compile("|".join(map(re.escape, unique))).search if unique else None
+        self._prefixes = frozenset(m[:k] for m in unique for k in range(1, len(m)))
+        self._firsts = frozenset(m[0] for m in unique)
+        self._maxlen = max((len(m) for m in unique), default=0)
         self._buf = ""
         self.stopped = False
 
@@ -192,20 +196,18 @@ class ReplyCleaner:
         if self.stopped:
             return ""
         buf = self._buf + piece.replace("\u2581", " ")
-        cut = -1
-        for m in self._markers:
-            j = buf.find(m)
-            if j >= 0 and (cut < 0 or j < cut):
-                cut = j
-        if cut >= 0:
+        found = self._find(buf) if self._find else None
+        if found is not None:
             self.stopped = True
             self._buf = ""
-            return buf[:cut]
+            return buf[: found.start()]
         hold = len(buf)
-        for i in range(max(0, len(buf) - self._maxlen + 1), len(buf)):
-            if buf[i] in self._firsts and any(m.startswith(buf[i:]) for m in self._markers):
-                hold = i
-                break
+        start = max(0, len(buf) - self._maxlen + 1)
+        if not self._firsts.isdisjoint(buf[start:]):
+            for i in range(start, len(buf)):
+                if buf[i:] in self._prefixes:
+                    hold = i
+                    break
         self._buf = buf[hold:]
         return buf[:hold]
 
