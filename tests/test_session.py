@@ -1,4 +1,4 @@
-"""The in-process Session on the real default model (Gemma 3 270M)."""
+"""The in-process Session on the real Gemma 3 270M model (raw encoding)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import time
 import pytest
 
 from llm_inproc import (
-    BusyError,
     ContextOverflowError,
     InvalidInputError,
     Message,
@@ -42,11 +41,18 @@ def test_streaming_equals_blocking_at_temperature_zero(session: Session) -> None
     assert "".join(pieces).strip() == blocking
 
 
-def test_fixed_seed_repeats_and_random_seed_varies(session: Session) -> None:
+def test_fixed_seed_repeats_and_random_seed_varies(session: Session, model_path: object) -> None:
     msgs = [Message(Role.USER, "Tell me a story about a dragon.")]
     a = session.prompt(msgs, max_tokens=32, seed=1234, temperature=1.0)
     b = session.prompt(msgs, max_tokens=32, seed=1234, temperature=1.0)
-    assert a == b
+    c = session.prompt(msgs, max_tokens=32, seed=1234, temperature=1.0)
+    # b and c start from the same KV cache state, so they are bit-exact. (a was evaluated
+    # in other batch splits: llama.cpp's CPU kernels are not batch-invariant, see README.)
+    assert b == c and a
+    with Session(Options(model=str(model_path), context_length=512, parallel=1)) as s1:
+        first = s1.prompt(msgs, max_tokens=32, seed=1234, temperature=1.0)
+    with Session(Options(model=str(model_path), context_length=512, parallel=1)) as s2:
+        assert s2.prompt(msgs, max_tokens=32, seed=1234, temperature=1.0) == first
     others = {session.prompt(msgs, max_tokens=32, seed=s, temperature=1.5) for s in (1, 2, 3)}
     assert len(others) > 1
 
@@ -125,77 +131,20 @@ def test_async_prompt_and_cancellation(session: Session) -> None:
     assert cancelled_tokens < 200
 
 
-def test_threads_are_serialised(session: Session) -> None:
-    results: list[str] = []
-    errors: list[BaseException] = []
-
-    def worker() -> None:
-        try:
-            results.append(session.prompt(Q, max_tokens=12, temperature=0))
-        except BaseException as e:  # pragma: no cover - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=worker) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors
-    assert len(results) == 3 and len(set(results)) == 1
-
-
-def test_metrics_count_requests_processing_and_pending(session: Session) -> None:
-    stream = session.prompt_streaming([Message(Role.USER, "Tell a long story.")], temperature=0)
-    next(iter(stream))
-    waiter = threading.Thread(target=lambda: session.prompt(Q, max_tokens=2, temperature=0))
-    waiter.start()
-    deadline = time.monotonic() + 10
-    while session.get_metrics().requests_pending < 1 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    m = session.get_metrics()
-    assert (m.requests_processing, m.requests_pending) == (1, 1)
-    stream.close()  # type: ignore[attr-defined]
-    waiter.join(60)
-    assert not waiter.is_alive()
-    m = session.get_metrics()
-    assert (m.requests_processing, m.requests_pending) == (0, 0)
-
-
-def test_busy_when_queue_is_full(model_path: object, cache_dir: object) -> None:
-    with Session(Options(model=str(model_path), context_length=512, max_pending=0)) as s:
-        stream = s.prompt_streaming([Message(Role.USER, "Tell me a long story.")], temperature=0)
-        next(iter(stream))
-        errors: list[BaseException] = []
-        t = threading.Thread(target=lambda: _catch(errors, s))
-        t.start()
-        t.join(30)
-        stream.close()  # type: ignore[attr-defined]
-        assert len(errors) == 1 and isinstance(errors[0], BusyError)
-        assert "max_pending" in str(errors[0])
-        # A stream left open in this thread makes a second prompt an error, not a deadlock.
-        stream2 = s.prompt_streaming(Q, max_tokens=50, temperature=0)
-        next(iter(stream2))
-        with pytest.raises(InvalidInputError, match="streaming reply"):
-            s.prompt(Q, max_tokens=2)
-        stream2.close()  # type: ignore[attr-defined]
-
-
-def _catch(errors: list[BaseException], s: Session) -> None:
-    try:
-        s.prompt(Q, max_tokens=2)
-    except BaseException as e:
-        errors.append(e)
-
-
 def test_prompt_longer_than_context(model_path: object) -> None:
     with Session(Options(model=str(model_path), context_length=256)) as s:
         long = [Message(Role.USER, "word " * 400)]
-        with pytest.raises(ContextOverflowError, match="context"):
+        with pytest.raises(ContextOverflowError, match=r"is \d+ tokens but the context holds 256"):
             s.prompt(long)
         assert s.prompt(Q, max_tokens=8, temperature=0)
-        # max_tokens=0 stops when the context is full, without error.
-        reply = s.prompt([Message(Role.USER, "count: " + "1 2 3 " * 25)], temperature=0)
-        assert isinstance(reply, str)
+        # max_tokens=0 stops when the context is full, without error, and says so.
+        msgs = [Message(Role.USER, "count: " + "1 2 3 " * 25)]
+        n_prompt = s.count_tokens(msgs)
+        reply = s.complete(msgs, temperature=0, seed=7)
+        if reply.finish_reason == "length":
+            assert reply.generated.count == 256 - n_prompt
+        else:  # the model ended its turn first
+            assert reply.generated.count < 256 - n_prompt
         assert s.get_metrics().kv_cache_tokens <= 256
 
 
@@ -245,7 +194,8 @@ def test_close_then_use(model_path: object) -> None:
 
 
 def test_close_while_a_stream_is_left_open_elsewhere(model_path: object) -> None:
-    """close() does not hang on a stream another thread abandoned, and nothing crashes."""
+    """close() does not hang on a stream another thread abandoned; the stream then ends
+    with SessionClosedError instead of touching freed memory."""
     s = Session(Options(model=str(model_path), context_length=512))
     holder: dict[str, object] = {}
 
@@ -259,13 +209,12 @@ def test_close_while_a_stream_is_left_open_elsewhere(model_path: object) -> None
     t.join(30)
     started = time.monotonic()
     s.close()
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 5
     assert s.get_health() == "closed"
     with pytest.raises(SessionClosedError):
         s.prompt(Q)
-    # Resuming the abandoned stream ends it quietly instead of touching freed memory.
-    rest = list(holder["stream"])  # type: ignore[call-overload]
-    assert len(rest) <= 1
+    with pytest.raises(SessionClosedError):
+        list(holder["stream"])  # type: ignore[call-overload]
 
 
 def test_cancel_during_a_long_prompt_is_prompt(model_path: object) -> None:
@@ -274,23 +223,26 @@ def test_cancel_during_a_long_prompt_is_prompt(model_path: object) -> None:
 
     async def main(s: Session) -> float:
         task = asyncio.create_task(s.aprompt(long, max_tokens=4, temperature=0))
-        await asyncio.sleep(1.5)
+        # Cancel once the first 512-token chunk is in the cache: more chunks are to come.
+        while s.get_metrics().kv_cache_tokens < 512:
+            await asyncio.sleep(0.002)
         task.cancel()
         cancelled_at = time.monotonic()
         with pytest.raises(asyncio.CancelledError):
             await task
         while s.get_metrics().requests_processing and time.monotonic() - cancelled_at < 30:
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.002)
         return time.monotonic() - cancelled_at
 
     with Session(Options(model=str(model_path), context_length=4096)) as s:
         n = s.count_tokens(long)
-        assert n > 2500  # several 512-token batches: seconds of work on 2 cores
+        assert n > 2500  # several 512-token batches
         stopped_after = asyncio.run(main(s))
-        assert stopped_after < 0.5, f"took {stopped_after:.2f}s to stop"
         m = s.get_metrics()
         # Whole batches evaluated before the cancel are kept; the interrupted one is dropped.
-        assert m.kv_cache_tokens < n and m.kv_cache_tokens % 512 == 0
+        assert 512 <= m.kv_cache_tokens < n and m.kv_cache_tokens % 512 == 0
+        # One batch takes about a second here; the abort callback stops it within milliseconds.
+        assert stopped_after < 0.5, f"took {stopped_after:.2f}s to stop"
         # The cache is consistent: the same prompt now completes and matches a fresh session.
         reply = s.prompt(long, max_tokens=4, temperature=0)
     with Session(Options(model=str(model_path), context_length=4096)) as fresh:
@@ -302,19 +254,39 @@ def test_turn_start_control_tokens_end_a_reply(session: Session) -> None:
     finished its reply; the engine recognises it by its text among the stop markers."""
     from llm_inproc.encoding import TURN_START_MARKERS
 
-    engine = session._backend
-    start_of_turn, hello = engine.tokenize("<start_of_turn>Hello")[1:3]  # type: ignore[attr-defined]
-    stops = frozenset(TURN_START_MARKERS)
-    assert engine._is_stop_token(start_of_turn, stops)  # type: ignore[attr-defined]
-    assert not engine._is_stop_token(hello, stops)  # type: ignore[attr-defined]
-    assert not engine._is_stop_token(start_of_turn, frozenset())  # type: ignore[attr-defined]
+    backend = session._backend
+    engine = backend._engine  # type: ignore[attr-defined]
+    start_of_turn, hello = backend.tokenize("<start_of_turn>Hello")[1:3]
+    assert engine._is_stop_token(start_of_turn, TURN_START_MARKERS)
+    assert not engine._is_stop_token(hello, TURN_START_MARKERS)
+    assert not engine._is_stop_token(start_of_turn, ())
 
 
-def test_defaults_trained_context_and_physical_cores(model_path: object) -> None:
+def test_default_context_is_the_trained_length_capped(model_path: object) -> None:
     from llm_inproc.hardware import physical_cores
 
     with Session(Options(model=str(model_path))) as s:
         info = s.model_info
-        assert info.n_ctx == info.n_ctx_train == 32768  # context_length=0: the trained length
+        assert info.n_ctx_train == 32768
+        assert info.n_ctx == 8192  # context_length=0: the trained length, capped at 8192
         assert info.threads == physical_cores()
         assert s.prompt(Q, max_tokens=4, temperature=0)
+    with Session(Options(model=str(model_path), context_length=16384, parallel=1)) as s:
+        assert s.model_info.n_ctx == 16384  # an explicit larger value is honoured
+
+
+def test_context_beyond_the_trained_length_is_refused_at_once(model_path: object) -> None:
+    started = time.monotonic()
+    with pytest.raises(InvalidInputError, match=r"999999999 exceeds the 32768 tokens"):
+        Session(Options(model=str(model_path), context_length=999_999_999))
+    assert time.monotonic() - started < 5
+
+
+def test_threads_beyond_the_cpus_are_clamped(
+    model_path: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    import os
+
+    with Session(Options(model=str(model_path), context_length=256, threads=1000)) as s:
+        assert s.model_info.threads == os.cpu_count()
+    assert "threads=1000 is more than" in caplog.text

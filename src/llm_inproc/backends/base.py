@@ -1,44 +1,137 @@
-"""The small interface every backend implements."""
+"""The small interface every backend implements, and the values that cross it.
+
+A backend takes a :class:`GenerationRequest` and returns a raw stream: text pieces
+as the model produces them, then one :class:`Outcome` saying how the request ended
+and what it cost. The Session cleans the text and builds the public ``Reply`` the
+same way for every backend, in threads and in asyncio alike.
+"""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Literal, Protocol
 
 from ..messages import Message
-from ..metrics import Metrics
+from ..metrics import Metrics, TokenPerformance
 from ..sampling import Sampling
 
-__all__ = ["Backend", "GenerationRequest"]
+__all__ = [
+    "AsyncRawStream",
+    "Backend",
+    "FinishReason",
+    "GenerationRequest",
+    "ModelInfo",
+    "Outcome",
+    "RawItem",
+    "RawStream",
+]
+
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Facts about the loaded model, as the backend reports them."""
+
+    architecture: str
+    """``general.architecture`` from the GGUF, e.g. ``llama`` or ``gemma3``."""
+    description: str
+    """A one-line description (size and quantization)."""
+    chat_template: str | None
+    """``tokenizer.chat_template``, or None when the file has none."""
+    n_ctx: int
+    """The context window actually allocated, in tokens (shared by all parallel slots)."""
+    n_ctx_train: int
+    """The context length the model was trained with."""
+    n_layers: int
+    gpu_layers_offloaded: int
+    """Layers reported offloaded to a GPU (0 on a CPU-only build)."""
+    gpu_offload_supported: bool
+    """Whether the build can offload at all."""
+    threads: int
+    parallel: int = 1
+    """Requests generated at once."""
 
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """One prompt, already validated: either a raw prompt or messages for the chat template."""
+    """One prompt, already validated: raw text, token ids, or messages for the chat template."""
 
     sampling: Sampling
     prompt: str | None = None
     """Raw ``/completion`` text, when the model has a prompt encoding."""
     messages: Sequence[Message] = ()
     """Messages for the model's own chat template, when it has no raw encoding."""
+    tokens: Sequence[int] | None = None
+    """Token ids to evaluate as they are (no template, no BOS added)."""
     stops: tuple[str, ...] = ()
     """Text that ends the reply (never shown to the caller)."""
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """How one request ended and what it cost; the last item of every raw stream."""
+
+    finish_reason: FinishReason
+    """``stop`` (end of turn or a stop marker), ``length`` (token budget or full context),
+    or ``cancelled`` (the caller stopped it)."""
+    prompt: TokenPerformance = field(default_factory=TokenPerformance)
+    """Prompt tokens evaluated for this request, and the time they took."""
+    cached_tokens: int = 0
+    """Prompt tokens reused from the KV cache instead of evaluated."""
+    generated: TokenPerformance = field(default_factory=TokenPerformance)
+    """Tokens generated, and the time from the first to the last."""
+    time_to_first_token: timedelta = field(default_factory=timedelta)
+    """From the request's arrival (queueing included) to its first generated token."""
+
+
+RawItem = str | Outcome
+
+
+class RawStream(Protocol):
+    """One request's output for a thread: pieces, then an :class:`Outcome`."""
+
+    def next_item(self, timeout: float | None) -> RawItem:
+        """The next piece or the outcome; raises the request's error, or ``TimeoutError``
+        (builtin) when nothing came within ``timeout`` seconds."""
+        ...
+
+    def cancel(self) -> None:
+        """Stop the request; an :class:`Outcome` still follows."""
+        ...
+
+
+class AsyncRawStream(Protocol):
+    """One request's output for an asyncio task."""
+
+    async def next_item(self, timeout: float | None) -> RawItem: ...
+
+    def cancel(self) -> None: ...
+
+
 class Backend(Protocol):
-    """Runs generation. ``generate`` yields raw text pieces; the caller cleans them."""
+    """Runs generation for a Session."""
 
     name: str
+    info: ModelInfo
 
-    def generate(self, request: GenerationRequest, cancel: threading.Event) -> Iterator[str]:
-        """Yield text as it is produced; stop promptly when ``cancel`` is set or on close."""
+    def submit(self, request: GenerationRequest) -> RawStream:
+        """Start ``request`` for a consumer thread (raises ``BusyError`` when the queue is full)."""
+        ...
+
+    def asubmit(self, request: GenerationRequest) -> AsyncRawStream:
+        """Start ``request`` for the running event loop."""
         ...
 
     def count_tokens(self, request: GenerationRequest) -> int:
         """Tokens the prompt of ``request`` takes in the context."""
         ...
+
+    def tokenize(self, text: str, *, special: bool = True) -> list[int]: ...
+
+    def detokenize(self, tokens: Sequence[int]) -> str: ...
 
     def health(self) -> str: ...
 

@@ -1,70 +1,92 @@
-"""One place that imports llama_cpp, owns its log callback and translates its failures.
+"""One place that imports llama_cpp, owns its log callback and collects what it says.
 
-llama.cpp reports load failures only through its log, so the callback keeps the
-last error lines to put in our exception messages, and records how many layers
-were offloaded to a GPU.
+llama.cpp reports load failures only through its log. The callback runs in the
+thread that called into llama.cpp, so each load captures the lines logged by its
+own thread: two sessions loading at once never read each other's errors or
+offload counts.
 """
 
 from __future__ import annotations
 
-import collections
+import contextlib
 import ctypes
 import logging
 import re
 import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-__all__ = ["LlamaLog", "lib", "log"]
+__all__ = ["LoadLog", "capture", "lib"]
 
 logger = logging.getLogger("llm_inproc.llama_cpp")
 
+# ggml_log_level: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5 (continues the last line).
+_CONT = 5
 _LEVELS = {
     0: logging.DEBUG,
     1: logging.DEBUG,
-    2: logging.WARNING,
-    3: logging.ERROR,
-    4: logging.DEBUG,
+    2: logging.DEBUG,
+    3: logging.WARNING,
+    4: logging.ERROR,
 }
 _OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
 
 
-class LlamaLog:
-    """What llama.cpp said recently: error lines and the last offload report."""
+@dataclass
+class LoadLog:
+    """What llama.cpp said to one thread while it was being watched."""
 
-    def __init__(self) -> None:
-        self.errors: collections.deque[str] = collections.deque(maxlen=8)
-        self.offloaded: tuple[int, int] | None = None
-        self._partial = ""
-        self._level = logging.DEBUG
-        self._mu = threading.Lock()
+    errors: list[str] = field(default_factory=list)
+    offloaded: tuple[int, int] | None = None
 
-    def handle(self, level: int, text: str) -> None:
-        with self._mu:
-            if level != 5:
-                self._level = _LEVELS.get(level, logging.DEBUG)
-            self._partial += text
-            if not self._partial.endswith("\n"):
-                return
-            line, self._partial = self._partial.rstrip("\n"), ""
-            lvl = self._level
-        if lvl >= logging.ERROR:
-            self.errors.append(line.strip())
-        m = _OFFLOADED.search(line)
-        if m:
-            self.offloaded = (int(m.group(1)), int(m.group(2)))
-        # llama.cpp's warnings are about its internals; keep the user's stderr quiet.
+    def reason(self, default: str) -> str:
+        """The error lines, most telling first, or ``default`` when there were none."""
+        lines = [e for e in self.errors if e]
+        # llama.cpp logs the precise cause first, then "failed to load model" wrappers.
+        return "; ".join(dict.fromkeys(lines)) if lines else default
+
+
+class _ThreadLog(threading.local):
+    partial: str = ""
+    level: int = logging.DEBUG
+    watcher: LoadLog | None = None
+
+
+_local = _ThreadLog()
+
+
+def _handle(level: int, text: str) -> None:
+    if level != _CONT:
+        _local.level = _LEVELS.get(level, logging.DEBUG)
+    _local.partial += text
+    if not _local.partial.endswith("\n"):
+        return
+    lines, _local.partial = _local.partial.rstrip("\n"), ""
+    lvl = _local.level
+    watcher = _local.watcher
+    for line in lines.splitlines():
+        if watcher is not None:
+            if lvl >= logging.ERROR:
+                watcher.errors.append(line.strip())
+            m = _OFFLOADED.search(line)
+            if m:
+                watcher.offloaded = (int(m.group(1)), int(m.group(2)))
+        # llama.cpp's chatter is about its internals; keep the user's stderr quiet.
         logger.log(logging.DEBUG if lvl < logging.ERROR else logging.INFO, "%s", line)
 
-    def take_errors(self) -> str:
-        """The recent error lines, joined, and forgotten."""
-        with self._mu:
-            text = "; ".join(e for e in self.errors if e)
-            self.errors.clear()
-        return text
+
+@contextlib.contextmanager
+def capture() -> Iterator[LoadLog]:
+    """Collect what llama.cpp logs from this thread inside the ``with`` block."""
+    previous, _local.watcher = _local.watcher, LoadLog()
+    try:
+        yield _local.watcher
+    finally:
+        _local.watcher = previous
 
 
-log = LlamaLog()
 _lib: ModuleType | None = None
 _callback: Any = None
 _init_lock = threading.Lock()
@@ -81,7 +103,7 @@ def lib() -> ModuleType:
 
             @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
             def _on_log(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
-                log.handle(level, text.decode("utf-8", errors="replace"))
+                _handle(level, text.decode("utf-8", errors="replace"))
 
             _callback = _on_log
             llama_cpp.llama_log_set(_callback, ctypes.c_void_p(0))

@@ -1,0 +1,134 @@
+"""The in-process backend: llama.cpp through llama-cpp-python's low-level bindings.
+
+We drive llama.cpp's native sampler chains and our own decode loop instead of
+``Llama.create_completion``: sampling over a large vocabulary in Python (numpy
+copies of the logits per token) is what makes the high-level loop slower than
+``llama-server``. One engine thread owns the context and decodes every running
+request in one batch per step (:mod:`.engine`); slots keep each conversation's
+KV cache so its next turn only evaluates what is new (:mod:`.slot`); requests
+beyond the slots wait in a bounded queue (:mod:`.admission`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from ...errors import InvalidInputError
+from ...hardware import physical_cores
+from ...metrics import Metrics
+from ..base import GenerationRequest, ModelInfo
+from .engine import Engine
+from .model import Context, Model, check_prompt_fits, clamp_threads
+from .request import AsyncChannel, Request, ThreadChannel
+
+__all__ = ["InprocBackend"]
+
+
+class InprocBackend:
+    """Loads one GGUF file and generates up to ``parallel`` replies from it at once."""
+
+    name = "inproc"
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        context_length: int = 0,
+        gpu_layers: int = -1,
+        threads: int | None = None,
+        parallel: int = 1,
+        max_pending: int = 64,
+    ) -> None:
+        self.path = Path(path)
+        threads = clamp_threads(threads, physical_cores())
+        self._model = model = Model(self.path, gpu_layers)
+        try:
+            ctx = Context(model, model.context_size(context_length), threads, parallel)
+        except BaseException:
+            model.free()
+            raise
+        self.info = ModelInfo(
+            architecture=model.architecture,
+            description=model.description,
+            chat_template=model.chat_template,
+            n_ctx=ctx.n_ctx,
+            n_ctx_train=model.n_ctx_train,
+            n_layers=model.n_layers,
+            gpu_layers_offloaded=model.offloaded,
+            gpu_offload_supported=bool(model.ll.llama_supports_gpu_offload()),
+            threads=threads,
+            parallel=ctx.parallel,
+        )
+        self._engine = Engine(model, ctx, max_pending)
+
+    # -- prompts -----------------------------------------------------------------------------
+
+    def _tokens(self, request: GenerationRequest) -> list[int]:
+        if request.tokens is not None:
+            tokens = list(request.tokens)
+            n_vocab = self._model.n_vocab
+            bad = [t for t in tokens if not isinstance(t, int) or not 0 <= t < n_vocab]
+            if bad:
+                raise InvalidInputError(f"token id {bad[0]!r} is not in [0, {n_vocab})")
+        elif request.prompt is not None:
+            tokens = self._model.tokenize(request.prompt)
+        else:
+            tokens = self._model.tokenize(self._model.render(request.messages))
+        if not tokens:
+            raise InvalidInputError("the prompt is empty; give the model some text")
+        return tokens
+
+    def _request(self, request: GenerationRequest, channel: ThreadChannel | AsyncChannel) -> None:
+        tokens = self._tokens(request)
+        check_prompt_fits(len(tokens), self.info.n_ctx)
+        req = Request(request, tokens, channel.put)
+        channel.request = req
+        self._engine.submit(req)
+
+    def submit(self, request: GenerationRequest) -> ThreadChannel:
+        channel = ThreadChannel(self._engine.cancel)
+        self._request(request, channel)
+        return channel
+
+    def asubmit(self, request: GenerationRequest) -> AsyncChannel:
+        channel = AsyncChannel(self._engine.cancel)
+        self._request(request, channel)
+        return channel
+
+    def render(self, request: GenerationRequest) -> str:
+        """The prompt text the model sees for ``request``."""
+        if request.prompt is not None:
+            return request.prompt
+        return self._model.render(request.messages)
+
+    def count_tokens(self, request: GenerationRequest) -> int:
+        return len(self._tokens(request))
+
+    def tokenize(self, text: str, *, special: bool = True) -> list[int]:
+        return self._model.tokenize(text, special=special)
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return self._model.detokenize(tokens)
+
+    # -- state -------------------------------------------------------------------------------
+
+    def health(self) -> str:
+        return "ok" if self._model.ptr is not None else "closed"
+
+    def metrics(self) -> Metrics:
+        engine = self._engine
+        kv = engine.kv_tokens
+        n_ctx = self.info.n_ctx
+        return Metrics(
+            prompt=engine.prompt,
+            generated=engine.generated,
+            kv_cache_usage=kv / n_ctx if n_ctx else 0.0,
+            kv_cache_tokens=kv,
+            requests_processing=engine.processing,
+            requests_pending=engine.pending,
+        )
+
+    def close(self) -> None:
+        self._engine.close()

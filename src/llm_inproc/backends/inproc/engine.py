@@ -1,0 +1,357 @@
+"""The engine thread: the only code that touches the llama.cpp context.
+
+Each step builds one batch with the next token of every generating sequence plus
+chunks of the prompts being evaluated, calls ``llama_decode`` once, and samples
+every sequence that has logits with its own native sampler at its index in the
+batch. Requests join and leave between steps; a lone request is the one-slot case
+of the same loop. Consumers (threads or asyncio tasks) only push requests in and
+read their output channels, so nothing in the context is shared between threads.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import logging
+import threading
+import time
+from datetime import timedelta
+
+import numpy as np
+
+from ...errors import LLMError, SessionClosedError
+from ...metrics import TokenPerformance
+from ..base import FinishReason, Outcome
+from ._llama import capture
+from .admission import Admission
+from .model import Context, Model
+from .request import Request
+from .sampler import build_sampler
+from .slot import Slot, choose_slot, common_prefix
+
+__all__ = ["Engine"]
+
+logger = logging.getLogger(__name__)
+
+_DECODE_NO_KV_SLOT = 1
+_DECODE_ABORTED = 2
+_CLOSE_WAIT = 30.0
+
+
+class Engine:
+    """Schedules requests onto ``ctx.parallel`` slots and decodes them together."""
+
+    def __init__(self, model: Model, ctx: Context, max_pending: int) -> None:
+        self.ll = ll = model.ll
+        self.model, self.ctx = model, ctx
+        self.slots = [Slot(seq) for seq in range(ctx.parallel)]
+        self._active: list[Slot] = []
+        self._admission: Admission[Request] = Admission(max_pending)
+        self._cond = threading.Condition()
+        self._closing = False
+        self.prompt = TokenPerformance()
+        self.generated = TokenPerformance()
+        n = ctx.n_batch
+        self._batch = ll.llama_batch_init(n, 0, 1)
+        b = self._batch
+        self._tok = np.ctypeslib.as_array(b.token, shape=(n,))
+        self._pos = np.ctypeslib.as_array(b.pos, shape=(n,))
+        self._logits = np.ctypeslib.as_array(b.logits, shape=(n,))
+        np.ctypeslib.as_array(b.n_seq_id, shape=(n,))[:] = 1
+        self._seq_id = b.seq_id
+        self._piece = ctypes.create_string_buffer(256)
+        self._in_batch: list[Request] = []
+        self._abort_cb = ll.ggml_abort_callback(self._should_abort)
+        self._no_abort = ll.ggml_abort_callback()  # NULL: no callback
+        self._thread = threading.Thread(target=self._run, name="llm-inproc-engine", daemon=True)
+        self._thread.start()
+
+    # -- consumer side (any thread) ------------------------------------------------------
+
+    @property
+    def processing(self) -> int:
+        return len(self._active)
+
+    @property
+    def pending(self) -> int:
+        return len(self._admission)
+
+    @property
+    def kv_tokens(self) -> int:
+        return sum(len(s.cached) for s in self.slots)
+
+    def submit(self, req: Request) -> None:
+        with self._cond:
+            if self._closing:
+                raise SessionClosedError("the session is closed; create a new Session")
+            free = sum(1 for s in self.slots if not s.busy)
+            self._admission.push(req, free_slots=free)
+            self._cond.notify()
+
+    def cancel(self, req: Request) -> None:
+        with self._cond:
+            req.cancelled = True
+            if self._admission.remove(req):
+                req.push(Outcome("cancelled"))
+
+    def close(self) -> None:
+        """Stop the engine, end every request with :class:`SessionClosedError`, free memory."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(_CLOSE_WAIT)
+            if self._thread.is_alive():
+                logger.warning("the engine is still finishing a step; it frees the model after")
+
+    # -- engine thread --------------------------------------------------------------------
+
+    def _run(self) -> None:
+        with capture() as said:
+            self._said = said
+            try:
+                while self._wait_for_work():
+                    self._step()
+            except BaseException as e:  # a bug must not leave consumers waiting forever
+                logger.exception("the engine failed")
+                self._end_all(LLMError(f"the in-process engine failed: {e}"))
+            finally:
+                self._end_all(SessionClosedError("the session was closed during this request"))
+                self._free()
+
+    def _wait_for_work(self) -> bool:
+        with self._cond:
+            while not self._closing and not self._active and not self._admission:
+                self._cond.wait()
+            if self._closing:
+                return False
+            self._admit()
+            return True
+
+    def _admit(self) -> None:
+        """Give waiting requests the free slots (called with the lock held)."""
+        free = [s for s in self.slots if not s.busy]
+        while free and self._admission:
+            req = self._admission.pop()
+            assert req is not None
+            if req.cancelled:
+                req.push(Outcome("cancelled"))
+                continue
+            slot = choose_slot(free, req.tokens)
+            free.remove(slot)
+            self._start(slot, req)
+
+    def _start(self, slot: Slot, req: Request) -> None:
+        tokens = req.tokens
+        common = common_prefix(slot.cached, tokens)
+        if common == len(tokens):
+            common -= 1  # evaluate the last token again to get fresh logits
+        if common < len(slot.cached):
+            if not self.ll.llama_memory_seq_rm(self.ctx.mem, slot.seq, common, -1):
+                self.ll.llama_memory_seq_rm(self.ctx.mem, slot.seq, -1, -1)
+                common = 0
+            del slot.cached[common:]
+        sampling = req.request.sampling
+        budget = self.ctx.n_ctx - len(tokens)
+        if sampling.max_tokens:
+            budget = min(budget, sampling.max_tokens)
+        slot.req = req
+        slot.pending = list(tokens[common:])
+        slot.reused = common
+        slot.evaluated = 0
+        slot.next_token = -1
+        slot.n_gen = 0
+        slot.budget = budget
+        slot.sampler = build_sampler(self.ll, sampling)
+        slot.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        slot.prompt_started = time.perf_counter()
+        slot.first_at = 0.0
+        self._active.append(slot)
+
+    def _step(self) -> None:
+        for slot in [s for s in self._active if s.req is not None and s.req.cancelled]:
+            self._finish(slot, "cancelled")
+        if not self._active:
+            return
+        tok, pos, logits, seq_ids = self._tok, self._pos, self._logits, self._seq_id
+        room = self.ctx.n_batch
+        n = 0
+        outputs: list[tuple[Slot, int]] = []
+        chunks: list[tuple[Slot, int]] = []
+        # The next token of every generating sequence first: streams never wait for prompts.
+        for slot in self._active:
+            if slot.next_token >= 0:
+                tok[n] = slot.next_token
+                pos[n] = len(slot.cached)
+                logits[n] = 1
+                seq_ids[n][0] = slot.seq
+                outputs.append((slot, n))
+                n += 1
+        room -= n
+        for slot in self._active:
+            if room <= 0:
+                break
+            if slot.next_token >= 0 or not slot.pending:
+                continue
+            k = min(room, len(slot.pending))
+            p0 = len(slot.cached)
+            tok[n : n + k] = slot.pending[:k]
+            pos[n : n + k] = np.arange(p0, p0 + k, dtype=np.int32)
+            logits[n : n + k] = 0
+            for i in range(n, n + k):
+                seq_ids[i][0] = slot.seq
+            if k == len(slot.pending):
+                logits[n + k - 1] = 1
+                outputs.append((slot, n + k - 1))
+            chunks.append((slot, k))
+            n += k
+            room -= k
+        if not self._decode(n, chunks):
+            return
+        for slot, k in chunks:
+            slot.cached.extend(slot.pending[:k])
+            del slot.pending[:k]
+            slot.evaluated += k
+        for slot, _ in outputs:
+            if slot.next_token >= 0:
+                slot.cached.append(slot.next_token)
+        now = time.perf_counter()
+        for slot, idx in outputs:
+            if slot.first_at == 0.0:
+                slot.first_at = now
+            self._emit(slot, self.ll.llama_sampler_sample(slot.sampler, self.ctx.ptr, idx))
+
+    def _decode(self, n: int, chunks: list[tuple[Slot, int]]) -> bool:
+        """Evaluate the batch; False when nothing was evaluated (the step is retried)."""
+        ll, ctx = self.ll, self.ctx.ptr
+        self._batch.n_tokens = n
+        if chunks:
+            # While prompts are evaluated, llama.cpp asks between graph nodes whether to stop,
+            # so cancelling a long prompt or closing takes milliseconds, not a whole batch.
+            # (Not for generation steps: a Python call per node would cost ~5 %.)
+            self._in_batch = [s.req for s in self._active if s.req is not None]
+            ll.llama_set_abort_callback(ctx, self._abort_cb, None)
+        try:
+            rc = ll.llama_decode(ctx, self._batch)
+        finally:
+            if chunks:
+                ll.llama_set_abort_callback(ctx, self._no_abort, None)
+        if rc == 0:
+            return True
+        # Whatever part of the batch was stored, drop it: each slot's list stays exact.
+        for slot in self._active:
+            ll.llama_memory_seq_rm(self.ctx.mem, slot.seq, len(slot.cached), -1)
+        if rc == _DECODE_ABORTED:
+            return False
+        if rc == _DECODE_NO_KV_SLOT:
+            self._make_room()
+            return False
+        why = "; ".join(self._said.errors) or f"llama_decode returned {rc}"
+        self._said.errors.clear()
+        for slot in list(self._active):
+            ll.llama_memory_seq_rm(self.ctx.mem, slot.seq, -1, -1)
+            slot.cached.clear()
+            self._fail(slot, LLMError(f"llama.cpp failed to evaluate the batch: {why}"))
+        return False
+
+    def _should_abort(self, _data: object) -> bool:
+        return self._closing or all(r.cancelled for r in self._in_batch)
+
+    def _make_room(self) -> None:
+        """The shared KV cache is full: drop idle slots' caches, oldest first; with none
+        left, end the request holding the most cells (its reply is cut: ``length``)."""
+        idle = sorted((s for s in self.slots if not s.busy and s.cached), key=lambda s: s.last_used)
+        if idle:
+            slot = idle[0]
+            self.ll.llama_memory_seq_rm(self.ctx.mem, slot.seq, -1, -1)
+            slot.cached.clear()
+            return
+        biggest = max(self._active, key=lambda s: len(s.cached))
+        logger.info("the context is full; ending the request in slot %d", biggest.seq)
+        self._finish(biggest, "length")
+
+    def _emit(self, slot: Slot, token: int) -> None:
+        ll, vocab = self.ll, self.model.vocab
+        req = slot.req
+        assert req is not None and slot.decoder is not None
+        if ll.llama_vocab_is_eog(vocab, token):
+            self._finish(slot, "stop")
+            return
+        buf = self._piece
+        n = ll.llama_token_to_piece(vocab, token, buf, len(buf), 0, False)
+        if n == 0 and self._is_stop_token(token, req.request.stops):
+            self._finish(slot, "stop")  # a control token such as <start_of_turn>
+            return
+        if n < 0:  # a piece longer than the buffer: grow it once and retry
+            buf = self._piece = ctypes.create_string_buffer(-n)
+            n = ll.llama_token_to_piece(vocab, token, buf, len(buf), 0, False)
+        slot.n_gen += 1
+        if n > 0:
+            text = slot.decoder.decode(ctypes.string_at(buf, n))
+            if text:
+                req.push(text)
+        if slot.n_gen >= slot.budget:
+            self._finish(slot, "length")
+        else:
+            slot.next_token = token
+
+    def _is_stop_token(self, token: int, stops: tuple[str, ...]) -> bool:
+        if not stops or not self.ll.llama_vocab_is_control(self.model.vocab, token):
+            return False
+        return self.model.token_text(token) in stops
+
+    def _release(self, slot: Slot) -> Request:
+        req = slot.req
+        assert req is not None
+        if slot.sampler is not None:
+            self.ll.llama_sampler_free(slot.sampler)
+            slot.sampler = None
+        slot.req = None
+        slot.pending = []
+        slot.next_token = -1
+        slot.last_used = time.perf_counter()
+        self._active.remove(slot)
+        return req
+
+    def _finish(self, slot: Slot, reason: FinishReason) -> None:
+        now = time.perf_counter()
+        if slot.decoder is not None:
+            tail = slot.decoder.decode(b"", final=True)
+            if tail and slot.req is not None:
+                slot.req.push(tail)
+        first = slot.first_at
+        prompt = TokenPerformance(
+            slot.evaluated, timedelta(seconds=(first or now) - slot.prompt_started)
+        )
+        generated = TokenPerformance(slot.n_gen, timedelta(seconds=now - first if first else 0))
+        self.prompt += prompt
+        self.generated += generated
+        req = self._release(slot)
+        req.push(
+            Outcome(
+                reason,
+                prompt=prompt,
+                cached_tokens=slot.reused,
+                generated=generated,
+                time_to_first_token=timedelta(seconds=first - req.arrived if first else 0),
+            )
+        )
+
+    def _fail(self, slot: Slot, error: BaseException) -> None:
+        self._release(slot).push(error)
+
+    def _end_all(self, error: BaseException) -> None:
+        for slot in list(self._active):
+            self._fail(slot, error)
+        with self._cond:
+            self._closing = True
+            waiting = self._admission.drain()
+        for req in waiting:
+            req.push(error)
+
+    def _free(self) -> None:
+        for slot in self.slots:
+            slot.cached.clear()
+        self.ll.llama_batch_free(self._batch)
+        self.ctx.free()
+        self.model.free()

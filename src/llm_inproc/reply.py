@@ -1,0 +1,212 @@
+"""A finished reply and what it cost, and the streams that deliver it.
+
+One pure core (:class:`_Assembly`) cleans pieces and builds the :class:`Reply`;
+:class:`ReplyStream` (threads) and :class:`AsyncReplyStream` (asyncio) only wait
+for the next raw item, so both paths give the same text and the same numbers.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from types import TracebackType
+from typing import Any
+
+from .backends.base import AsyncRawStream, FinishReason, Outcome, RawItem, RawStream
+from .encoding import ReplyCleaner
+from .errors import RequestTimeoutError
+from .metrics import TokenPerformance
+
+__all__ = ["AsyncReplyStream", "Reply", "ReplyStream"]
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The model's reply to one prompt, with what it cost."""
+
+    text: str
+    """The reply, cleaned of end-of-turn markers and stripped of surrounding whitespace."""
+    finish_reason: FinishReason
+    """``"stop"``: the model ended its turn (or a stop marker); ``"length"``: the
+    ``max_tokens`` budget or the context ran out; ``"cancelled"``: the caller stopped it."""
+    prompt: TokenPerformance = field(default_factory=TokenPerformance)
+    """Prompt tokens evaluated for this request and the time they took."""
+    cached_tokens: int = 0
+    """Prompt tokens reused from the KV cache (not evaluated again)."""
+    generated: TokenPerformance = field(default_factory=TokenPerformance)
+    """Tokens generated and the time from the first to the last."""
+    time_to_first_token: timedelta = field(default_factory=timedelta)
+    """From the call to the first generated token, queueing included."""
+    logprobs: list[Any] | None = None
+    """Per generated token probabilities, when requested; otherwise None."""
+
+
+class _Assembly:
+    """Cleans raw pieces as they come and builds the Reply from the final Outcome."""
+
+    __slots__ = ("_cancel", "_cleaner", "_parts", "reply")
+
+    def __init__(self, stops: tuple[str, ...], cancel: Any) -> None:
+        self._cleaner = ReplyCleaner(stops)
+        self._cancel = cancel
+        self._parts: list[str] = []
+        self.reply: Reply | None = None
+
+    def feed(self, item: RawItem) -> str:
+        """Text to show for ``item`` (maybe empty); sets :attr:`reply` on the outcome."""
+        cleaner = self._cleaner
+        if isinstance(item, str):
+            was_stopped = cleaner.stopped
+            text = "" if was_stopped else cleaner.feed(item)
+            if cleaner.stopped and not was_stopped:
+                self._cancel()  # a stop marker in the text: no need to generate more
+        else:
+            text = cleaner.finish()
+            reason: FinishReason = "stop" if cleaner.stopped else item.finish_reason
+            self.reply = _reply("".join(self._parts) + text, reason, item)
+        if text:
+            self._parts.append(text)
+        return text
+
+
+def _reply(text: str, reason: FinishReason, outcome: Outcome) -> Reply:
+    return Reply(
+        text=text.strip(),
+        finish_reason=reason,
+        prompt=outcome.prompt,
+        cached_tokens=outcome.cached_tokens,
+        generated=outcome.generated,
+        time_to_first_token=outcome.time_to_first_token,
+    )
+
+
+class _Deadline:
+    __slots__ = ("_at", "timeout")
+
+    def __init__(self, timeout: float | None) -> None:
+        self.timeout = timeout
+        self._at = None if timeout is None else time.monotonic() + timeout
+
+    def remaining(self) -> float | None:
+        return None if self._at is None else max(0.0, self._at - time.monotonic())
+
+    def error(self) -> RequestTimeoutError:
+        return RequestTimeoutError(
+            f"the request ran past its timeout of {self.timeout:g} s and was stopped; "
+            "raise timeout= or ask for fewer tokens (max_tokens)"
+        )
+
+
+class ReplyStream(Iterator[str]):
+    """Text pieces of a reply as they are generated; :attr:`reply` once exhausted.
+
+    Closing it (or leaving a ``with`` block, or breaking out and calling ``close``)
+    stops generation at the next step.
+    """
+
+    def __init__(self, raw: RawStream, stops: tuple[str, ...], timeout: float | None) -> None:
+        self._raw = raw
+        self._asm = _Assembly(stops, raw.cancel)
+        self._deadline = _Deadline(timeout)
+        self._done = False
+        # A stream dropped without close() must not keep the model generating for nobody.
+        weakref.finalize(self, raw.cancel)
+
+    @property
+    def reply(self) -> Reply | None:
+        """The whole reply and its cost, once the stream is exhausted."""
+        return self._asm.reply
+
+    def __iter__(self) -> ReplyStream:
+        return self
+
+    def __next__(self) -> str:
+        while not self._done:
+            try:
+                item = self._raw.next_item(self._deadline.remaining())
+            except TimeoutError:
+                self.close()
+                raise self._deadline.error() from None
+            except BaseException:
+                self._done = True
+                raise
+            text = self._asm.feed(item)
+            if self._asm.reply is not None:
+                self._done = True
+            if text:
+                return text
+        raise StopIteration
+
+    def close(self) -> None:
+        """Stop generating; the text so far stays with the caller."""
+        if not self._done:
+            self._done = True
+            self._raw.cancel()
+
+    def __enter__(self) -> ReplyStream:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class AsyncReplyStream(AsyncIterator[str]):
+    """:class:`ReplyStream` for asyncio: cancelling the consuming task stops generation."""
+
+    def __init__(self, raw: AsyncRawStream, stops: tuple[str, ...], timeout: float | None) -> None:
+        self._raw = raw
+        self._asm = _Assembly(stops, raw.cancel)
+        self._deadline = _Deadline(timeout)
+        self._done = False
+        weakref.finalize(self, raw.cancel)
+
+    @property
+    def reply(self) -> Reply | None:
+        """The whole reply and its cost, once the stream is exhausted."""
+        return self._asm.reply
+
+    def __aiter__(self) -> AsyncReplyStream:
+        return self
+
+    async def __anext__(self) -> str:
+        while not self._done:
+            try:
+                item = await self._raw.next_item(self._deadline.remaining())
+            except TimeoutError:
+                await self.aclose()
+                raise self._deadline.error() from None
+            except BaseException:  # CancelledError included: stop the request
+                self._raw.cancel()
+                self._done = True
+                raise
+            text = self._asm.feed(item)
+            if self._asm.reply is not None:
+                self._done = True
+            if text:
+                return text
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        """Stop generating."""
+        if not self._done:
+            self._done = True
+            self._raw.cancel()
+
+    async def __aenter__(self) -> AsyncReplyStream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

@@ -1,0 +1,65 @@
+"""The pure-Python parts of the engine: admission and the choice of a slot (no model)."""
+
+from __future__ import annotations
+
+import pytest
+
+from llm_inproc import BusyError
+from llm_inproc.backends.inproc.admission import Admission
+from llm_inproc.backends.inproc.slot import Slot, choose_slot, common_prefix
+
+
+def test_admission_is_first_come_first_served() -> None:
+    a: Admission[str] = Admission(max_pending=3)
+    for x in "abc":
+        a.push(x, free_slots=0)
+    assert len(a) == 3 and list(a) == ["a", "b", "c"]
+    assert a.pop() == "a"
+    assert a.remove("c") and not a.remove("c")
+    assert a.pop() == "b" and a.pop() is None
+
+
+def test_admission_counts_free_slots_before_refusing() -> None:
+    a: Admission[int] = Admission(max_pending=1)
+    a.push(1, free_slots=2)  # takes a free slot
+    a.push(2, free_slots=2)  # takes the other
+    a.push(3, free_slots=2)  # waits: the one pending place
+    with pytest.raises(BusyError, match=r"1 requests already wait \(max_pending=1\)"):
+        a.push(4, free_slots=2)
+    assert a.drain() == [1, 2, 3] and len(a) == 0
+
+
+def test_max_pending_zero_refuses_whenever_no_slot_is_free() -> None:
+    a: Admission[int] = Admission(max_pending=0)
+    a.push(1, free_slots=1)
+    with pytest.raises(BusyError):
+        a.push(2, free_slots=1)
+    with pytest.raises(BusyError):
+        Admission[int](max_pending=0).push(1, free_slots=0)
+
+
+def slot(seq: int, cached: list[int], last_used: float) -> Slot:
+    s = Slot(seq)
+    s.cached, s.last_used = cached, last_used
+    return s
+
+
+def test_common_prefix() -> None:
+    assert common_prefix([1, 2, 3], [1, 2, 4]) == 2
+    assert common_prefix([], [1]) == 0
+    assert common_prefix([1, 2], [1, 2, 3]) == 2
+
+
+def test_a_request_takes_the_slot_with_its_conversation() -> None:
+    a = slot(0, [1, 2, 3, 4], last_used=3.0)
+    b = slot(1, [1, 2, 9], last_used=1.0)
+    c = slot(2, [], last_used=0.0)
+    assert choose_slot([a, b, c], [1, 2, 3, 4, 5, 6]) is a
+    assert choose_slot([a, b, c], [1, 2, 9, 9]) is b
+
+
+def test_without_a_shared_prefix_the_least_recently_used_slot_is_taken() -> None:
+    a = slot(0, [5, 6], last_used=3.0)
+    b = slot(1, [7, 8], last_used=1.0)
+    c = slot(2, [9], last_used=2.0)
+    assert choose_slot([a, b, c], [1, 2, 3]) is b
