@@ -19,12 +19,14 @@ from .errors import (
     LLMError,
     ModelLoadError,
     ModelNotFoundError,
+    RequestTimeoutError,
     SessionClosedError,
 )
 from .memory import Conversation, Memory
 from .messages import Message, Role
 from .metrics import Metrics, TokenPerformance
 from .references import ModelRef, PackedFileRef, PackedRepoRef, make_packed_file_ref
+from .reply import Reply
 from .sampling import Sampling
 from .session import Session
 
@@ -50,6 +52,8 @@ __all__ = [
     "PackedFileRef",
     "PackedRepoRef",
     "PromptEncoding",
+    "Reply",
+    "RequestTimeoutError",
     "Role",
     "Sampling",
     "Session",

@@ -10,6 +10,7 @@ naturally catch, so ``except FileNotFoundError`` keeps working::
     ├── ModelLoadError                      the file exists but llama.cpp cannot load it
     ├── BackendError (ConnectionError)      a server is unreachable or answered with an error
     ├── BusyError                           too many requests already wait for the session
+    ├── RequestTimeoutError (TimeoutError)  a request ran past its ``timeout``
     └── SessionClosedError                  the session was closed
 
 Messages say what was wrong and what to do about it.
@@ -25,6 +26,7 @@ __all__ = [
     "LLMError",
     "ModelLoadError",
     "ModelNotFoundError",
+    "RequestTimeoutError",
     "SessionClosedError",
 ]
 
@@ -55,6 +57,10 @@ class BackendError(LLMError, ConnectionError):
 
 class BusyError(LLMError):
     """The session's request queue is full; retry later or raise ``Options.max_pending``."""
+
+
+class RequestTimeoutError(LLMError, TimeoutError):
+    """A request ran past the ``timeout`` it was given; it was stopped."""
 
 
 class SessionClosedError(LLMError):

@@ -72,12 +72,21 @@ def render_system_prompt(text: str, model: str, now: _dt.datetime | None = None)
     if "{{" not in text:
         return text
     if text.count("{{") != len(_ACTION.findall(text)):
-        logger.warning("system prompt is not a valid template (unclosed '{{'); used as is")
+        logger.warning(
+            "system prompt is not a valid template (unclosed '{{'); the whole prompt is used "
+            "as is, so no field in it is expanded"
+        )
         return text
     fields = [m[2] for m in _ACTION.findall(text)]
     unknown = [f for f in fields if f not in _FIELDS]
     if unknown:
-        logger.warning("system prompt template uses unknown field %r; used as is", unknown[0])
+        # As Go's text/template: one bad action makes the whole template invalid.
+        logger.warning(
+            "system prompt template uses unknown field %r (known: %s); the whole prompt is "
+            "used as is, so no field in it is expanded",
+            unknown[0],
+            ", ".join(sorted(_FIELDS)),
+        )
         return text
     when = now or _dt.datetime.now().astimezone()
     values = {".Now": _go_time(when), ".Model": str(model)}
