@@ -62,6 +62,14 @@ def test_truncated_model(tmp_path: Path, model_path: Path, fraction: float) -> N
     r = load_in_subprocess(cut)
     assert r["ok"] is False and r["type"] == "ModelLoadError", r
     assert "truncated" in str(r["msg"]) or "corrupt" in str(r["msg"])
+    assert "no reason given" not in str(r["msg"]), r  # llama.cpp's own words are in it
+    if fraction == 0.5:
+        assert "not within the file bounds" in str(r["msg"]), r
+
+
+def test_a_directory_is_not_a_model(tmp_path: Path) -> None:
+    with pytest.raises(ModelNotFoundError, match="is a directory; pass the .gguf file inside"):
+        Session(Options(model=str(tmp_path)))
 
 
 def test_gguf_magic_with_garbage(tmp_path: Path) -> None:

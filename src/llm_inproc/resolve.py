@@ -60,6 +60,10 @@ def resolve_model(
             ref, cache_dir, api=hf() if hf else None, update=update, progress=progress
         )
     path = Path(model).expanduser()
+    if path.is_dir():
+        raise ModelNotFoundError(
+            f"model path {model!r} is a directory; pass the .gguf file inside it"
+        )
     if not path.is_file():
         raise ModelNotFoundError(
             f"model file {model!r} does not exist; pass an existing .gguf path "
