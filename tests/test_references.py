@@ -190,6 +190,22 @@ def test_invalid_file_ref_structure(text: str, needle: str) -> None:
         ("m-IQ2_XXS", "IQ2_XXS"),
         ("m-Q3_K_XL", "Q3_K_XL"),
         ("sub/dir/m-iq1_s", "IQ1_S"),
+        ("Qwen3-30B-A3B-Q4_K_XL", "Q4_K_XL"),
+        ("Qwen3-30B-A3B-UD-Q4_K_XL", "UD-Q4_K_XL"),
+        ("gemma-3-27b-it-ud-q8_k_xl", "UD-Q8_K_XL"),
+        ("DeepSeek-R1-UD-IQ1_S", "UD-IQ1_S"),
+        ("m-Q8_K_XL", "Q8_K_XL"),
+        ("gpt-oss-20b-MXFP4", "MXFP4"),
+        ("m-MXFP4_MOE", "MXFP4_MOE"),
+        ("m-IQ4_NL", "IQ4_NL"),
+        ("m-TQ1_0", "TQ1_0"),
+        ("m-TQ2_0", "TQ2_0"),
+        ("m.Q4_K", "Q4_K"),
+        ("m-Q2_K_S", "Q2_K_S"),
+        ("m-Q8_0-00001-of-00002", "Q8_0"),
+        ("Q8_0/m-Q8_0-00001-of-00002", "Q8_0"),
+        ("UD-Q4_K_XL/m-UD-Q4_K_XL-00001-of-00003", "UD-Q4_K_XL"),
+        ("m-Q4_K_M-00001-of-00001", "Q4_K_M"),
     ],
 )
 def test_quantization_accepted(basename: str, quant: str) -> None:
@@ -209,9 +225,13 @@ def test_every_quantization_round_trips(quant: str) -> None:
         make_packed_file_ref("a", "r", "HEAD", f"model{sep}{quant}").validate()
 
 
-def test_quantizations_are_unique_and_upper_case() -> None:
-    assert len(set(QUANTIZATIONS)) == len(QUANTIZATIONS) == 34
+def test_quantizations_are_unique_upper_case_and_most_bits_first() -> None:
+    assert len(set(QUANTIZATIONS)) == len(QUANTIZATIONS)
     assert all(q == q.upper() for q in QUANTIZATIONS)
+    assert QUANTIZATIONS[0] == "F32"
+    assert (
+        QUANTIZATIONS.index("Q8_0") < QUANTIZATIONS.index("Q4_K_M") < QUANTIZATIONS.index("IQ1_S")
+    )
 
 
 @pytest.mark.parametrize(
@@ -226,7 +246,12 @@ def test_quantizations_are_unique_and_upper_case() -> None:
         ("dir/-Q4_K_M", None),
         ("modelQ4_K_M", None),
         ("m-IQ4_0", None),
-        ("m-Q4_K_M-00001-of-00002", None),
+        ("m-Q4_K_M-00001-of-00002", ("m", "Q4_K_M")),
+        ("m-Q4_K_M-00002-of-00002.gguf", ("m", "Q4_K_M")),
+        ("m-00001-of-00002.gguf", None),
+        ("m-UD-Q4_K_XL.gguf", ("m", "UD-Q4_K_XL")),
+        ("UD-Q4_K_XL", ("UD", "Q4_K_XL")),
+        ("dir/-UD-Q4_K_XL", ("dir/-UD", "Q4_K_XL")),
     ],
 )
 def test_split_quantization(name: str, expected: tuple[str, str] | None) -> None:
@@ -247,6 +272,12 @@ def test_gguf_suffix_refused() -> None:
         ("model-q4_k_x", "unknown quantization 'q4_k_x'"),
         ("model.F8", "unknown quantization 'F8'"),
         ("model-IQ5_XS", "unknown quantization 'IQ5_XS'"),
+        ("model-MXFP8", "unknown quantization 'MXFP8'"),
+        ("model-FP8", "unknown quantization 'FP8'"),
+        ("model-Q4_0_4_4", "unknown quantization 'Q4_0_4_4'"),  # removed from llama.cpp
+        ("model-Q8_K", "unknown quantization 'Q8_K'"),  # activations only, never a file type
+        ("model-UD-Q7_K_XL", "unknown quantization 'UD-Q7_K_XL'"),
+        ("model-00001-of-00002", "does not end with a quantization suffix"),
     ],
 )
 def test_bad_quantization_refused(basename: str, needle: str) -> None:
@@ -273,3 +304,134 @@ def test_validate_prefix() -> None:
 def test_errors_are_value_errors() -> None:
     with pytest.raises(ValueError):
         PackedFileRef("nope").validate()
+
+
+# -- the table against llama.cpp's own lists -----------------------------------------------
+
+# ggml tensor types that never name a model file: activation-only formats (no llama.cpp
+# file type quantizes to them) and the integer and F64 types of non-weight tensors.
+NOT_WEIGHT_TYPES = {"Q8_1", "Q8_K", "I8", "I16", "I32", "I64", "F64"}
+
+
+def _file_types_of_gguf() -> set[str]:
+    from gguf import LlamaFileType
+
+    names = {t.name for t in LlamaFileType if t.name != "GUESSED"}
+    return {n.removeprefix("MOSTLY_").removeprefix("ALL_") for n in names}
+
+
+def _file_types_of_llama_cpp() -> set[str]:
+    import llama_cpp
+
+    names = {n for n in vars(llama_cpp) if n.startswith("LLAMA_FTYPE_")} - {"LLAMA_FTYPE_GUESSED"}
+    return {
+        n.removeprefix("LLAMA_FTYPE_").removeprefix("MOSTLY_").removeprefix("ALL_") for n in names
+    }
+
+
+def test_file_types_match_gguf_and_llama_cpp() -> None:
+    """Every llama.cpp file type is accepted, and nothing that is not one is claimed."""
+    from llm_inproc.quantizations import LLAMA_FILE_TYPES
+
+    gguf_types, llama_types = _file_types_of_gguf(), _file_types_of_llama_cpp()
+    assert gguf_types <= LLAMA_FILE_TYPES, "gguf knows file types the table lacks"
+    assert llama_types <= LLAMA_FILE_TYPES, "llama.cpp knows file types the table lacks"
+    assert gguf_types | llama_types >= LLAMA_FILE_TYPES, "the table claims unknown file types"
+
+
+def test_weight_types_match_gguf_and_llama_cpp() -> None:
+    import llama_cpp
+    from gguf import GGMLQuantizationType
+
+    from llm_inproc.quantizations import GGML_WEIGHT_TYPES
+
+    gguf_types = {t.name for t in GGMLQuantizationType}
+    # llama-cpp-python's constants lag behind ggml.h (no BF16, TQ1_0, TQ2_0): a subset check.
+    llama_types = {
+        n.removeprefix("GGML_TYPE_") for n in vars(llama_cpp) if n.startswith("GGML_TYPE_")
+    } - {"COUNT"}
+    assert gguf_types - NOT_WEIGHT_TYPES <= GGML_WEIGHT_TYPES
+    assert llama_types - NOT_WEIGHT_TYPES <= GGML_WEIGHT_TYPES
+    assert (gguf_types | llama_types) - NOT_WEIGHT_TYPES >= GGML_WEIGHT_TYPES
+
+
+def test_publisher_variants_are_k_quants_of_known_sizes() -> None:
+    """``_L``/``_XL`` only decorate K-quants llama.cpp has (Q8_K_XL: unsloth's Q8_0-based)."""
+    from llm_inproc.quantizations import LLAMA_FILE_TYPES, PUBLISHER_VARIANTS
+
+    for variant in PUBLISHER_VARIANTS:
+        base, _, size = variant.rpartition("_")
+        assert size in ("L", "XL") and base.endswith("_K"), variant
+        assert base == "Q8_K" or any(t.startswith(base) for t in LLAMA_FILE_TYPES), variant
+
+
+def test_quantizations_cover_every_table() -> None:
+    from llm_inproc.quantizations import GGML_WEIGHT_TYPES, LLAMA_FILE_TYPES, PUBLISHER_VARIANTS
+
+    assert set(QUANTIZATIONS) == LLAMA_FILE_TYPES | GGML_WEIGHT_TYPES | PUBLISHER_VARIANTS
+
+
+def test_importing_references_stays_cheap() -> None:
+    """The table is ours: neither gguf (numpy) nor llama_cpp (ctypes) is imported for it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, llm_inproc.references, llm_inproc.hub; "
+        "print(sorted(m for m in ('gguf', 'llama_cpp', 'numpy') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# -- split models ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "basename",
+    ["m-Q8_0-00001-of-00002", "sub/m-Q8_0-00001-of-00003", "m-UD-Q4_K_XL-00001-of-00001"],
+)
+def test_first_shard_accepted(basename: str) -> None:
+    make_packed_file_ref("a", "r", "HEAD", basename).validate()
+
+
+@pytest.mark.parametrize(
+    ("basename", "first"),
+    [
+        ("m-Q8_0-00002-of-00002", "m-Q8_0-00001-of-00002"),
+        ("m-Q8_0-1-of-2", "m-Q8_0-00001-of-00002"),
+        ("m-Q8_0-00003-of-00002", "m-Q8_0-00001-of-00002"),
+        ("m-Q8_0-00000-of-00002", "m-Q8_0-00001-of-00002"),
+    ],
+)
+def test_other_shards_refused_naming_the_first(basename: str, first: str) -> None:
+    with pytest.raises(InvalidInputError, match="not the first shard") as info:
+        make_packed_file_ref("a", "r", "HEAD", basename).validate()
+    assert repr(first) in str(info.value)
+    assert "'m-Q8_0'" in str(info.value), "the shard-less form is offered too"
+
+
+def test_shard_names_are_llama_cpps() -> None:
+    """Our names are the ones llama.cpp derives the other shards from."""
+    import ctypes
+
+    import llama_cpp
+
+    from llm_inproc.shards import parse_shard
+
+    for number, count in [(1, 1), (1, 3), (2, 3), (12, 12)]:
+        buf = ctypes.create_string_buffer(512)
+        llama_cpp.llama_split_path(buf, 512, b"/d/m-Q8_0", number - 1, count)
+        name = buf.value.decode()
+        shard = parse_shard(name)
+        assert shard is not None and (shard.prefix, shard.number, shard.count) == (
+            "/d/m-Q8_0",
+            number,
+            count,
+        )
+        assert shard.filename == name
+        prefix = ctypes.create_string_buffer(512)
+        assert llama_cpp.llama_split_prefix(prefix, 512, name.encode(), number - 1, count) > 0
+        assert prefix.value.decode() == shard.prefix
+    assert parse_shard("m-Q8_0-00002-of-00001.gguf") is None
+    assert parse_shard("m-Q8_0.gguf") is None

@@ -17,23 +17,28 @@ huggingface_hub does the downloading, locking, progress bars and cache layout (u
   the blob and its snapshot link.
 - **Errors a user can act on**, translated from huggingface_hub and httpx in one function;
   a file missing from the repository lists the quantizations that are there.
+- **Split models** (``<prefix>-00001-of-00003.gguf``, :mod:`.shards`): a reference to the
+  first shard, or to the name without the shard suffix when the repository holds only
+  shards, fetches every shard through the same path as one file (resume, integrity,
+  offline) into one snapshot directory, where llama.cpp finds them by name; the first
+  shard's path is returned.
 
 ``HEAD`` is the default branch, which huggingface_hub spells ``main`` (``revision=None``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .checksums import file_digest, forget_verified, is_verified, mark_verified
 from .errors import BackendError, LLMError, ModelLoadError, ModelNotFoundError
-from .references import QUANTIZATIONS, PackedFileRef, split_quantization
+from .hub_cache import CachedModel, cached_files, hf_cache_dir, list_cached_models
+from .references import PackedFileRef
+from .repo_files import files_to_fetch
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
@@ -49,31 +54,6 @@ _API_TIMEOUT = 10.0  # seconds; huggingface_hub's own default for file metadata
 _RESUMABLE_SIZE = 8 << 20  # files this large survive an interrupted download
 
 
-def hf_cache_dir(cache_dir: Path) -> Path:
-    """The huggingface_hub cache inside llm_inproc's cache directory."""
-    return cache_dir / "hf"
-
-
-@dataclass(frozen=True)
-class CachedModel:
-    """A model file present in the cache."""
-
-    ref: str
-    """The reference that resolves to it, e.g. ``hf:author/repo/HEAD/name-Q4_K_M``."""
-    path: Path
-    """The file to load."""
-    size: int
-    """Size on disk, in bytes."""
-    commit: str
-    """The repository commit it was downloaded from ("" when not from a repository)."""
-    source: str = "hf"
-    """Where it came from: ``"hf"`` for the Hugging Face cache."""
-
-    def to_json(self) -> dict[str, Any]:
-        """The fields as JSON values (``path`` as a string), for ``models`` and ``info``."""
-        return {**dataclasses.asdict(self), "path": str(self.path)}
-
-
 def download_model(
     ref: str,
     cache_dir: Path,
@@ -87,6 +67,8 @@ def download_model(
 ) -> Path:
     """The local path of ``ref``'s GGUF file, downloading and verifying it if needed.
 
+    For a split model, every shard is fetched and the first shard's path returned.
+
     ``token``: None for huggingface_hub's usual sources (``HF_TOKEN``, ``hf auth login``),
     False for none. ``endpoint``: None for ``HF_ENDPOINT``. ``offline``: None for
     ``HF_HUB_OFFLINE``. ``update``: ask the Hub whether the revision moved even when a copy
@@ -98,12 +80,12 @@ def download_model(
     ref = PackedFileRef(ref)
     ref.validate()
     offline = _is_offline() if offline is None else offline
-    cached = _cached_path(ref, cache_dir)
+    cached = cached_files(ref, cache_dir)
     if cached is not None and (offline or not update):
-        problem = _verify(cached, cache_dir)
-        if problem is None:
-            return cached
-        logger.warning("cached copy of %s is corrupt (%s) and was deleted", ref, problem)
+        problems = _verify_all(cached, cache_dir)
+        if not problems:
+            return cached[0]
+        logger.warning("cached copy of %s was deleted, downloading again: %s", ref, problems)
         cached = None
     if offline:
         raise ModelNotFoundError(
@@ -114,41 +96,29 @@ def download_model(
         endpoint = endpoint or api.endpoint
         token = api.token if token is None else token
     try:
-        path = _download(ref, cache_dir, token=token, endpoint=endpoint, progress=progress)
+        paths = _download(ref, cache_dir, token=token, endpoint=endpoint, progress=progress)
     except LLMError:
         raise
     except Exception as e:
         error = _translate(e, ref, endpoint)
         # update=True with the Hub unreachable: the cached copy still serves.
-        if isinstance(error, BackendError) and cached and _verify(cached, cache_dir) is None:
+        if isinstance(error, BackendError) and cached and not _verify_all(cached, cache_dir):
             logger.warning("could not check %s for updates, using the cached copy: %s", ref, error)
-            return cached
+            return cached[0]
         raise error from e
-    problem = _verify(path, cache_dir)
-    if problem is not None:
+    problems = _verify_all(paths, cache_dir)
+    if problems:
         raise ModelLoadError(
-            f"downloaded file for {ref} is corrupt: {problem}; it was deleted, try again"
+            f"download of {ref} failed its integrity check: {problems}; "
+            "the corrupt file was deleted, try again"
         )
-    return path
+    return paths[0]
 
 
 def _is_offline() -> bool:
     from huggingface_hub import constants
 
     return constants.is_offline_mode()
-
-
-def _cached_path(ref: PackedFileRef, cache_dir: Path) -> Path | None:
-    """The cached file for ``ref``'s revision, found without any request."""
-    from huggingface_hub import try_to_load_from_cache
-
-    found = try_to_load_from_cache(
-        ref.repo_id(),
-        ref.filename(),
-        cache_dir=hf_cache_dir(cache_dir),
-        revision=ref.hf_revision(),
-    )
-    return Path(found) if isinstance(found, str) else None
 
 
 def _download(
@@ -158,7 +128,7 @@ def _download(
     token: str | bool | None,
     endpoint: str | None,
     progress: bool,
-) -> Path:
+) -> list[Path]:
     from huggingface_hub import HfApi, hf_hub_download
     from huggingface_hub.utils.tqdm import silent_tqdm
 
@@ -170,34 +140,48 @@ def _download(
         ref.repo_id(), revision=ref.hf_revision(), files_metadata=True, timeout=_API_TIMEOUT
     )
     siblings = {s.rfilename: s for s in info.siblings or []}
-    wanted = siblings.get(ref.filename())
-    if wanted is None:
-        raise ModelNotFoundError(_missing_file_message(ref, list(siblings)))
     tqdm_class: Any = None if progress else silent_tqdm
-    if wanted.lfs is not None and wanted.lfs.size >= _RESUMABLE_SIZE:
-        _fetch_blob(
-            ref,
-            cache_dir,
-            sha256=wanted.lfs.sha256,
-            size=wanted.lfs.size,
+    paths: list[Path] = []
+    for filename in files_to_fetch(ref, list(siblings)):
+        wanted = siblings[filename]
+        if wanted.lfs is not None and wanted.lfs.size >= _RESUMABLE_SIZE:
+            _fetch_blob(
+                ref,
+                filename,
+                cache_dir,
+                sha256=wanted.lfs.sha256,
+                size=wanted.lfs.size,
+                token=token,
+                endpoint=endpoint,
+                tqdm_class=tqdm_class,
+            )
+        path = hf_hub_download(
+            ref.repo_id(),
+            filename,
+            revision=ref.hf_revision(),
+            cache_dir=hf_cache_dir(cache_dir),
             token=token,
             endpoint=endpoint,
             tqdm_class=tqdm_class,
         )
-    path = hf_hub_download(
-        ref.repo_id(),
-        ref.filename(),
-        revision=ref.hf_revision(),
-        cache_dir=hf_cache_dir(cache_dir),
-        token=token,
-        endpoint=endpoint,
-        tqdm_class=tqdm_class,
-    )
-    return Path(path)
+        paths.append(Path(path))
+    _check_side_by_side(ref, paths)
+    return paths
+
+
+def _check_side_by_side(ref: PackedFileRef, paths: list[Path]) -> None:
+    """llama.cpp finds the other shards next to the first: all must be in one snapshot."""
+    dirs = {p.parent for p in paths}
+    if len(dirs) > 1:
+        raise BackendError(
+            f"the shards of {ref} came from different commits (the branch moved during the "
+            "download); try again, or pin a commit as the reference's revision"
+        )
 
 
 def _fetch_blob(
     ref: PackedFileRef,
+    filename: str,
     cache_dir: Path,
     *,
     sha256: str,
@@ -234,10 +218,10 @@ def _fetch_blob(
                 f.truncate(0)
                 have = f.seek(0)
             if have:
-                logger.info("resuming %s at %d of %d bytes", ref.filename(), have, size)
+                logger.info("resuming %s at %d of %d bytes", filename, have, size)
             if have < size:
                 url = hf_hub_url(
-                    ref.repo_id(), ref.filename(), revision=ref.hf_revision(), endpoint=endpoint
+                    ref.repo_id(), filename, revision=ref.hf_revision(), endpoint=endpoint
                 )
                 http_get(
                     url,
@@ -245,40 +229,19 @@ def _fetch_blob(
                     resume_size=have,
                     headers=build_hf_headers(token=token),
                     expected_size=size,
-                    displayed_filename=ref.filename(),
+                    displayed_filename=filename,
                     tqdm_class=tqdm_class,
                 )
         actual = file_digest(part)
         if actual != sha256:
             part.unlink()
             raise ModelLoadError(
-                f"downloaded file for {ref} is corrupt: sha256 {actual}, expected {sha256}; "
-                "it was deleted, try again"
+                f"downloaded file {filename} for {ref} is corrupt: sha256 {actual}, "
+                f"expected {sha256}; it was deleted, try again"
             )
         blob.parent.mkdir(parents=True, exist_ok=True)
         os.replace(part, blob)
         mark_verified(blob, sha256, cache_dir)
-
-
-def _missing_file_message(ref: PackedFileRef, names: list[str]) -> str:
-    where = f"{ref.repo_id()} at revision {ref.revision()}"
-    ggufs = [n for n in names if n.lower().endswith(".gguf")]
-    if not ggufs:
-        return f"no {ref.filename()} in {where}: the repository has no .gguf files"
-    splits = [(n, s) for n in ggufs if (s := split_quantization(n)) is not None]
-    stem = split_quantization(ref.basename())
-    # Same model name in any folder (large quantizations often live in sub-folders).
-    wanted = stem[0].rsplit("/", 1)[-1] if stem else None
-    same_stem = [(n, s) for n, s in splits if s[0].rsplit("/", 1)[-1] == wanted]
-    chosen = same_stem or splits
-    quants = sorted({s[1] for _, s in chosen}, key=QUANTIZATIONS.index)
-    if not quants:
-        return f"no {ref.filename()} in {where}; its .gguf files are: {', '.join(ggufs)}"
-    example = chosen[0][0][: -len(".gguf")]
-    return (
-        f"no {ref.filename()} in {where}; available quantizations: {', '.join(quants)} "
-        f"(for example hf:{ref.repo_id()}/{ref.revision()}/{example})"
-    )
 
 
 def _translate(error: BaseException, ref: PackedFileRef, endpoint: str | None) -> LLMError:
@@ -333,6 +296,17 @@ def _one_line(error: BaseException) -> str:
 # -- integrity --------------------------------------------------------------------------
 
 
+def _verify_all(paths: list[Path], cache_dir: Path) -> str:
+    """Check every file (all shards of a split model); "" when all are good.
+
+    Otherwise the problems, each naming its file, e.g. ``"m.gguf is corrupt: sha256 …"``.
+    """
+    problems = [
+        f"{p.name} is corrupt: {problem}" for p in paths if (problem := _verify(p, cache_dir))
+    ]
+    return "; ".join(problems)
+
+
 def _verify(path: Path, cache_dir: Path) -> str | None:
     """Check ``path`` once against the hash its blob is named by; None when it is good.
 
@@ -357,40 +331,3 @@ def _verify(path: Path, cache_dir: Path) -> str | None:
         return f"{kind} {actual}, expected {expected}"
     mark_verified(blob, expected, cache_dir)
     return None
-
-
-# -- listing ----------------------------------------------------------------------------
-
-
-def list_cached_models(cache_dir: Path) -> list[CachedModel]:
-    """The GGUF files in the Hugging Face cache under ``cache_dir``, sorted by reference."""
-    from huggingface_hub import scan_cache_dir
-    from huggingface_hub.errors import CacheNotFound
-
-    try:
-        info = scan_cache_dir(hf_cache_dir(cache_dir))
-    except CacheNotFound:
-        return []
-    for warning in info.warnings:
-        logger.debug("ignoring %s", warning)
-    models: list[CachedModel] = []
-    for repo in info.repos:
-        if repo.repo_type != "model":
-            continue
-        for revision in repo.revisions:
-            refs = sorted(revision.refs)
-            # huggingface_hub records the default branch as "main": our HEAD.
-            name = "HEAD" if "main" in refs else refs[0] if refs else revision.commit_hash
-            for f in revision.files:
-                rel = f.file_path.relative_to(revision.snapshot_path).as_posix()
-                if not rel.lower().endswith(".gguf"):
-                    continue
-                models.append(
-                    CachedModel(
-                        ref=f"hf:{repo.repo_id}/{name}/{rel[: -len('.gguf')]}",
-                        path=f.file_path,
-                        size=f.size_on_disk,
-                        commit=revision.commit_hash,
-                    )
-                )
-    return sorted(models, key=lambda m: m.ref)

@@ -2,8 +2,9 @@
 
 A model is named by ``hf:<author>/<repo>/<revision>/<file path without .gguf>`` so that a
 single option (and a single YAML value) can say where a model comes from. This module parses
-and validates those strings without any I/O, and knows the GGUF quantization suffixes, so
-bad references are refused before anything is downloaded.
+and validates those strings without any I/O, and knows the GGUF quantization suffixes
+(:mod:`.quantizations`) and split-file names (:mod:`.shards`), so bad references are
+refused before anything is downloaded.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import re
 from dataclasses import dataclass
 
 from .errors import InvalidInputError
+from .quantizations import QUANTIZATIONS, split_quantization
+from .shards import parse_shard
 
 __all__ = [
     "QUANTIZATIONS",
@@ -26,70 +29,12 @@ HF_URL = "https://huggingface.co"
 _PREFIX = "hf:"
 _HEAD = "HEAD"
 
-QUANTIZATIONS: tuple[str, ...] = (
-    "F32",
-    "F16",
-    "BF16",
-    "Q8_0",
-    "Q6_K",
-    "Q6_K_L",
-    "Q5_K_L",
-    "Q5_K_M",
-    "Q5_K_S",
-    "Q5_0",
-    "Q5_1",
-    "Q4_K_L",
-    "Q4_K_M",
-    "Q4_K_S",
-    "Q4_0",
-    "Q4_1",
-    "Q3_K_XL",
-    "Q3_K_L",
-    "Q3_K_M",
-    "Q3_K_S",
-    "Q2_K",
-    "Q2_K_L",
-    "IQ4_NL",
-    "IQ4_XS",
-    "IQ3_M",
-    "IQ3_S",
-    "IQ3_XS",
-    "IQ3_XXS",
-    "IQ2_M",
-    "IQ2_S",
-    "IQ2_XS",
-    "IQ2_XXS",
-    "IQ1_M",
-    "IQ1_S",
-)
-"""The GGUF quantizations a reference's basename may end with, in canonical upper case."""
-
-# Longest first, so "Q6_K_L" wins over "Q6_K" would it ever be ambiguous.
-_BY_LENGTH = sorted(QUANTIZATIONS, key=len, reverse=True)
-_SEPARATORS = "-._"
-# Something that looks like a quantization but is not a known one, e.g. "Q7_K" or "F8".
-_QUANT_LIKE = re.compile(r"[-._]((?:I?Q\d\w*)|(?:B?F\d+))$", re.IGNORECASE)
+# Something that looks like a quantization but is not a known one, e.g. "Q7_K" or "FP8".
+_QUANT_LIKE = re.compile(r"[-._]((?:UD[-_])?(?:[IT]?Q\d\w*|(?:B|MX|NV)?FP?\d+\w*))$", re.IGNORECASE)
+_SHARD_LIKE = re.compile(r"-(\d+)-of-(\d+)$")
 _HF_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _HF_NAME_MAX = 96
 _BAD_REVISION_CHARS = re.compile(r"[\s~^:?*\[\\\x00-\x1f\x7f]")
-
-
-def split_quantization(basename: str) -> tuple[str, str] | None:
-    """Split ``"gemma-3-270m-q4_k_m"`` into ``("gemma-3-270m", "Q4_K_M")``.
-
-    The quantization must be a known one (case-insensitive), separated from the stem by
-    ``-``, ``.`` or ``_``. A trailing ``.gguf`` is ignored so file names from a repository
-    listing can be passed as they are. Returns None when the name has no known suffix.
-    """
-    name = basename[: -len(".gguf")] if basename.lower().endswith(".gguf") else basename
-    upper = name.upper()
-    for quant in _BY_LENGTH:
-        stem_len = len(name) - len(quant) - 1
-        if stem_len >= 1 and upper.endswith(quant) and name[stem_len] in _SEPARATORS:
-            stem = name[:stem_len]
-            if not stem.endswith("/"):
-                return stem, quant
-    return None
 
 
 def _valid_list() -> str:
@@ -167,17 +112,36 @@ def _check_path(basename: str, ref: str, *, allow_empty: bool) -> None:
         )
 
 
+def _check_shard(basename: str, ref: str) -> str:
+    """The basename without a split file's ``-00001-of-00003``, refusing any other shard."""
+    m = _SHARD_LIKE.search(basename)
+    if m is None:
+        return basename
+    shard = parse_shard(basename + ".gguf")
+    if shard is None or shard.number != 1:
+        first = f"{basename[: m.start()]}-00001-of-{int(m.group(2)):05d}"
+        raise InvalidInputError(
+            f"file name {basename!r} in reference {ref!r} is not the first shard of a split "
+            f"model; llama.cpp loads a split model from its first shard: name {first!r}, "
+            f"or {basename[: m.start()]!r} to let the repository say how many shards there are"
+        )
+    return shard.prefix
+
+
 def _check_quantization(basename: str, ref: str) -> None:
-    if split_quantization(basename) is not None:
+    name = _check_shard(basename, ref)
+    if split_quantization(name) is not None:
         return
-    unknown = _QUANT_LIKE.search(basename)
+    unknown = _QUANT_LIKE.search(name)
     if unknown:
         what = f"ends with unknown quantization {unknown.group(1)!r}"
     else:
         what = "does not end with a quantization suffix"
     raise InvalidInputError(
         f"file name {basename!r} in reference {ref!r} {what}; "
-        f"end it with '-' or '.' and one of: {_valid_list()} (for example '-Q4_K_M')"
+        f"end it with '-' or '.' and one of: {_valid_list()} (for example '-Q4_K_M'; "
+        "unsloth's dynamic quants add 'UD-', as in '-UD-Q4_K_XL', and a split model's "
+        "first shard ends with '-00001-of-0000N')"
     )
 
 
