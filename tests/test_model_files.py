@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from llm_inproc import ModelNotFoundError, Options, Session
+from llm_inproc import ModelLoadError, ModelNotFoundError, Options, Session
 from subproc import run_python
 
 _LOAD = textwrap.dedent(
@@ -68,7 +68,7 @@ def test_truncated_model(tmp_path: Path, model_path: Path, fraction: float) -> N
 
 
 def test_a_directory_is_not_a_model(tmp_path: Path) -> None:
-    with pytest.raises(ModelNotFoundError, match="is a directory; pass the .gguf file inside"):
+    with pytest.raises(ModelNotFoundError, match=r"is a directory; pass the \.gguf file inside"):
         Session(Options(model=str(tmp_path)))
 
 
@@ -77,3 +77,37 @@ def test_gguf_magic_with_garbage(tmp_path: Path) -> None:
     bad.write_bytes(b"GGUF" + os.urandom(4096))
     r = load_in_subprocess(bad)
     assert r["type"] == "ModelLoadError", r
+
+
+@pytest.mark.model
+def test_two_loads_at_once_keep_their_own_errors(tmp_path: Path, model_path: Path) -> None:
+    """llama.cpp's log is captured per loading thread: a failing load next to a good one
+    reports its own reason, and the good one is not blamed for it."""
+    import threading
+
+    data = model_path.read_bytes()
+    cut = tmp_path / "half.gguf"
+    cut.write_bytes(data[: len(data) // 2])
+    results: dict[str, object] = {}
+
+    def load(name: str, path: Path) -> None:
+        try:
+            with Session(Options(model=str(path), context_length=256, parallel=1)) as s:
+                results[name] = s.model_info.gpu_layers_offloaded
+        except Exception as e:
+            results[name] = e
+
+    threads = [
+        threading.Thread(target=load, args=(n, p))
+        for n, p in [("bad", cut), ("good", model_path), ("bad2", cut)]
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert results["good"] == 0
+    for name in ("bad", "bad2"):
+        err = results[name]
+        assert isinstance(err, ModelLoadError), err
+        assert "not within the file bounds" in str(err)
+        assert str(err).count("not within the file bounds") == 1  # not the other load's too
