@@ -27,7 +27,7 @@ from .messages import Message, Role
 from .metrics import Metrics, TokenPerformance
 from .references import ModelRef, PackedFileRef, PackedRepoRef, make_packed_file_ref
 from .reply import Reply
-from .sampling import Sampling
+from .sampling import Sampling, TokenProb
 from .session import Session
 
 __version__ = "0.1.0"
@@ -59,6 +59,7 @@ __all__ = [
     "Session",
     "SessionClosedError",
     "TokenPerformance",
+    "TokenProb",
     "default_config",
     "load_config",
     "make_packed_file_ref",

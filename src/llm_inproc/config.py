@@ -13,8 +13,8 @@ import importlib.resources
 import ipaddress
 import os
 import re
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
 from typing import IO, Any
 
 import yaml
@@ -22,6 +22,7 @@ import yaml
 from .encoding import PromptEncoding
 from .errors import InvalidInputError
 from .references import PackedFileRef, PackedRepoRef
+from .sampling import Sampling
 
 __all__ = [
     "BACKENDS",
@@ -145,6 +146,8 @@ class Options:
     """``"inproc"``, ``"python"``, ``"llama-server"``, ``"remote"``; empty infers it."""
     max_pending: int = 64
     """Requests allowed to wait for a busy session before :class:`BusyError`."""
+    sampling: Sampling = field(default_factory=Sampling)
+    """The session's default sampling (``sampling=`` on a prompt call replaces it)."""
 
     def validate(self) -> None:
         """Raise :class:`InvalidInputError` naming the first bad field."""
@@ -156,6 +159,10 @@ class Options:
         for name in ("context_length", "gpu_layers", "parallel", "max_pending"):
             _check_type(f"{where}{name}", getattr(self, name), int)
         _check_type(f"{where}threads", self.threads, int, nullable=True)
+        if not isinstance(self.sampling, Sampling):
+            raise InvalidInputError(
+                f"{where}sampling: expected a Sampling, got {_type_name(self.sampling)}"
+            )
         if self.remote:
             _check_remote(where, self.remote)
         if self.context_length < 0:
@@ -221,7 +228,16 @@ class Options:
 
     def to_dict(self) -> dict[str, Any]:
         """The YAML mapping of the ``llm:`` section (plain types, safe to dump)."""
-        return {k: str(v) if isinstance(v, str) else v for k, v in asdict(self).items()}
+        out = {
+            f.name: str(v) if isinstance(v, str) else v
+            for f in fields(self)
+            if f.name != "sampling"
+            for v in [getattr(self, f.name)]
+        }
+        changed = _sampling_changes(self.sampling)
+        if changed:
+            out["sampling"] = changed
+        return out
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "llm") -> Options:
@@ -230,11 +246,28 @@ class Options:
             data = {}
         _check_type(where, data, dict)
         _check_keys(where, data, (f.name for f in fields(cls)))
+        if "sampling" in data:
+            data = {**data, "sampling": Sampling.from_dict(data["sampling"], f"{where}.sampling")}
         opts = cls(**data)
         opts._validate(f"{where}.")
         if opts.model.startswith("hf:"):
             opts.model = PackedFileRef(opts.model)
         return opts
+
+
+def _sampling_changes(s: Sampling) -> dict[str, Any]:
+    """The fields of ``s`` that differ from the defaults, as plain YAML types."""
+    default = Sampling()
+    out: dict[str, Any] = {}
+    for f in fields(s):
+        value = getattr(s, f.name)
+        if value != getattr(default, f.name):
+            if isinstance(value, tuple):
+                value = list(value)
+            elif isinstance(value, Mapping):
+                value = dict(value)
+            out[f.name] = value
+    return out
 
 
 @dataclass(frozen=True)

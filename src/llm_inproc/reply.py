@@ -19,6 +19,7 @@ from .backends.base import AsyncRawStream, FinishReason, Outcome, RawItem, RawSt
 from .encoding import ReplyCleaner
 from .errors import RequestTimeoutError
 from .metrics import TokenPerformance
+from .sampling import TokenProb
 
 __all__ = ["AsyncReplyStream", "Reply", "ReplyStream"]
 
@@ -40,8 +41,9 @@ class Reply:
     """Tokens generated and the time from the first to the last."""
     time_to_first_token: timedelta = field(default_factory=timedelta)
     """From the call to the first generated token, queueing included."""
-    logprobs: list[Any] | None = None
-    """Per generated token probabilities, when requested; otherwise None."""
+    logprobs: tuple[TokenProb, ...] | None = None
+    """Per generated token: its probability and the ``Sampling.n_probs`` most likely
+    alternatives, when ``n_probs`` > 0; otherwise None."""
 
 
 class _Assembly:
@@ -80,6 +82,7 @@ def _reply(text: str, reason: FinishReason, outcome: Outcome) -> Reply:
         cached_tokens=outcome.cached_tokens,
         generated=outcome.generated,
         time_to_first_token=outcome.time_to_first_token,
+        logprobs=outcome.logprobs,
     )
 
 

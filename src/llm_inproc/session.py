@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -99,11 +100,17 @@ class Session:
         max_tokens: int,
         seed: int,
         temperature: float,
+        sampling: Sampling | None,
         timeout: float | None,
     ) -> GenerationRequest:
         if self._closed:
             raise SessionClosedError("the session is closed; create a new Session")
-        sampling = Sampling(max_tokens=max_tokens, seed=seed, temperature=temperature)
+        if sampling is not None and not isinstance(sampling, Sampling):
+            raise InvalidInputError(f"sampling must be a Sampling, not {type(sampling).__name__}")
+        base = sampling if sampling is not None else self.options.sampling
+        sampling = dataclasses.replace(
+            base, max_tokens=max_tokens, seed=seed, temperature=temperature
+        )
         _check_timeout(timeout)
         if not isinstance(messages, (list, tuple)):
             raise InvalidInputError(
@@ -117,10 +124,12 @@ class Session:
             return GenerationRequest(
                 sampling=sampling,
                 prompt=self.encoding.encode(msgs),
-                stops=self.encoding.stop_markers(),
+                stops=self.encoding.stop_markers() + sampling.stop,
             )
         return GenerationRequest(
-            sampling=sampling, messages=msgs, stops=END_OF_TURN_MARKERS + TURN_START_MARKERS
+            sampling=sampling,
+            messages=msgs,
+            stops=END_OF_TURN_MARKERS + TURN_START_MARKERS + sampling.stop,
         )
 
     def prompt(
@@ -130,11 +139,17 @@ class Session:
         max_tokens: int = 0,
         seed: int = 0,
         temperature: float = 1.0,
+        sampling: Sampling | None = None,
         timeout: float | None = None,
     ) -> str:
         """The model's reply, stripped of surrounding whitespace."""
         return self.complete(
-            messages, max_tokens=max_tokens, seed=seed, temperature=temperature, timeout=timeout
+            messages,
+            max_tokens=max_tokens,
+            seed=seed,
+            temperature=temperature,
+            sampling=sampling,
+            timeout=timeout,
         ).text
 
     def complete(
@@ -144,11 +159,17 @@ class Session:
         max_tokens: int = 0,
         seed: int = 0,
         temperature: float = 1.0,
+        sampling: Sampling | None = None,
         timeout: float | None = None,
     ) -> Reply:
         """The model's reply with what it cost (tokens, times, why it ended)."""
         stream = self.prompt_streaming(
-            messages, max_tokens=max_tokens, seed=seed, temperature=temperature, timeout=timeout
+            messages,
+            max_tokens=max_tokens,
+            seed=seed,
+            temperature=temperature,
+            sampling=sampling,
+            timeout=timeout,
         )
         with stream:
             for _ in stream:
@@ -163,13 +184,14 @@ class Session:
         max_tokens: int = 0,
         seed: int = 0,
         temperature: float = 1.0,
+        sampling: Sampling | None = None,
         timeout: float | None = None,
     ) -> ReplyStream:
         """Yield the reply as it is generated; closing the iterator stops generation.
 
         Once exhausted, its ``.reply`` is the :class:`Reply`.
         """
-        request = self._request(messages, max_tokens, seed, temperature, timeout)
+        request = self._request(messages, max_tokens, seed, temperature, sampling, timeout)
         return ReplyStream(self._backend.submit(request), request.stops, timeout)
 
     async def aprompt(
@@ -179,11 +201,17 @@ class Session:
         max_tokens: int = 0,
         seed: int = 0,
         temperature: float = 1.0,
+        sampling: Sampling | None = None,
         timeout: float | None = None,
     ) -> str:
         """:meth:`prompt` for asyncio; cancelling the task stops generation."""
         reply = await self.acomplete(
-            messages, max_tokens=max_tokens, seed=seed, temperature=temperature, timeout=timeout
+            messages,
+            max_tokens=max_tokens,
+            seed=seed,
+            temperature=temperature,
+            sampling=sampling,
+            timeout=timeout,
         )
         return reply.text
 
@@ -194,11 +222,17 @@ class Session:
         max_tokens: int = 0,
         seed: int = 0,
         temperature: float = 1.0,
+        sampling: Sampling | None = None,
         timeout: float | None = None,
     ) -> Reply:
         """:meth:`complete` for asyncio; cancelling the task stops generation."""
         stream = self.aprompt_streaming(
-            messages, max_tokens=max_tokens, seed=seed, temperature=temperature, timeout=timeout
+            messages,
+            max_tokens=max_tokens,
+            seed=seed,
+            temperature=temperature,
+            sampling=sampling,
+            timeout=timeout,
         )
         async with stream:
             async for _ in stream:
@@ -213,16 +247,63 @@ class Session:
         max_tokens: int = 0,
         seed: int = 0,
         temperature: float = 1.0,
+        sampling: Sampling | None = None,
         timeout: float | None = None,
     ) -> AsyncReplyStream:
         """:meth:`prompt_streaming` for asyncio (call it inside a running event loop);
         cancelling the consuming task or closing the iterator stops generation."""
-        request = self._request(messages, max_tokens, seed, temperature, timeout)
+        request = self._request(messages, max_tokens, seed, temperature, sampling, timeout)
         return AsyncReplyStream(self._backend.asubmit(request), request.stops, timeout)
 
     def count_tokens(self, messages: Sequence[Message]) -> int:
         """How many context tokens the prompt for ``messages`` takes."""
-        return self._backend.count_tokens(self._request(messages, 0, 0, 1.0, None))
+        return self._backend.count_tokens(self._request(messages, 0, 0, 1.0, None, None))
+
+    # -- prepared requests (what a server needs) --------------------------------------------
+
+    def chat_request(self, messages: Sequence[Message], sampling: Sampling) -> GenerationRequest:
+        """The request :meth:`prompt` would make for ``messages`` (encoding or chat template,
+        system-prompt template, stop markers), to pass to :meth:`generate`."""
+        return self._request(
+            messages, sampling.max_tokens, sampling.seed, sampling.temperature, sampling, None
+        )
+
+    def generate(self, request: GenerationRequest, *, timeout: float | None = None) -> ReplyStream:
+        """Start a prepared request (raw text, token ids, or :meth:`chat_request`); the
+        stream yields its text cleaned of ``request.stops``, as :meth:`prompt_streaming`."""
+        if self._closed:
+            raise SessionClosedError("the session is closed; create a new Session")
+        _check_timeout(timeout)
+        return ReplyStream(self._backend.submit(request), request.stops, timeout)
+
+    def agenerate(
+        self, request: GenerationRequest, *, timeout: float | None = None
+    ) -> AsyncReplyStream:
+        """:meth:`generate` for asyncio (call it inside the running event loop)."""
+        if self._closed:
+            raise SessionClosedError("the session is closed; create a new Session")
+        _check_timeout(timeout)
+        return AsyncReplyStream(self._backend.asubmit(request), request.stops, timeout)
+
+    def render(self, request: GenerationRequest) -> str:
+        """The prompt text the model sees for ``request``."""
+        if request.prompt is not None:
+            return request.prompt
+        if request.tokens is not None:
+            return self.detokenize(request.tokens)
+        render = getattr(self._backend, "render", None)
+        if render is None:
+            raise InvalidInputError(f"the {self.backend} backend cannot show its prompt text")
+        return str(render(request))
+
+    def tokenize(self, text: str, *, special: bool = True) -> list[int]:
+        """Token ids of ``text``; with ``special``, BOS added (when the model wants one) and
+        control tokens such as ``<|im_start|>`` recognised."""
+        return self._backend.tokenize(text, special=special)
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        """The text of token ids, control tokens included."""
+        return self._backend.detokenize(tokens)
 
     # -- state -------------------------------------------------------------------------------
 

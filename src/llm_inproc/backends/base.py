@@ -15,7 +15,7 @@ from typing import Literal, Protocol
 
 from ..messages import Message
 from ..metrics import Metrics, TokenPerformance
-from ..sampling import Sampling
+from ..sampling import Sampling, TokenProb
 
 __all__ = [
     "AsyncRawStream",
@@ -85,6 +85,8 @@ class Outcome:
     """Tokens generated, and the time from the first to the last."""
     time_to_first_token: timedelta = field(default_factory=timedelta)
     """From the request's arrival (queueing included) to its first generated token."""
+    logprobs: tuple[TokenProb, ...] | None = None
+    """Per generated token, when ``Sampling.n_probs`` > 0."""
 
 
 RawItem = str | Outcome

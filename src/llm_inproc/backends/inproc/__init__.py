@@ -22,6 +22,7 @@ from ..base import GenerationRequest, ModelInfo
 from .engine import Engine
 from .model import Context, Model, check_prompt_fits, clamp_threads
 from .request import AsyncChannel, Request, ThreadChannel
+from .sampler import build_sampler
 
 __all__ = ["InprocBackend"]
 
@@ -83,9 +84,13 @@ class InprocBackend:
     def _request(self, request: GenerationRequest, channel: ThreadChannel | AsyncChannel) -> None:
         tokens = self._tokens(request)
         check_prompt_fits(len(tokens), self.info.n_ctx)
-        req = Request(request, tokens, channel.put)
+        req = Request(request, tokens, channel.put, build_sampler(self._model, request.sampling))
         channel.request = req
-        self._engine.submit(req)
+        try:
+            self._engine.submit(req)
+        except BaseException:
+            self._engine.free_sampler(req)
+            raise
 
     def submit(self, request: GenerationRequest) -> ThreadChannel:
         channel = ThreadChannel(self._engine.cancel)

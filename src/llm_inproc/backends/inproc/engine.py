@@ -21,12 +21,12 @@ import numpy as np
 
 from ...errors import LLMError, SessionClosedError
 from ...metrics import TokenPerformance
+from ...sampling import TokenProb
 from ..base import FinishReason, Outcome
 from ._llama import capture
 from .admission import Admission
 from .model import Context, Model
 from .request import Request
-from .sampler import build_sampler
 from .slot import Slot, choose_slot, common_prefix
 
 __all__ = ["Engine"]
@@ -92,7 +92,14 @@ class Engine:
         with self._cond:
             req.cancelled = True
             if self._admission.remove(req):
+                self.free_sampler(req)
                 req.push(Outcome("cancelled"))
+
+    def free_sampler(self, req: Request) -> None:
+        """Free a request's sampler chain (once; never while a slot samples with it)."""
+        if req.sampler is not None:
+            self.ll.llama_sampler_free(req.sampler)
+            req.sampler = None
 
     def close(self) -> None:
         """Stop the engine, end every request with :class:`SessionClosedError`, free memory."""
@@ -135,6 +142,7 @@ class Engine:
             req = self._admission.pop()
             assert req is not None
             if req.cancelled:
+                self.free_sampler(req)
                 req.push(Outcome("cancelled"))
                 continue
             slot = choose_slot(free, req.tokens)
@@ -162,7 +170,8 @@ class Engine:
         slot.next_token = -1
         slot.n_gen = 0
         slot.budget = budget
-        slot.sampler = build_sampler(self.ll, sampling)
+        slot.sampler = req.sampler
+        slot.probs = [] if sampling.n_probs else None
         slot.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         slot.prompt_started = time.perf_counter()
         slot.first_at = 0.0
@@ -216,10 +225,14 @@ class Engine:
             if slot.next_token >= 0:
                 slot.cached.append(slot.next_token)
         now = time.perf_counter()
+        sample, ctx = self.ll.llama_sampler_sample, self.ctx.ptr
         for slot, idx in outputs:
             if slot.first_at == 0.0:
                 slot.first_at = now
-            self._emit(slot, self.ll.llama_sampler_sample(slot.sampler, self.ctx.ptr, idx))
+            token = sample(slot.sampler, ctx, idx)
+            if slot.probs is not None:
+                slot.probs.append(self._probs(idx, token, slot.req))
+            self._emit(slot, token)
 
     def _decode(self, n: int, chunks: list[tuple[Slot, int]]) -> bool:
         """Evaluate the batch; False when nothing was evaluated (the step is retried)."""
@@ -275,11 +288,15 @@ class Engine:
         req = slot.req
         assert req is not None and slot.decoder is not None
         if ll.llama_vocab_is_eog(vocab, token):
+            if slot.probs:
+                slot.probs.pop()  # not part of the reply
             self._finish(slot, "stop")
             return
         buf = self._piece
         n = ll.llama_token_to_piece(vocab, token, buf, len(buf), 0, False)
         if n == 0 and self._is_stop_token(token, req.request.stops):
+            if slot.probs:
+                slot.probs.pop()
             self._finish(slot, "stop")  # a control token such as <start_of_turn>
             return
         if n < 0:  # a piece longer than the buffer: grow it once and retry
@@ -295,6 +312,36 @@ class Engine:
         else:
             slot.next_token = token
 
+    def _probs(self, idx: int, token: int, req: Request | None) -> TokenProb:
+        """The chosen token's probability and the most likely ones, from the raw logits."""
+        assert req is not None
+        n = req.request.sampling.n_probs
+        ptr = self.ll.llama_get_logits_ith(self.ctx.ptr, idx)
+        logits = np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,))
+        top = np.argpartition(logits, -n)[-n:]
+        top = top[np.argsort(logits[top])[::-1]]
+        m = float(logits.max())
+        log_z = m + float(np.log(np.exp(logits - m, dtype=np.float64).sum()))
+
+        def prob(t: int) -> float:
+            return float(np.exp(float(logits[t]) - log_z))
+
+        piece = self._piece_text
+        return TokenProb(
+            token,
+            piece(token),
+            prob(token),
+            tuple(TokenProb(int(t), piece(int(t)), prob(int(t))) for t in top),
+        )
+
+    def _piece_text(self, token: int) -> str:
+        buf = ctypes.create_string_buffer(64)
+        n = self.ll.llama_token_to_piece(self.model.vocab, token, buf, len(buf), 0, True)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = self.ll.llama_token_to_piece(self.model.vocab, token, buf, len(buf), 0, True)
+        return buf.raw[: max(0, n)].decode("utf-8", errors="replace")
+
     def _is_stop_token(self, token: int, stops: tuple[str, ...]) -> bool:
         if not stops or not self.ll.llama_vocab_is_control(self.model.vocab, token):
             return False
@@ -303,9 +350,8 @@ class Engine:
     def _release(self, slot: Slot) -> Request:
         req = slot.req
         assert req is not None
-        if slot.sampler is not None:
-            self.ll.llama_sampler_free(slot.sampler)
-            slot.sampler = None
+        self.free_sampler(req)
+        slot.sampler = None
         slot.req = None
         slot.pending = []
         slot.next_token = -1
@@ -334,6 +380,7 @@ class Engine:
                 cached_tokens=slot.reused,
                 generated=generated,
                 time_to_first_token=timedelta(seconds=first - req.arrived if first else 0),
+                logprobs=tuple(slot.probs) if slot.probs is not None else None,
             )
         )
 
@@ -347,6 +394,7 @@ class Engine:
             self._closing = True
             waiting = self._admission.drain()
         for req in waiting:
+            self.free_sampler(req)
             req.push(error)
 
     def _free(self) -> None:

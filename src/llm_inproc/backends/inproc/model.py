@@ -86,6 +86,7 @@ class Model:
         tmpl = ll.llama_model_chat_template(ptr, None)
         self.chat_template = tmpl.decode("utf-8", errors="replace") if tmpl else None
         self.bos = int(ll.llama_vocab_bos(self.vocab))
+        self._eog: list[int] | None = None
         self.eos = int(ll.llama_vocab_eos(self.vocab))
 
     def meta(self, key: str) -> str:
@@ -152,6 +153,13 @@ class Model:
                 buf = ctypes.create_string_buffer(cap)
                 n = ll.llama_detokenize(self.vocab, arr, len(tokens), buf, cap, False, True)
         return buf.raw[:n].decode("utf-8", errors="replace")
+
+    def eog_tokens(self) -> list[int]:
+        """Every end-of-generation token (computed once: one C call per vocabulary entry)."""
+        if self._eog is None:
+            is_eog, vocab = self.ll.llama_vocab_is_eog, self.vocab
+            self._eog = [t for t in range(self.n_vocab) if is_eog(vocab, t)]
+        return self._eog
 
     @property
     def n_vocab(self) -> int:

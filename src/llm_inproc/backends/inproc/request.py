@@ -11,6 +11,7 @@ import asyncio
 import queue
 import time
 from collections.abc import Callable
+from typing import Any
 
 from ..base import GenerationRequest, RawItem
 
@@ -22,14 +23,20 @@ Item = RawItem | BaseException
 class Request:
     """A request's state shared by the engine and its consumer."""
 
-    __slots__ = ("arrived", "cancelled", "push", "request", "tokens")
+    __slots__ = ("arrived", "cancelled", "push", "request", "sampler", "tokens")
 
     def __init__(
-        self, request: GenerationRequest, tokens: list[int], push: Callable[[Item], None]
+        self,
+        request: GenerationRequest,
+        tokens: list[int],
+        push: Callable[[Item], None],
+        sampler: Any,
     ) -> None:
         self.request = request
         self.tokens = tokens
         self.push = push
+        self.sampler = sampler
+        """The native sampler chain; the engine frees it when the request ends."""
         self.cancelled = False
         self.arrived = time.perf_counter()
 

@@ -1,25 +1,152 @@
-"""A request's native sampler chain: built in C once per request, freed when it ends."""
+"""A request's native sampler chain: built in C once per request, freed when it ends.
+
+Built in the caller's thread when the request is submitted, so a bad grammar or
+schema raises there, before the request takes a slot. The order is llama-server's:
+logit bias, grammar, penalties, DRY, top-n-sigma, top-k, typical, top-p, min-p, XTC,
+temperature, then the seeded draw (or greedy at temperature 0).
+"""
 
 from __future__ import annotations
 
+import ctypes
+import json
+import math
+import os
+import sys
+import tempfile
 from typing import Any
 
+from ...errors import InvalidInputError
 from ...sampling import Sampling
+from ._llama import capture
+from .model import Model
 
-__all__ = ["build_sampler"]
+__all__ = ["build_sampler", "grammar_for"]
+
+# llama.cpp adds biases to logits; -inf must stay -inf, the largest finite float would not.
+_BAN = -math.inf
 
 
-def build_sampler(ll: Any, s: Sampling) -> Any:
-    """llama-server's default chain (top-k 40, top-p 0.95, min-p 0.05, temperature),
-    or plain greedy at temperature 0. Every step runs in llama.cpp, none in Python."""
+def grammar_for(s: Sampling) -> str:
+    """The GBNF grammar ``s`` asks for: its own, or one made from its JSON Schema."""
+    if s.json_schema is None:
+        return s.grammar
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    try:
+        return str(json_schema_to_gbnf(json.dumps(dict(s.json_schema))))
+    except Exception as e:  # the converter raises bare exceptions for unsupported schemas
+        raise InvalidInputError(f"json_schema cannot be turned into a grammar: {e}") from None
+
+
+def _biases(model: Model, s: Sampling) -> dict[int, float]:
+    out: dict[int, float] = {}
+    n_vocab = model.n_vocab
+    for key, bias in s.logit_bias.items():
+        if isinstance(key, int):
+            if key >= n_vocab:
+                raise InvalidInputError(f"logit_bias token id {key} is not in [0, {n_vocab})")
+            ids = [key]
+        else:
+            ids = model.tokenize(key, special=False)
+            # A word is usually biased with and without its leading space.
+            if not key.startswith(" "):
+                ids += model.tokenize(" " + key, special=False)
+        for t in ids:
+            out[t] = out.get(t, 0.0) + float(bias)
+    if s.ignore_eos:
+        for t in model.eog_tokens():
+            out[t] = _BAN
+    return out
+
+
+def _parser_says(ll: Any, model: Model, grammar: str) -> str:
+    """What llama.cpp's grammar parser printed: it writes straight to C's stderr, so on
+    this failure path only, parse once more with file descriptor 2 caught in a file."""
+    with tempfile.TemporaryFile() as caught:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            os.dup2(caught.fileno(), 2)
+            g = ll.llama_sampler_init_grammar(model.vocab, grammar.encode(), b"root")
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        if g:
+            ll.llama_sampler_free(g)
+        caught.seek(0)
+        text = caught.read(4000).decode("utf-8", errors="replace")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return " ".join(lines[:3])
+
+
+def build_sampler(model: Model, s: Sampling) -> Any:
+    """The chain for ``s``; raises :class:`InvalidInputError` for a bad grammar."""
+    ll = model.ll
     chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
-    add = ll.llama_sampler_chain_add
-    if s.greedy:
-        add(chain, ll.llama_sampler_init_greedy())
-        return chain
-    add(chain, ll.llama_sampler_init_top_k(40))
-    add(chain, ll.llama_sampler_init_top_p(0.95, 1))
-    add(chain, ll.llama_sampler_init_min_p(0.05, 1))
-    add(chain, ll.llama_sampler_init_temp(float(s.temperature)))
-    add(chain, ll.llama_sampler_init_dist(s.effective_seed()))
+    try:
+        _fill(ll, model, chain, s)
+    except BaseException:
+        ll.llama_sampler_free(chain)
+        raise
     return chain
+
+
+def _fill(ll: Any, model: Model, chain: Any, s: Sampling) -> None:
+    def add(sampler: Any) -> None:
+        ll.llama_sampler_chain_add(chain, sampler)
+
+    biases = _biases(model, s)
+    if biases:
+        arr = (ll.llama_logit_bias * len(biases))(*biases.items())
+        add(ll.llama_sampler_init_logit_bias(model.n_vocab, len(biases), arr))
+    grammar = grammar_for(s)
+    if grammar:
+        with capture() as said:
+            g = ll.llama_sampler_init_grammar(model.vocab, grammar.encode(), b"root")
+        if not g:
+            why = _parser_says(ll, model, grammar) or said.reason("llama.cpp could not parse it")
+            raise InvalidInputError(f"the grammar is not valid GBNF: {why}")
+        add(g)
+    if s.repeat_last_n != 0 and (
+        s.repeat_penalty != 1.0 or s.frequency_penalty != 0.0 or s.presence_penalty != 0.0
+    ):
+        last_n = model.n_ctx_train if s.repeat_last_n == -1 else s.repeat_last_n
+        add(
+            ll.llama_sampler_init_penalties(
+                model.n_vocab, last_n, s.repeat_penalty, s.frequency_penalty, s.presence_penalty
+            )
+        )
+    if s.dry_multiplier > 0:
+        breakers = [b.encode() for b in s.dry_sequence_breakers]
+        arr = (ctypes.c_char_p * max(1, len(breakers)))(*breakers)
+        last_n = model.n_ctx_train if s.dry_penalty_last_n == -1 else s.dry_penalty_last_n
+        add(
+            ll.llama_sampler_init_dry(
+                model.vocab,
+                s.dry_multiplier,
+                s.dry_base,
+                s.dry_allowed_length,
+                last_n,
+                arr,
+                len(breakers),
+            )
+        )
+    if s.greedy:
+        add(ll.llama_sampler_init_greedy())
+        return
+    if s.top_n_sigma > 0:
+        add(ll.llama_sampler_init_top_n_sigma(s.top_n_sigma))
+    if s.top_k > 0:
+        add(ll.llama_sampler_init_top_k(s.top_k))
+    if s.typical_p < 1.0:
+        add(ll.llama_sampler_init_typical(s.typical_p, 1))
+    if s.top_p < 1.0:
+        add(ll.llama_sampler_init_top_p(s.top_p, 1))
+    if s.min_p > 0.0:
+        add(ll.llama_sampler_init_min_p(s.min_p, 1))
+    seed = s.effective_seed()
+    if s.xtc_probability > 0:
+        add(ll.llama_sampler_init_xtc(s.xtc_probability, s.xtc_threshold, 1, seed))
+    add(ll.llama_sampler_init_temp(float(s.temperature)))
+    add(ll.llama_sampler_init_dist(seed))

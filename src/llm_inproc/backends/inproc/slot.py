@@ -7,6 +7,7 @@ import codecs
 from collections.abc import Sequence
 from typing import Any
 
+from ...sampling import TokenProb
 from .request import Request
 
 __all__ = ["Slot", "choose_slot", "common_prefix"]
@@ -35,6 +36,7 @@ class Slot:
         "n_gen",
         "next_token",
         "pending",
+        "probs",
         "prompt_started",
         "req",
         "reused",
@@ -60,6 +62,7 @@ class Slot:
         self.prompt_started = 0.0
         self.first_at = 0.0
         self.decoder: codecs.IncrementalDecoder | None = None
+        self.probs: list[TokenProb] | None = None
 
     @property
     def busy(self) -> bool:

@@ -1,0 +1,215 @@
+"""Sampling controls and structured output on the real instruct model (SmolLM2)."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import pytest
+
+from llm_inproc import (
+    InvalidInputError,
+    Message,
+    Options,
+    Role,
+    Sampling,
+    Session,
+    load_config,
+)
+
+APPLE = [Message(Role.USER, "Repeat the word apple ten times: apple apple apple")]
+COUNT = [Message(Role.USER, "Count from 1 to 10: 1, 2, 3,")]
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "age": {"type": "integer"},
+        "color": {"enum": ["red", "green", "blue"]},
+        "address": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "zip": {"type": "integer"}},
+            "required": ["city", "zip"],
+        },
+    },
+    "required": ["name", "age", "color", "address"],
+}
+
+
+# --- the value itself (no model) --------------------------------------------------------
+
+
+def test_defaults_are_llama_servers() -> None:
+    s = Sampling()
+    assert (s.top_k, s.top_p, s.min_p, s.typical_p) == (40, 0.95, 0.05, 1.0)
+    assert (s.repeat_penalty, s.repeat_last_n) == (1.0, 64)
+    assert (s.presence_penalty, s.frequency_penalty, s.dry_multiplier) == (0.0, 0.0, 0.0)
+    assert s.stop == () and dict(s.logit_bias) == {} and s.n_probs == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"top_k": -1}, "top_k"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"min_p": math.nan}, "min_p"),
+        ({"repeat_penalty": 0}, "repeat_penalty"),
+        ({"n_probs": 1000}, "n_probs"),
+        ({"stop": [""]}, "stop"),
+        ({"logit_bias": {-1: 1.0}}, "logit_bias key -1"),
+        ({"logit_bias": {"x": "high"}}, "must be a number"),
+        ({"grammar": "root ::= x", "json_schema": {}}, "not both"),
+        ({"temperature": math.inf}, "temperature"),
+        ({"ignore_eos": "yes"}, "ignore_eos"),
+    ],
+)
+def test_bad_values_are_refused(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(InvalidInputError, match=match):
+        Sampling(**kwargs)  # type: ignore[arg-type]
+
+
+def test_a_single_stop_string_and_yaml_lists() -> None:
+    assert Sampling(stop="END").stop == ("END",)  # type: ignore[arg-type]
+    assert Sampling(stop=["a", "b"]).stop == ("a", "b")  # type: ignore[arg-type]
+
+
+def test_options_sampling_from_yaml_and_back() -> None:
+    cfg = load_config(
+        io.StringIO("llm:\n  sampling:\n    top_k: 20\n    stop: [\"\\n\\n\"]\n    min_p: 0.1\n")
+    )
+    assert cfg.options.sampling == Sampling(top_k=20, stop=("\n\n",), min_p=0.1)
+    assert cfg.options.to_dict()["sampling"] == {"top_k": 20, "min_p": 0.1, "stop": ["\n\n"]}
+    with pytest.raises(InvalidInputError, match=r"llm\.sampling: unknown key 'topk'"):
+        load_config(io.StringIO("llm:\n  sampling:\n    topk: 20\n"))
+
+
+# --- on the model -----------------------------------------------------------------------
+
+
+@pytest.mark.model
+def test_json_schema_gives_valid_json_ten_times_at_temperature_one(
+    chat_session: Session,
+) -> None:
+    for i in range(10):
+        r = chat_session.complete(
+            [Message(Role.USER, "Describe a person as JSON.")],
+            temperature=1.0,
+            seed=100 + i,
+            max_tokens=200,
+            sampling=Sampling(json_schema=SCHEMA),
+        )
+        assert r.finish_reason == "stop", r.text
+        doc = json.loads(r.text)
+        assert set(doc) == {"name", "age", "color", "address"}
+        assert isinstance(doc["name"], str)
+        assert isinstance(doc["age"], int) and not isinstance(doc["age"], bool)
+        assert doc["color"] in ("red", "green", "blue")
+        assert isinstance(doc["address"]["city"], str)
+        assert isinstance(doc["address"]["zip"], int)
+
+
+@pytest.mark.model
+def test_a_grammar_restricts_the_reply(chat_session: Session) -> None:
+    yes_no = Sampling(grammar='root ::= "yes" | "no"')
+    for seed in (1, 2, 3):
+        reply = chat_session.prompt(
+            [Message(Role.USER, "Is the sky green?")], seed=seed, sampling=yes_no
+        )
+        assert reply in ("yes", "no")
+
+
+@pytest.mark.model
+def test_stop_strings_never_leak_streaming_or_not(chat_session: Session) -> None:
+    full = chat_session.prompt(COUNT, max_tokens=40, temperature=0)
+    assert "6, 7" in full  # the model does count on past the stop below
+    stop = Sampling(stop=("6, 7",))  # spans several tokens: "6", ",", " ", "7"
+    blocking = chat_session.complete(COUNT, max_tokens=40, temperature=0, sampling=stop)
+    assert blocking.finish_reason == "stop"
+    assert blocking.text == full[: full.index("6, 7")].strip()
+    pieces = list(chat_session.prompt_streaming(COUNT, max_tokens=40, temperature=0, sampling=stop))
+    assert "".join(pieces).strip() == blocking.text
+    assert not any("7" in p for p in pieces)
+
+
+@pytest.mark.model
+def test_minus_infinity_bias_bans_a_word(chat_session: Session) -> None:
+    assert "apple" in chat_session.prompt(APPLE, max_tokens=20, temperature=0).lower()
+    banned = Sampling(logit_bias={"apple": -math.inf, "Apple": -math.inf})
+    reply = chat_session.prompt(APPLE, max_tokens=20, temperature=0, sampling=banned)
+    assert "apple" not in reply.lower()
+
+
+@pytest.mark.model
+def test_n_probs_match_the_chosen_tokens(chat_session: Session) -> None:
+    r = chat_session.complete(APPLE, max_tokens=8, temperature=0, sampling=Sampling(n_probs=3))
+    assert r.logprobs is not None and len(r.logprobs) == r.generated.count
+    assert "".join(p.text for p in r.logprobs).strip() == r.text
+    for p in r.logprobs:
+        assert 0.0 <= p.prob <= 1.0 and p.logprob <= 0.0
+        assert len(p.top) == 3
+        assert p.top[0].id == p.id  # greedy: the chosen token is the most likely
+        assert all(0.0 <= q.prob <= 1.0 for q in p.top)
+        assert [q.prob for q in p.top] == sorted((q.prob for q in p.top), reverse=True)
+    assert chat_session.complete(APPLE, max_tokens=2).logprobs is None
+
+
+@pytest.mark.model
+def test_ignore_eos_generates_the_whole_budget(chat_session: Session) -> None:
+    short = chat_session.complete([Message(Role.USER, "Say hi.")], max_tokens=60, temperature=0)
+    assert short.finish_reason == "stop" and short.generated.count < 60
+    r = chat_session.complete(
+        [Message(Role.USER, "Say hi.")],
+        max_tokens=60,
+        temperature=0,
+        sampling=Sampling(ignore_eos=True),
+    )
+    assert r.finish_reason == "length" and r.generated.count == 60
+
+
+@pytest.mark.model
+def test_penalties_and_samplers_run_natively(chat_session: Session) -> None:
+    tuned = Sampling(
+        repeat_penalty=1.3,
+        frequency_penalty=0.2,
+        presence_penalty=0.2,
+        dry_multiplier=0.8,
+        top_k=20,
+        top_p=0.9,
+        min_p=0.1,
+        typical_p=0.95,
+        xtc_probability=0.3,
+        top_n_sigma=2.0,
+    )
+    a = chat_session.prompt(APPLE, max_tokens=20, temperature=0.8, seed=5, sampling=tuned)
+    b = chat_session.prompt(APPLE, max_tokens=20, temperature=0.8, seed=5, sampling=tuned)
+    assert a and a == b
+
+
+@pytest.mark.model
+def test_session_default_sampling(chat_model_path: object) -> None:
+    opts = Options(model=str(chat_model_path), context_length=512, parallel=1)
+    opts.sampling = Sampling(stop=("4,",))
+    with Session(opts) as s:
+        assert s.prompt(COUNT, max_tokens=40, temperature=0).rstrip().endswith("3,")
+        # A per-call value replaces the session's default.
+        assert "5" in s.prompt(COUNT, max_tokens=40, temperature=0, sampling=Sampling())
+
+
+@pytest.mark.model
+@pytest.mark.parametrize(
+    ("sampling", "match"),
+    [
+        (Sampling(grammar="root ::= ("), r"not valid GBNF: .*expecting '\)'"),
+        (Sampling(grammar="root ::= foo"), "Undefined rule identifier 'foo'"),
+        (Sampling(json_schema={"type": "nonsense"}), "json_schema cannot be turned"),
+        (Sampling(logit_bias={10**9: 1.0}), r"token id 1000000000 is not in \[0, "),
+    ],
+)
+def test_bad_grammar_or_schema_is_refused_and_the_session_goes_on(
+    chat_session: Session, sampling: Sampling, match: str
+) -> None:
+    with pytest.raises(InvalidInputError, match=match):
+        chat_session.prompt(APPLE, max_tokens=4, sampling=sampling)
+    assert chat_session.get_metrics().requests_processing == 0
+    assert chat_session.prompt(APPLE, max_tokens=4, temperature=0)
