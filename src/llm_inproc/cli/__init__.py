@@ -18,7 +18,7 @@ from ..errors import LLMError
 
 __all__ = ["add_common_model_flags", "build_parser", "main"]
 
-_SUBCOMMANDS = ("prompt", "chat", "pull", "models", "build", "info", "bench")
+_SUBCOMMANDS = ("prompt", "chat", "serve", "pull", "models", "build", "info", "bench")
 
 
 def add_common_model_flags(parser: argparse.ArgumentParser) -> None:

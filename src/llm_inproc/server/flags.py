@@ -1,0 +1,134 @@
+"""Command-line flags of ``llm-inproc serve``: llama-server's own names for what we support,
+besides our long ones, so a script that starts llama-server can start this server instead."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+
+from ..config import Options
+from ..errors import InvalidInputError
+from .parse import Defaults
+
+__all__ = ["API_KEY_ENV", "ServerSettings", "add_server_flags", "settings_from_args"]
+
+API_KEY_ENV = "LLM_INPROC_API_KEY"
+"""The environment variable read for the API key when ``--api-key`` is not given."""
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Everything the server needs besides the Session it serves."""
+
+    options: Options
+    cache_dir: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    api_keys: tuple[str, ...] = ()
+    """Accepted keys; empty: no authentication."""
+    alias: str = ""
+    """The model name shown in responses and ``/v1/models`` (default: the ``-m`` value)."""
+    metrics: bool = False
+    slots: bool = True
+    chat_template: str = ""
+    """A Jinja template or a format name (chatml, gemma, llama3, phi3) overriding the model's."""
+    defaults: Defaults = field(default_factory=Defaults)
+
+
+def add_server_flags(p: argparse.ArgumentParser) -> None:
+    m = p.add_argument_group("model (llama-server's short flags work too)")
+    m.add_argument("-m", "--model", default=None, help="hf: reference or local .gguf path")
+    m.add_argument(
+        "-c",
+        "--ctx-size",
+        "--context-length",
+        dest="context_length",
+        type=int,
+        default=None,
+        help="context size in tokens, shared by the parallel slots (0: the model's trained "
+        "length, capped)",
+    )
+    m.add_argument("-t", "--threads", type=int, default=None, help="default: all physical cores")
+    m.add_argument(
+        "-ngl",
+        "--n-gpu-layers",
+        "--gpu-layers",
+        dest="gpu_layers",
+        type=int,
+        default=None,
+        help="layers to offload to a GPU: -1 all (default), 0 none",
+    )
+    m.add_argument("-np", "--parallel", type=int, default=None, help="requests generated at once")
+    m.add_argument("--max-pending", type=int, default=None, help="requests that may wait (64)")
+    m.add_argument("--cache-dir", default=None, help="default: $LLM_INPROC_CACHE or user cache")
+    m.add_argument("--alias", default="", help="model name shown to clients")
+    m.add_argument(
+        "--chat-template",
+        default="",
+        help="a Jinja chat template, or chatml, gemma, llama3, phi3",
+    )
+    m.add_argument(
+        "--jinja",
+        "--no-jinja",
+        action="store_true",
+        help="accepted for llama-server compatibility (chat templates always run in Jinja)",
+    )
+    s = p.add_argument_group("server")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    s.add_argument("--port", type=int, default=8080, help="port to listen on (8080)")
+    s.add_argument(
+        "--api-key",
+        default=None,
+        help=f"required key (comma-separated for several; default ${API_KEY_ENV})",
+    )
+    s.add_argument("--metrics", action="store_true", help="serve Prometheus /metrics")
+    s.add_argument(
+        "--slots", action=argparse.BooleanOptionalAction, default=True, help="serve /slots"
+    )
+    g = p.add_argument_group("sampling defaults")
+    g.add_argument(
+        "-n",
+        "--n-predict",
+        "--predict",
+        dest="n_predict",
+        type=int,
+        default=-1,
+        help="tokens to generate (-1: until the model stops)",
+    )
+    g.add_argument("--temp", "--temperature", dest="temp", type=float, default=0.8)
+    g.add_argument("-s", "--seed", type=int, default=-1, help="-1: random")
+
+
+def settings_from_args(args: argparse.Namespace) -> ServerSettings:
+    """Settings from parsed flags (the API key falls back to the environment)."""
+    opts = Options(model=args.model or "")
+    if args.context_length is not None:
+        opts.context_length = args.context_length
+    if args.threads is not None:
+        opts.threads = args.threads
+    if args.gpu_layers is not None:
+        opts.gpu_layers = args.gpu_layers
+    if args.parallel is not None:
+        opts.parallel = args.parallel
+    if args.max_pending is not None:
+        opts.max_pending = args.max_pending
+    opts.validate()
+    if not 0 <= args.port <= 65535:
+        raise InvalidInputError(f"--port {args.port} is not a TCP port; use 1 to 65535")
+    raw_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV, "")
+    keys = tuple(k for k in (k.strip() for k in raw_key.split(",")) if k)
+    if args.n_predict < -1:
+        raise InvalidInputError(f"--n-predict {args.n_predict} is invalid; use -1 or more")
+    return ServerSettings(
+        options=opts,
+        cache_dir=args.cache_dir,
+        host=args.host,
+        port=args.port,
+        api_keys=keys,
+        alias=args.alias,
+        metrics=args.metrics,
+        slots=args.slots,
+        chat_template=args.chat_template,
+        defaults=Defaults(n_predict=args.n_predict, temperature=args.temp, seed=args.seed),
+    )

@@ -1,0 +1,193 @@
+"""The routes that do not generate: health, metrics, properties, slots, models, and the
+tokenizer and template helpers (``/tokenize``, ``/detokenize``, ``/apply-template``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+
+from ..metrics import PROMETHEUS_CONTENT_TYPE
+from ..sampling import Sampling
+from .errors import ApiError, invalid
+from .generation import guarded
+from .parse import parse_json, parse_messages
+from .prompts import chat_request, tokenize
+from .state import ServerState
+
+__all__ = [
+    "apply_template",
+    "detokenize",
+    "health",
+    "metrics",
+    "models",
+    "props",
+    "slots",
+    "tokenize_route",
+]
+
+
+def _state(request: Request) -> ServerState:
+    state: ServerState = request.app.state.llm
+    return state
+
+
+async def health(request: Request) -> Response:
+    state = _state(request)
+    if state.session is None:
+        return state.not_ready().response()
+    return JSONResponse({"status": "ok"})
+
+
+@guarded
+async def metrics(request: Request) -> Response:
+    state = _state(request)
+    if not state.settings.metrics:
+        raise ApiError(
+            501,
+            "This server does not support metrics endpoint. Start it with `--metrics`",
+            "not_supported_error",
+        )
+    return PlainTextResponse(state.metrics_page(), media_type=PROMETHEUS_CONTENT_TYPE)
+
+
+def _params(state: ServerState) -> dict[str, Any]:
+    d = state.settings.defaults
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(Sampling):
+        value = getattr(Sampling(), f.name)
+        out[f.name] = list(value) if isinstance(value, tuple) else value
+    out.pop("logit_bias", None)
+    out.update(
+        n_predict=d.n_predict,
+        max_tokens=d.n_predict,
+        temperature=d.temperature,
+        seed=0xFFFFFFFF if d.seed == -1 else d.seed,
+        stream=False,
+    )
+    return out
+
+
+def _slot(state: ServerState, i: int, busy: bool) -> dict[str, Any]:
+    session = state.ready()
+    return {
+        "id": i,
+        "n_ctx": session.model_info.n_ctx,
+        "speculative": False,
+        "is_processing": busy,
+        "params": _params(state),
+    }
+
+
+@guarded
+async def props(request: Request) -> Response:
+    state = _state(request)
+    session = state.ready()
+    info = session.model_info
+    return JSONResponse(
+        {
+            "default_generation_settings": {"params": _params(state), "n_ctx": info.n_ctx},
+            "total_slots": info.parallel,
+            "model_alias": state.model_name,
+            "model_path": state.model_path,
+            "modalities": {"vision": False, "video": False, "audio": False},
+            "endpoint_slots": state.settings.slots,
+            "endpoint_props": False,
+            "endpoint_metrics": state.settings.metrics,
+            "chat_template": state.settings.chat_template or info.chat_template or "",
+            "build_info": "llm-inproc",
+            "is_sleeping": False,
+        }
+    )
+
+
+@guarded
+async def slots(request: Request) -> Response:
+    state = _state(request)
+    if not state.settings.slots:
+        raise ApiError(
+            501,
+            "This server does not support slots endpoint. Start it with `--slots`",
+            "not_supported_error",
+        )
+    session = state.ready()
+    m = session.get_metrics()
+    n = session.model_info.parallel
+    if request.query_params.get("fail_on_no_slot") and m.requests_processing >= n:
+        raise ApiError(503, "no slot available", "unavailable_error")
+    return JSONResponse([_slot(state, i, i < m.requests_processing) for i in range(n)])
+
+
+@guarded
+async def models(request: Request) -> Response:
+    state = _state(request)
+    info = state.ready().model_info
+    name = state.model_name
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": [
+                {
+                    "id": name,
+                    "object": "model",
+                    "created": state.created,
+                    "owned_by": "llamacpp",
+                    "meta": {"n_ctx": info.n_ctx, "n_ctx_train": info.n_ctx_train},
+                }
+            ],
+        }
+    )
+
+
+def _bool(body: dict[str, Any], name: str, default: bool) -> bool:
+    value = body.get(name, default)
+    if not isinstance(value, bool):
+        raise invalid(f"Field '{name}': must be true or false")
+    return value
+
+
+@guarded
+async def tokenize_route(request: Request) -> Response:
+    state = _state(request)
+    body = parse_json(await request.body())
+    session = state.ready()
+    content = body.get("content", "")
+    if not isinstance(content, str):
+        raise invalid("Field 'content': must be a string")
+    tokens = tokenize(
+        session,
+        content,
+        add_special=_bool(body, "add_special", False),
+        parse_special=_bool(body, "parse_special", True),
+    )
+    if not _bool(body, "with_pieces", False):
+        return JSONResponse({"tokens": tokens})
+    pieces: list[dict[str, Any]] = []
+    for t in tokens:
+        piece = session.detokenize([t])
+        pieces.append({"id": t, "piece": piece})
+    return JSONResponse({"tokens": pieces})
+
+
+@guarded
+async def detokenize(request: Request) -> Response:
+    state = _state(request)
+    body = parse_json(await request.body())
+    session = state.ready()
+    tokens = body.get("tokens", [])
+    if not isinstance(tokens, list) or not all(
+        isinstance(t, int) and not isinstance(t, bool) for t in tokens
+    ):
+        raise invalid("Field 'tokens': must be an array of token ids")
+    return JSONResponse({"content": session.detokenize(tokens)})
+
+
+@guarded
+async def apply_template(request: Request) -> Response:
+    state = _state(request)
+    body = parse_json(await request.body())
+    session = state.ready()
+    req = chat_request(session, parse_messages(body), Sampling(), (), state.settings.chat_template)
+    return JSONResponse({"prompt": session.render(req)})
