@@ -142,6 +142,11 @@ class Options:
     """CPU threads; None uses all physical cores (more than the logical CPUs is clamped)."""
     parallel: int = DEFAULT_PARALLEL
     """Requests generated at once in one context (slots); more wait their turn."""
+    flash_attention: bool | None = None
+    """llama.cpp's flash attention: None (auto) turns it on when layers run on a GPU, where
+    it is a large win, and off on the CPU, where replies then stay bit-exact when a prompt
+    is partly reused from the KV cache (on: ~3 % faster generation here, but a token's
+    logits depend on the batch it was evaluated in)."""
     backend: str = ""
     """``"inproc"``, ``"python"``, ``"llama-server"``, ``"remote"``; empty infers it."""
     max_pending: int = 64
@@ -159,6 +164,11 @@ class Options:
         for name in ("context_length", "gpu_layers", "parallel", "max_pending"):
             _check_type(f"{where}{name}", getattr(self, name), int)
         _check_type(f"{where}threads", self.threads, int, nullable=True)
+        if self.flash_attention is not None and not isinstance(self.flash_attention, bool):
+            raise InvalidInputError(
+                f"{where}flash_attention: expected true, false or null (auto), got "
+                f"{_type_name(self.flash_attention)}"
+            )
         if not isinstance(self.sampling, Sampling):
             raise InvalidInputError(
                 f"{where}sampling: expected a Sampling, got {_type_name(self.sampling)}"

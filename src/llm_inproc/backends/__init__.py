@@ -29,6 +29,7 @@ def open_backend(
             gpu_layers=options.gpu_layers,
             threads=options.threads,
             parallel=options.parallel,
+            flash_attention=options.flash_attention,
             max_pending=options.max_pending,
         )
         return backend, path

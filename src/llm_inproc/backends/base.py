@@ -53,6 +53,8 @@ class ModelInfo:
     threads: int
     parallel: int = 1
     """Requests generated at once."""
+    flash_attention: bool = False
+    """Whether llama.cpp's flash attention is on."""
 
 
 @dataclass(frozen=True)

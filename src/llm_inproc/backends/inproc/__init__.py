@@ -41,12 +41,16 @@ class InprocBackend:
         threads: int | None = None,
         parallel: int = 1,
         max_pending: int = 64,
+        flash_attention: bool | None = None,
     ) -> None:
         self.path = Path(path)
         threads = clamp_threads(threads, physical_cores())
         self._model = model = Model(self.path, gpu_layers)
         try:
-            ctx = Context(model, model.context_size(context_length), threads, parallel)
+            # Auto: on where layers run on a GPU (a large win there), off on the CPU.
+            flash = model.offloaded > 0 if flash_attention is None else flash_attention
+            n_ctx = model.context_size(context_length)
+            ctx = Context(model, n_ctx, threads, parallel, flash_attention=flash)
         except BaseException:
             model.free()
             raise
@@ -61,6 +65,7 @@ class InprocBackend:
             gpu_offload_supported=bool(model.ll.llama_supports_gpu_offload()),
             threads=threads,
             parallel=ctx.parallel,
+            flash_attention=ctx.flash_attention,
         )
         self._engine = Engine(model, ctx, max_pending)
 

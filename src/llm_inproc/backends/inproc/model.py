@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 _GGUF_MAGIC = b"GGUF"
 _FLASH_ATTN_DISABLED = 0
+_FLASH_ATTN_ENABLED = 1
 _N_BATCH = 512
 
 
@@ -192,7 +193,9 @@ class Model:
 class Context:
     """A ``llama_context`` for ``parallel`` sequences sharing one unified KV cache."""
 
-    def __init__(self, model: Model, n_ctx: int, threads: int, parallel: int) -> None:
+    def __init__(
+        self, model: Model, n_ctx: int, threads: int, parallel: int, *, flash_attention: bool
+    ) -> None:
         ll = self.ll = model.ll
         cparams = ll.llama_context_default_params()
         cparams.n_ctx = n_ctx
@@ -207,8 +210,8 @@ class Context:
         # Keep the whole sliding window so that conversation prefixes stay reusable.
         cparams.swa_full = True
         # Flash attention makes a token's logits depend on the batch it was evaluated in, so a
-        # reused KV cache would change greedy and seeded replies. Without it they are bit-exact.
-        cparams.flash_attn_type = _FLASH_ATTN_DISABLED
+        # reused KV cache would change greedy and seeded replies (see Options.flash_attention).
+        cparams.flash_attn_type = _FLASH_ATTN_ENABLED if flash_attention else _FLASH_ATTN_DISABLED
         with capture() as said:
             ptr = ll.llama_init_from_model(model.ptr, cparams)
         if not ptr:
@@ -224,6 +227,7 @@ class Context:
         # a batch larger than n_batch is an assertion that aborts the process.
         self.n_batch = int(min(ll.llama_n_batch(ptr), ll.llama_n_ubatch(ptr)))
         self.parallel = int(ll.llama_n_seq_max(ptr))
+        self.flash_attention = flash_attention
 
     def free(self) -> None:
         if self.ptr is not None:
