@@ -290,3 +290,14 @@ def test_threads_beyond_the_cpus_are_clamped(
     with Session(Options(model=str(model_path), context_length=256, threads=1000)) as s:
         assert s.model_info.threads == os.cpu_count()
     assert "threads=1000 is more than" in caplog.text
+
+
+def test_flash_attention_is_off_on_the_cpu_unless_asked(model_path: object) -> None:
+    with Session(Options(model=str(model_path), context_length=256, parallel=1)) as s:
+        assert s.model_info.flash_attention is False  # auto: no GPU layers here
+    opts = Options(model=str(model_path), context_length=256, parallel=1, flash_attention=True)
+    with Session(opts) as s:
+        assert s.model_info.flash_attention is True
+        assert s.prompt(Q, max_tokens=4, temperature=0)
+    with pytest.raises(InvalidInputError, match="flash_attention: expected true, false or null"):
+        Session(Options(model=str(model_path), flash_attention="yes"))  # type: ignore[arg-type]
