@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from servers import Server, env_without_key, request, start_ours
 
 from llm_inproc import Metrics
+from servers import Server, env_without_key, request, start_ours
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(300)]
 

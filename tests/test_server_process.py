@@ -1,0 +1,170 @@
+"""The server as a program: the API key (flag and environment), a port already taken,
+unsupported llama-server flags, 503 while the model loads, ``llm-inproc serve``."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from servers import Server, env_without_key, free_port, request, start_ours
+from subproc import run_cli, run_python
+
+pytestmark = pytest.mark.timeout(300)
+
+KEY = "s3cret-key"
+
+
+@pytest.fixture(scope="module")
+def keyed(chat_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    log = tmp_path_factory.mktemp("keyed") / "server.log"
+    env = env_without_key(LLM_INPROC_API_KEY=KEY)  # from the environment, not a flag
+    with start_ours(chat_model_path, log, "-c", "512", env=env) as s:
+        yield s
+
+
+@pytest.mark.model
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({}, 401),
+        ({"Authorization": "Bearer wrong"}, 401),
+        ({"Authorization": f"Bearer {KEY}x"}, 401),
+        ({"X-Api-Key": "wrong"}, 401),
+        ({"Authorization": f"Bearer {KEY}"}, 200),
+        ({"X-Api-Key": KEY}, 200),
+    ],
+)
+def test_api_key(keyed: Server, headers: dict[str, str], status: int) -> None:
+    answer = request(keyed.port, "GET", "/v1/models", headers=headers)
+    assert answer.status == status
+    if status == 401:
+        assert answer.json()["error"] == {
+            "code": 401,
+            "message": "Invalid API Key",
+            "type": "authentication_error",
+        }
+    # A wrong key on an unknown route is still 401, as llama-server answers it.
+    assert request(keyed.port, "GET", "/nope", headers=headers).status == (
+        401 if status == 401 else 404
+    )
+
+
+@pytest.mark.model
+def test_health_is_public_and_the_openai_client_sends_its_key(keyed: Server) -> None:
+    import openai
+
+    assert request(keyed.port, "GET", "/health").status == 200
+    good = openai.OpenAI(base_url=keyed.url + "/v1", api_key=KEY, max_retries=0, timeout=60)
+    out = good.chat.completions.create(
+        model="x", messages=[{"role": "user", "content": "Hi"}], max_tokens=2
+    )
+    assert out.usage is not None and out.usage.completion_tokens <= 2
+    bad = openai.OpenAI(base_url=keyed.url + "/v1", api_key="nope", max_retries=0, timeout=60)
+    with pytest.raises(openai.AuthenticationError):
+        bad.models.list()
+
+
+def test_a_port_already_in_use_is_a_clear_error(chat_model_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = run_python(
+            "from llm_inproc.server import main; raise SystemExit(main())",
+            "-m",
+            str(chat_model_path),
+            "--port",
+            str(port),
+            timeout=60,
+        )
+    assert out.returncode == 1
+    assert f"port {port} on 127.0.0.1 is already in use" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_an_unsupported_llama_server_flag_is_named() -> None:
+    out = run_python(
+        "from llm_inproc.server import main; raise SystemExit(main())",
+        "--flash-attn",
+        "on",
+        "--port",
+        str(free_port()),
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert "--flash-attn" in out.stderr and "not supported" in out.stderr
+
+
+def test_serve_is_a_cli_subcommand_with_llama_server_flags() -> None:
+    out = run_cli("serve", "--help", timeout=60)
+    assert out.returncode == 0
+    for flag in ("-m", "--ctx-size", "-ngl", "-np", "--api-key", "--alias", "--metrics"):
+        assert flag in out.stdout
+    bad = run_cli("serve", "--port", "70000", timeout=60)
+    assert bad.returncode == 1 and "--port 70000" in bad.stderr
+
+
+def test_the_cli_imports_no_web_stack() -> None:
+    code = (
+        "import sys, llm_inproc, llm_inproc.server, llm_inproc.cli as c; c.build_parser();"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('starlette', 'uvicorn', 'llama_cpp')))"
+    )
+    assert run_python(code, timeout=60).stdout.strip() == "[]"
+
+
+@pytest.mark.model
+def test_health_is_503_while_the_model_loads(chat_model_path: Path) -> None:
+    """In a thread: the real server and Session, with loading held back until we let it go."""
+    import uvicorn
+
+    from llm_inproc import Options, Session
+    from llm_inproc.server.app import create_app
+    from llm_inproc.server.flags import ServerSettings
+    from llm_inproc.server.run import bind
+
+    go = threading.Event()
+    opts = Options(model=str(chat_model_path), context_length=512, threads=1)
+
+    def load() -> Session:
+        assert go.wait(60)
+        return Session(opts)
+
+    sock = bind("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    app = create_app(ServerSettings(options=opts), load)
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        for _ in range(100):
+            try:
+                loading = request(port, "GET", "/health", timeout=5)
+                break
+            except OSError:
+                threading.Event().wait(0.05)
+        assert loading.status == 503
+        assert loading.json()["error"] == {
+            "code": 503,
+            "message": "Loading model",
+            "type": "unavailable_error",
+        }
+        busy = request(port, "POST", "/completion", {"prompt": "Hi", "n_predict": 1})
+        assert busy.status == 503 and busy.json()["error"]["message"] == "Loading model"
+        go.set()
+        for _ in range(600):
+            if request(port, "GET", "/health", timeout=5).status == 200:
+                break
+            threading.Event().wait(0.05)
+        done = request(port, "POST", "/completion", {"prompt": "Hi", "n_predict": 1})
+        assert done.status == 200
+    finally:
+        go.set()
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+    assert not thread.is_alive()
