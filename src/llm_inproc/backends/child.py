@@ -1,0 +1,121 @@
+"""A server in a child process: started on a free loopback port, watched until healthy,
+logged to a file, and ended on close or when our process dies.
+
+Used by the spawned backends (``backend="llama-server"`` and ``model="python"``), which
+talk to the child over HTTP like any remote server.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import BackendError
+
+__all__ = ["ChildServer", "free_port"]
+
+logger = logging.getLogger(__name__)
+
+_STOP_GRACE = 10.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class ChildServer:
+    """Runs ``command`` (which must listen on ``port``) until :meth:`close`."""
+
+    def __init__(
+        self,
+        name: str,
+        command: Sequence[str],
+        port: int,
+        log_dir: Path,
+        *,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.name = name
+        self.url = f"http://{host}:{port}"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_dir / f"{name}-{port}.log"
+        self._log = self.log_path.open("wb")
+        logger.info("starting %s on %s (log: %s)", name, self.url, self.log_path)
+        # The reaper ends the server when this process goes away, even by SIGKILL.
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "llm_inproc.backends._reaper", *command],
+            stdin=subprocess.PIPE,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+    def wait_healthy(self, timeout: float) -> None:
+        """Return once ``/health`` answers 200; raise :class:`BackendError` with the log's
+        last lines if the child exits first or ``timeout`` seconds pass."""
+        deadline = time.monotonic() + timeout
+        while True:
+            code = self._proc.poll()
+            if code is not None:
+                self.close()
+                raise BackendError(
+                    f"{self.name} exited with status {code} before it was ready: "
+                    f"{self.log_tail()} (full log: {self.log_path})"
+                )
+            if self._healthy():
+                return
+            if time.monotonic() > deadline:
+                self.close()
+                raise BackendError(
+                    f"{self.name} was not ready within {timeout:g} s: {self.log_tail()} "
+                    f"(full log: {self.log_path})"
+                )
+            time.sleep(0.05)
+
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
+                return int(r.status) == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def log_tail(self, lines: int = 5) -> str:
+        """The last lines the child wrote, joined for an error message."""
+        try:
+            with self.log_path.open("rb") as f:
+                tail = collections.deque(f, maxlen=lines)
+        except OSError:
+            return "(no log)"
+        text = " | ".join(t.decode("utf-8", errors="replace").strip() for t in tail)
+        return text.strip(" |") or "(it printed nothing)"
+
+    @property
+    def running(self) -> bool:
+        return self._proc.poll() is None
+
+    def close(self) -> None:
+        """Terminate the server (the reaper forwards it), then kill it if it lingers."""
+        proc = self._proc
+        if proc.poll() is None:
+            if proc.stdin is not None:
+                proc.stdin.close()  # the reaper's signal to stop the server
+            try:
+                proc.wait(_STOP_GRACE)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        elif proc.stdin is not None:
+            proc.stdin.close()
+        self._log.close()
