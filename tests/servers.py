@@ -19,9 +19,7 @@ from typing import Any
 
 from subproc import child_env
 
-__all__ = ["LLAMA_SERVER", "Answer", "Server", "free_port", "request", "start_ours", "started"]
-
-LLAMA_SERVER = Path.home() / ".cache/llm-inproc-tests/llama-server/0.3.36/cpu/bin/llama-server"
+__all__ = ["Answer", "Server", "free_port", "request", "start_ours", "started"]
 
 
 def free_port() -> int:

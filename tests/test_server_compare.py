@@ -1,0 +1,195 @@
+"""The same requests to our server and to the real llama-server (built from the llama.cpp
+sources llama-cpp-python vendors), on the same model: same status codes, same fields,
+and, greedy, the same text."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llm_inproc.server_build import find_llama_server
+from servers import Answer, Server, env_without_key, free_port, request, start_ours, started
+
+pytestmark = [pytest.mark.model, pytest.mark.timeout(300)]
+
+FLAGS = ("-c", "1024", "-np", "1", "-t", "1", "--metrics", "--alias", "smol")
+CHAT = [{"role": "user", "content": "Name one colour."}]
+
+
+@pytest.fixture(scope="module")
+def theirs(
+    cache_dir: Path, chat_model_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    binary = find_llama_server(cache_dir)
+    if binary is None:
+        pytest.skip("no llama-server binary; build it with: llm-inproc build --target llama-server")
+    port = free_port()
+    log = tmp_path_factory.mktemp("llama-server") / "server.log"
+    # Our engine evaluates without flash attention (bit-exact replies across batches);
+    # llama-server must too, or greedy replies differ in the last bits of the logits.
+    cmd = [str(binary), "-m", str(chat_model_path), "--port", str(port), *FLAGS, "-fa", "off"]
+    with started(cmd, port, log) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def ours(chat_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    log = tmp_path_factory.mktemp("ours") / "server.log"
+    with start_ours(chat_model_path, log, *FLAGS[:4], *FLAGS[6:], env=env_without_key()) as s:
+        yield s
+
+
+def _both(ours: Server, theirs: Server, method: str, path: str, **kw: Any) -> tuple[Answer, Answer]:
+    return request(ours.port, method, path, **kw), request(theirs.port, method, path, **kw)
+
+
+def _missing(ours: Any, theirs: Any, where: str = "") -> list[str]:
+    """Fields llama-server sends that we do not, recursively through objects."""
+    if not isinstance(theirs, dict) or not isinstance(ours, dict):
+        return []
+    out = [f"{where}{k}" for k in theirs if k not in ours]
+    for k in theirs.keys() & ours.keys():
+        out += _missing(ours[k], theirs[k], f"{where}{k}.")
+        if isinstance(theirs[k], list) and isinstance(ours[k], list) and theirs[k] and ours[k]:
+            out += _missing(ours[k][0], theirs[k][0], f"{where}{k}[0].")
+    return out
+
+
+def _events(text: str) -> list[dict[str, Any]]:
+    import json
+
+    return [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
+
+
+GREEDY = {"temperature": 0, "seed": 1}
+SAME_FIELDS = [
+    ("/completion", {"prompt": "Hello, my name is", "n_predict": 6, **GREEDY}),
+    ("/v1/completions", {"prompt": "Hello, my name is", "max_tokens": 6, **GREEDY}),
+    ("/v1/chat/completions", {"messages": CHAT, "max_tokens": 6, **GREEDY}),
+]
+# Fields we do not have an honest value for (per-token internals, llama.cpp build options).
+NOT_OURS = {
+    "generation_settings.adaptive_target",
+    "generation_settings.adaptive_decay",
+    "generation_settings.dynatemp_range",
+    "generation_settings.dynatemp_exponent",
+    "generation_settings.mirostat",
+    "generation_settings.mirostat_tau",
+    "generation_settings.mirostat_eta",
+    "generation_settings.n_keep",
+    "generation_settings.n_discard",
+    "generation_settings.min_keep",
+    "generation_settings.grammar_lazy",
+    "generation_settings.grammar_triggers",
+    "generation_settings.preserved_tokens",
+    "generation_settings.chat_format",
+    "generation_settings.reasoning_format",
+    "generation_settings.reasoning_in_content",
+    "generation_settings.generation_prompt",
+    "generation_settings.samplers",
+    "generation_settings.speculative.types",
+    "generation_settings.timings_per_token",
+    "generation_settings.post_sampling_probs",
+    "generation_settings.backend_sampling",
+    "generation_settings.lora",
+}
+
+
+@pytest.mark.parametrize(("path", "body"), SAME_FIELDS)
+def test_generation_has_the_same_fields_and_greedy_text(
+    ours: Server, theirs: Server, path: str, body: dict[str, Any]
+) -> None:
+    a, b = _both(ours, theirs, "POST", path, body=body)
+    assert a.status == b.status == 200
+    assert set(_missing(a.json(), b.json())) <= NOT_OURS
+    text = {
+        "/completion": lambda j: j["content"],
+        "/v1/completions": lambda j: j["choices"][0]["text"],
+        "/v1/chat/completions": lambda j: j["choices"][0]["message"]["content"],
+    }[path]
+    assert text(a.json()) == text(b.json())
+    for field in ("usage", "timings"):
+        if field in b.json():
+            assert a.json()[field].keys() == b.json()[field].keys()
+
+
+@pytest.mark.parametrize(("path", "body"), SAME_FIELDS)
+def test_streams_have_the_same_fields_and_text(
+    ours: Server, theirs: Server, path: str, body: dict[str, Any]
+) -> None:
+    extra = {"stream_options": {"include_usage": True}} if "chat" in path else {}
+    a, b = _both(ours, theirs, "POST", path, body={**body, "stream": True, **extra})
+    assert a.status == b.status == 200
+    assert a.headers["content-type"].startswith("text/event-stream")
+    ea, eb = _events(a.text), _events(b.text)
+    assert ("data: [DONE]" in a.text) == ("data: [DONE]" in b.text)
+    assert set(_missing(ea[0], eb[0])) <= NOT_OURS
+    assert set(_missing(ea[-1], eb[-1])) <= NOT_OURS
+
+    def text(events: list[dict[str, Any]]) -> str:
+        if path == "/completion":
+            return "".join(e["content"] for e in events)
+        key = "text" if path == "/v1/completions" else "delta"
+        parts = [c[key] for e in events for c in e["choices"]]
+        return "".join(p if isinstance(p, str) else p.get("content") or "" for p in parts)
+
+    assert text(ea) == text(eb)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/health", None),
+        ("GET", "/nope", None),
+        ("GET", "/completion", None),
+        ("POST", "/completion", {"n_predict": 3}),
+        ("POST", "/completion", {"prompt": "x", "n_predict": "3"}),
+        ("POST", "/v1/chat/completions", {"messages": "hi"}),
+        ("POST", "/v1/chat/completions", {"messages": [{"role": "user"}]}),
+        ("POST", "/v1/completions", {"prompt": "hello " * 1200, "max_tokens": 2}),
+        ("POST", "/tokenize", {"content": "Hello world", "with_pieces": True}),
+        ("POST", "/detokenize", {"tokens": [19556, 905]}),
+        ("POST", "/apply-template", {"messages": CHAT}),
+        ("GET", "/v1/models", None),
+        ("GET", "/props", None),
+        ("GET", "/slots", None),
+    ],
+)
+def test_same_status_and_error_shape(
+    ours: Server, theirs: Server, method: str, path: str, body: Any
+) -> None:
+    a, b = _both(ours, theirs, method, path, body=body)
+    assert a.status == b.status, (a.text, b.text)
+    ja, jb = a.json(), b.json()
+    if "error" in jb:
+        assert ja["error"].keys() == jb["error"].keys()
+        assert ja["error"]["type"] == jb["error"]["type"]
+        assert ja["error"]["code"] == jb["error"]["code"]
+    elif path in ("/tokenize", "/detokenize", "/apply-template", "/health"):
+        assert ja == jb
+
+
+def test_metrics_pages_share_the_llama_server_names(ours: Server, theirs: Server) -> None:
+    a, b = _both(ours, theirs, "GET", "/metrics")
+    assert a.status == b.status == 200
+    names = {
+        "llamacpp:prompt_tokens_total",
+        "llamacpp:prompt_seconds_total",
+        "llamacpp:tokens_predicted_total",
+        "llamacpp:tokens_predicted_seconds_total",
+        "llamacpp:requests_processing",
+        "llamacpp:requests_deferred",
+        "llamacpp:prompt_tokens_seconds",
+        "llamacpp:predicted_tokens_seconds",
+    }
+    for name in names:
+        assert f"# TYPE {name} " in b.text and f"# TYPE {name} " in a.text, name
+
+
+def test_malformed_json_is_400_where_llama_server_says_500(ours: Server, theirs: Server) -> None:
+    a, b = _both(ours, theirs, "POST", "/completion", raw=b"{not json")
+    assert (a.status, b.status) == (400, 500)
+    assert a.json()["error"]["type"] == "invalid_request_error"
