@@ -130,6 +130,7 @@ def _download(
     progress: bool,
 ) -> list[Path]:
     from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
     from huggingface_hub.utils.tqdm import silent_tqdm
 
     api = HfApi(endpoint=endpoint, token=token)
@@ -155,15 +156,21 @@ def _download(
                 endpoint=endpoint,
                 tqdm_class=tqdm_class,
             )
-        path = hf_hub_download(
-            ref.repo_id(),
-            filename,
-            revision=ref.hf_revision(),
-            cache_dir=hf_cache_dir(cache_dir),
-            token=token,
-            endpoint=endpoint,
-            tqdm_class=tqdm_class,
-        )
+        try:
+            path = hf_hub_download(
+                ref.repo_id(),
+                filename,
+                revision=ref.hf_revision(),
+                cache_dir=hf_cache_dir(cache_dir),
+                token=token,
+                endpoint=endpoint,
+                tqdm_class=tqdm_class,
+            )
+        except EntryNotFoundError as e:  # listed, then gone: name the file, maybe a shard
+            raise ModelNotFoundError(
+                f"{filename} of {ref} vanished from {ref.repo_id()} during the download; "
+                "try again, or pin a commit as the reference's revision"
+            ) from e
         paths.append(Path(path))
     _check_side_by_side(ref, paths)
     return paths
