@@ -168,3 +168,23 @@ def test_health_is_503_while_the_model_loads(chat_model_path: Path) -> None:
         thread.join(30)
         sock.close()
     assert not thread.is_alive()
+
+
+@pytest.mark.model
+def test_a_full_queue_is_503(chat_model_path: Path, tmp_path: Path) -> None:
+    import http.client
+    import json
+
+    flags = ("-c", "512", "-np", "1", "--max-pending", "0")
+    with start_ours(chat_model_path, tmp_path / "s.log", *flags, env=env_without_key()) as s:
+        body = {"prompt": "Count: 1, 2,", "n_predict": 400, "ignore_eos": True, "stream": True}
+        conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=30)
+        conn.request("POST", "/completion", json.dumps(body), {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        assert resp.read1(64).startswith(b"data: ")  # the only slot is busy
+        try:
+            busy = request(s.port, "POST", "/completion", {"prompt": "Hi", "n_predict": 1})
+        finally:
+            conn.close()
+        assert busy.status == 503
+        assert busy.json()["error"]["type"] == "unavailable_error"
