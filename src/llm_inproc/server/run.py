@@ -28,7 +28,9 @@ class ListenError(OSError):
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket on ``host:port``."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say TCP, and
+    # without it every response waits ~40 ms for the client's delayed ACK (Nagle).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         # Reuse a port left in TIME_WAIT; a port someone listens on still fails below.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
