@@ -217,3 +217,12 @@ def test_the_listening_socket_says_tcp_so_replies_are_not_delayed() -> None:
         return nodelay
 
     assert asyncio.run(check()) != 0
+
+
+def test_a_model_that_fails_to_load_stops_the_server_with_its_reason(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.gguf"
+    out = run_cli("serve", "-m", str(missing), "--port", str(free_port()), timeout=60)
+    assert out.returncode == 1
+    assert "listening on http://127.0.0.1:" in out.stderr
+    assert f"model file '{missing}' does not exist" in out.stderr
+    assert "Traceback" not in out.stderr
