@@ -178,7 +178,7 @@ class ReplyCleaner:
     Once a marker is seen, :attr:`stopped` is set and everything after it is dropped.
     """
 
-    __slots__ = ("_buf", "_find", "_firsts", "_maxlen", "_prefixes", "stopped")
+    __slots__ = ("_buf", "_find", "_firsts", "_maxlen", "_prefixes", "matched", "stopped")
 
     def __init__(self, markers: Iterable[str] = END_OF_TURN_MARKERS) -> None:
         normalized = (m.replace("\u2581", " ") for m in markers)
@@ -190,6 +190,8 @@ class ReplyCleaner:
         self._maxlen = max((len(m) for m in unique), default=0)
         self._buf = ""
         self.stopped = False
+        self.matched = ""
+        """The marker that stopped the reply (as found, ``\\u2581`` mapped), else empty."""
 
     def feed(self, piece: str) -> str:
         """Add generated text; return what can be shown now."""
@@ -199,6 +201,7 @@ class ReplyCleaner:
         found = self._find(buf) if self._find else None
         if found is not None:
             self.stopped = True
+            self.matched = found.group(0)
             self._buf = ""
             return buf[: found.start()]
         hold = len(buf)

@@ -57,6 +57,10 @@ class _Assembly:
         self._parts: list[str] = []
         self.reply: Reply | None = None
 
+    @property
+    def stopped_by(self) -> str:
+        return self._cleaner.matched
+
     def feed(self, item: RawItem) -> str:
         """Text to show for ``item`` (maybe empty); sets :attr:`reply` on the outcome."""
         cleaner = self._cleaner
@@ -123,6 +127,12 @@ class ReplyStream(Iterator[str]):
         """The whole reply and its cost, once the stream is exhausted."""
         return self._asm.reply
 
+    @property
+    def stopped_by(self) -> str:
+        """The stop string or end-of-turn marker that ended the reply, as it appeared in the
+        text; empty when none did (the model's end token, the budget, or cancelling)."""
+        return self._asm.stopped_by
+
     def __iter__(self) -> ReplyStream:
         return self
 
@@ -175,6 +185,12 @@ class AsyncReplyStream(AsyncIterator[str]):
     def reply(self) -> Reply | None:
         """The whole reply and its cost, once the stream is exhausted."""
         return self._asm.reply
+
+    @property
+    def stopped_by(self) -> str:
+        """The stop string or end-of-turn marker that ended the reply, as it appeared in the
+        text; empty when none did (the model's end token, the budget, or cancelling)."""
+        return self._asm.stopped_by
 
     def __aiter__(self) -> AsyncReplyStream:
         return self

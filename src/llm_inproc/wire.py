@@ -10,15 +10,17 @@ I/O; field names and shapes follow llama-server (llama.cpp ``tools/server``).
 from __future__ import annotations
 
 import json
+import math
 import secrets
 import string
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
 
 from .metrics import TokenPerformance
+from .sampling import TokenProb
 
 __all__ = [
     "ERROR_TYPES",
@@ -29,6 +31,7 @@ __all__ = [
     "completion_chunk",
     "completion_response",
     "error_body",
+    "legacy_logprobs",
     "new_id",
     "oai_completion_chunk",
     "oai_completion_response",
@@ -37,6 +40,7 @@ __all__ = [
     "sse_event",
     "stop_type",
     "timings",
+    "token_probs",
     "usage",
 ]
 
@@ -164,9 +168,55 @@ def oai_finish_reason(reason: str) -> str:
     return "length" if reason == "length" else "stop"
 
 
-def stop_type(reason: str) -> str:
-    """``/completion``'s ``stop_type``: ``limit`` for the token budget, else ``eos``."""
-    return "limit" if reason == "length" else "eos"
+def stop_type(reason: str, stopping_word: str = "") -> str:
+    """``/completion``'s ``stop_type``: ``limit`` for the token budget, ``word`` when a
+    stop string ended the reply, else ``eos``."""
+    if reason == "length":
+        return "limit"
+    return "word" if stopping_word else "eos"
+
+
+# -- token probabilities ------------------------------------------------------------------------
+
+LOWEST_LOGPROB = -3.4028234663852886e38
+"""A probability of 0 as llama-server writes its log (the lowest float; JSON has no -inf)."""
+
+
+def _logprob(p: float) -> float:
+    return math.log(p) if p > 0 else LOWEST_LOGPROB
+
+
+def _token(t: TokenProb) -> dict[str, Any]:
+    return {
+        "id": t.id,
+        "token": t.text,
+        "bytes": list(t.text.encode()),
+        "logprob": _logprob(t.prob),
+    }
+
+
+def token_probs(probs: Sequence[TokenProb], n_top: int) -> list[dict[str, Any]]:
+    """Per generated token, llama-server's ``completion_probabilities`` entries (also the
+    ``logprobs.content`` of the OpenAI routes): ``id``, ``token``, ``bytes``, ``logprob``
+    and its ``n_top`` most likely alternatives in ``top_logprobs``."""
+    return [{**_token(t), "top_logprobs": [_token(a) for a in t.top[:n_top]]} for t in probs]
+
+
+def legacy_logprobs(probs: Sequence[TokenProb], n_top: int) -> dict[str, Any]:
+    """``/v1/completions``' ``logprobs``: llama-server's ``content`` list, and the fields of
+    OpenAI's legacy shape (``tokens``, ``token_logprobs``, ``top_logprobs``, ``text_offset``)."""
+    offsets: list[int] = []
+    at = 0
+    for t in probs:
+        offsets.append(at)
+        at += len(t.text)
+    return {
+        "content": token_probs(probs, n_top),
+        "tokens": [t.text for t in probs],
+        "token_logprobs": [_logprob(t.prob) for t in probs],
+        "top_logprobs": [{a.text: _logprob(a.prob) for a in t.top[:n_top]} for t in probs],
+        "text_offset": offsets,
+    }
 
 
 # -- llama.cpp's native /completion -------------------------------------------------------------
@@ -180,11 +230,15 @@ def completion_response(
     prompt: str,
     settings: dict[str, Any],
     n_ctx: int,
+    stopping_word: str = "",
+    probs: list[dict[str, Any]] | None = None,
+    index: int = 0,
 ) -> dict[str, Any]:
-    """The body of a non-streaming ``/completion`` (also the last event of a stream)."""
+    """The body of a non-streaming ``/completion`` (also the last event of a stream);
+    ``probs`` (:func:`token_probs`) become ``completion_probabilities``."""
     n_gen = cost.generated.count
-    return {
-        "index": 0,
+    body: dict[str, Any] = {
+        "index": index,
         "content": content,
         "tokens": [],
         "id_slot": -1,
@@ -196,18 +250,28 @@ def completion_response(
         "prompt": prompt,
         "has_new_line": "\n" in content,
         "truncated": cost.finish_reason == "length" and n_gen == 0,
-        "stop_type": stop_type(cost.finish_reason),
-        "stopping_word": "",
+        "stop_type": stop_type(cost.finish_reason, stopping_word),
+        "stopping_word": stopping_word,
         "tokens_cached": cost.prompt.count + cost.cached_tokens + n_gen,
         "timings": timings(cost),
         "n_ctx": n_ctx,
     }
+    if probs is not None:
+        body["completion_probabilities"] = probs
+    return body
 
 
-def completion_chunk(content: str, n_predicted: int, n_evaluated: int) -> dict[str, Any]:
+def completion_chunk(
+    content: str,
+    n_predicted: int,
+    n_evaluated: int,
+    *,
+    index: int = 0,
+    probs: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """One streamed ``/completion`` event before the last."""
-    return {
-        "index": 0,
+    body: dict[str, Any] = {
+        "index": index,
         "content": content,
         "tokens": [],
         "stop": False,
@@ -215,6 +279,9 @@ def completion_chunk(content: str, n_predicted: int, n_evaluated: int) -> dict[s
         "tokens_predicted": n_predicted,
         "tokens_evaluated": n_evaluated,
     }
+    if probs is not None:
+        body["completion_probabilities"] = probs
+    return body
 
 
 # -- OpenAI /v1/completions ---------------------------------------------------------------------
@@ -231,12 +298,20 @@ def _envelope(obj: str, model: str, response_id: str, created: int | None) -> di
 
 
 def oai_completion_response(
-    text: str, cost: Cost, *, model: str, response_id: str, created: int | None = None
+    text: str,
+    cost: Cost,
+    *,
+    model: str,
+    response_id: str,
+    created: int | None = None,
+    logprobs: dict[str, Any] | None = None,
+    index: int = 0,
 ) -> dict[str, Any]:
+    """``logprobs``: :func:`legacy_logprobs`, or None."""
     choice = {
         "text": text,
-        "index": 0,
-        "logprobs": None,
+        "index": index,
+        "logprobs": logprobs,
         "finish_reason": oai_finish_reason(cost.finish_reason),
     }
     return {
@@ -254,12 +329,14 @@ def oai_completion_chunk(
     response_id: str,
     created: int,
     cost: Cost | None = None,
+    logprobs: dict[str, Any] | None = None,
+    index: int = 0,
 ) -> dict[str, Any]:
     """A streamed ``text_completion``; the last one (``cost`` given) carries usage."""
     choice = {
         "text": text,
-        "index": 0,
-        "logprobs": None,
+        "index": index,
+        "logprobs": logprobs,
         "finish_reason": None if cost is None else oai_finish_reason(cost.finish_reason),
     }
     body = {"choices": [choice], **_envelope("text_completion", model, response_id, created)}
@@ -273,13 +350,23 @@ def oai_completion_chunk(
 
 
 def chat_response(
-    content: str, cost: Cost, *, model: str, response_id: str, created: int | None = None
+    content: str,
+    cost: Cost,
+    *,
+    model: str,
+    response_id: str,
+    created: int | None = None,
+    logprobs: list[dict[str, Any]] | None = None,
+    index: int = 0,
 ) -> dict[str, Any]:
-    choice = {
+    """``logprobs``: :func:`token_probs`, sent as ``choices[].logprobs.content``."""
+    choice: dict[str, Any] = {
         "finish_reason": oai_finish_reason(cost.finish_reason),
-        "index": 0,
+        "index": index,
         "message": {"role": "assistant", "content": content},
     }
+    if logprobs is not None:
+        choice["logprobs"] = {"content": logprobs}
     return {
         "choices": [choice],
         **_envelope("chat.completion", model, response_id, created),
@@ -297,6 +384,8 @@ def chat_chunk(
     role: bool = False,
     finish_reason: str | None = None,
     cost: Cost | None = None,
+    logprobs: list[dict[str, Any]] | None = None,
+    index: int = 0,
 ) -> dict[str, Any]:
     """A ``chat.completion.chunk``: the role first, then content deltas, then the finish
     reason; with ``cost`` alone, the usage chunk (``choices`` empty) of ``include_usage``."""
@@ -308,7 +397,10 @@ def chat_chunk(
         elif content is not None:
             delta = {"content": content}
         reason = None if finish_reason is None else oai_finish_reason(finish_reason)
-        body["choices"] = [{"finish_reason": reason, "index": 0, "delta": delta}]
+        choice: dict[str, Any] = {"finish_reason": reason, "index": index, "delta": delta}
+        if logprobs is not None:
+            choice["logprobs"] = {"content": logprobs}
+        body["choices"] = [choice]
     body.update(_envelope("chat.completion.chunk", model, response_id, created))
     if cost is not None:
         body["usage"] = usage(cost)
