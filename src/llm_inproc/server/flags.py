@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..config import Options
 from ..errors import InvalidInputError
@@ -36,7 +37,34 @@ class ServerSettings:
     defaults: Defaults = field(default_factory=Defaults)
 
 
+def unsupported(unknown: list[str]) -> str:
+    """The usage error for arguments no flag took (llama-server flags we do not support)."""
+    flags = [a for a in unknown if a.startswith("-")] or unknown
+    return (
+        f"unsupported flag {' '.join(flags)}: this llama-server flag (or argument) is not "
+        "supported by llm-inproc's server; see --help for the ones that are"
+    )
+
+
+def _refuse_unknown(p: argparse.ArgumentParser) -> None:
+    """Name an unknown flag as an unsupported llama-server one, also where ``p`` is a
+    subcommand's parser (``llm-inproc serve``), whose leftovers argparse would otherwise
+    report from the main parser as bare "unrecognized arguments"."""
+    parse_known = p.parse_known_args
+
+    def parse_known_args(
+        args: Any = None, namespace: Any = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        ns, unknown = parse_known(args, namespace)
+        if unknown:
+            p.error(unsupported(unknown))
+        return ns, unknown
+
+    p.parse_known_args = parse_known_args  # type: ignore[method-assign,assignment]
+
+
 def add_server_flags(p: argparse.ArgumentParser) -> None:
+    _refuse_unknown(p)
     m = p.add_argument_group("model (llama-server's short flags work too)")
     m.add_argument("-m", "--model", default=None, help="hf: reference or local .gguf path")
     m.add_argument(

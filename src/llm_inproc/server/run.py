@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 from ..errors import LLMError
 from ..session import Session
-from .flags import ServerSettings, add_server_flags, settings_from_args
+from .flags import ServerSettings, add_server_flags, settings_from_args, unsupported
 from .prompts import check_template
 
 __all__ = ["ListenError", "bind", "build_parser", "main", "serve"]
@@ -103,11 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:
-        flags = [a for a in unknown if a.startswith("-")] or unknown
-        parser.error(
-            f"unsupported flag {' '.join(flags)}: this llama-server flag (or argument) is not "
-            "supported by llm-inproc's server; see --help for the ones that are"
-        )
+        parser.error(unsupported(unknown))
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
