@@ -192,7 +192,7 @@ class Session:
         Once exhausted, its ``.reply`` is the :class:`Reply`.
         """
         request = self._request(messages, max_tokens, seed, temperature, sampling, timeout)
-        return ReplyStream(self._backend.submit(request), request.stops, timeout)
+        return self.generate(request, timeout=timeout)
 
     async def aprompt(
         self,
@@ -253,7 +253,7 @@ class Session:
         """:meth:`prompt_streaming` for asyncio (call it inside a running event loop);
         cancelling the consuming task or closing the iterator stops generation."""
         request = self._request(messages, max_tokens, seed, temperature, sampling, timeout)
-        return AsyncReplyStream(self._backend.asubmit(request), request.stops, timeout)
+        return self.agenerate(request, timeout=timeout)
 
     def count_tokens(self, messages: Sequence[Message]) -> int:
         """How many context tokens the prompt for ``messages`` takes."""
