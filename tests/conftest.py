@@ -69,3 +69,13 @@ def chat_session(cache_dir: Path, chat_model_path: Path) -> Iterator[object]:
 
     with Session(Options(context_length=4096), cache_dir=cache_dir) as s:
         yield s
+
+
+@pytest.fixture(scope="session")
+def llama_server_binary(cache_dir: Path) -> Path:
+    """llama-server built from the llama.cpp sources of the installed llama-cpp-python
+    (compiled on the first run, a few minutes; cached after). Never skipped: the
+    comparisons against the real server are core tests."""
+    from llm_inproc.server_build import build_llama_server
+
+    return build_llama_server(cache_dir, "cpu").llama_server

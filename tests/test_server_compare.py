@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from llm_inproc.server_build import find_llama_server
 from servers import Answer, Server, env_without_key, free_port, request, start_ours, started
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(300)]
@@ -21,11 +20,9 @@ CHAT = [{"role": "user", "content": "Name one colour."}]
 
 @pytest.fixture(scope="module")
 def theirs(
-    cache_dir: Path, chat_model_path: Path, tmp_path_factory: pytest.TempPathFactory
+    llama_server_binary: Path, chat_model_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
-    binary = find_llama_server(cache_dir)
-    if binary is None:
-        pytest.skip("no llama-server binary; build it with: llm-inproc build --target llama-server")
+    binary = llama_server_binary
     port = free_port()
     log = tmp_path_factory.mktemp("llama-server") / "server.log"
     # Our engine evaluates without flash attention (bit-exact replies across batches);
