@@ -97,6 +97,9 @@ def test_an_unsupported_llama_server_flag_is_named() -> None:
     )
     assert out.returncode == 2
     assert "--flash-attn" in out.stderr and "not supported" in out.stderr
+    cli = run_cli("serve", "--flash-attn", "on", "--port", str(free_port()), timeout=60)
+    assert cli.returncode == 2
+    assert "--flash-attn" in cli.stderr and "not supported" in cli.stderr
 
 
 def test_serve_is_a_cli_subcommand_with_llama_server_flags() -> None:
