@@ -190,3 +190,78 @@ def test_malformed_json_is_400_where_llama_server_says_500(ours: Server, theirs:
     a, b = _both(ours, theirs, "POST", "/completion", raw=b"{not json")
     assert (a.status, b.status) == (400, 500)
     assert a.json()["error"]["type"] == "invalid_request_error"
+
+
+def _entries(path: str, body: Any) -> list[dict[str, Any]]:
+    if path == "/completion":
+        return list(body.get("completion_probabilities", []))
+    choice = body["choices"][0] if body.get("choices") else {}
+    return list((choice.get("logprobs") or {}).get("content") or [])
+
+
+PROBS = [
+    ("/completion", {"prompt": "Hello, my name is", "n_predict": 6, "n_probs": 3, **GREEDY}),
+    ("/v1/completions", {"prompt": "Hello, my name is", "max_tokens": 6, "logprobs": 3, **GREEDY}),
+    (
+        "/v1/chat/completions",
+        {"messages": CHAT, "max_tokens": 6, "logprobs": True, "top_logprobs": 3, **GREEDY},
+    ),
+]
+
+
+@pytest.mark.parametrize(("path", "body"), PROBS)
+def test_token_probabilities_have_the_same_shape_and_tokens(
+    ours: Server, theirs: Server, path: str, body: dict[str, Any]
+) -> None:
+    a, b = _both(ours, theirs, "POST", path, body=body)
+    assert a.status == b.status == 200
+    assert set(_missing(a.json(), b.json())) <= NOT_OURS
+    ea, eb = _entries(path, a.json()), _entries(path, b.json())
+    assert len(ea) == len(eb) == 6
+    for x, y in zip(ea, eb, strict=True):
+        assert x.keys() == y.keys() and x["id"] == y["id"] and x["token"] == y["token"]
+        assert x["bytes"] == y["bytes"] and abs(x["logprob"] - y["logprob"]) < 0.05
+        assert len(x["top_logprobs"]) == len(y["top_logprobs"]) == 3
+        assert [t.keys() for t in x["top_logprobs"]] == [t.keys() for t in y["top_logprobs"]]
+        assert x["top_logprobs"][0]["id"] == y["top_logprobs"][0]["id"]
+    # Streamed: the same entries (ours come in one event before the last, theirs one per event).
+    sa, sb = _both(ours, theirs, "POST", path, body={**body, "stream": True})
+    flat_a = [e for ev in _events(sa.text) for e in _entries(path, ev)]
+    flat_b = [e for ev in _events(sb.text) for e in _entries(path, ev)]
+    assert [e["id"] for e in flat_a] == [e["id"] for e in flat_b]
+    assert [e.keys() for e in flat_a] == [e.keys() for e in flat_b]
+
+
+def test_a_stop_string_ends_the_reply_the_same_way(ours: Server, theirs: Server) -> None:
+    body = {"prompt": "Count: 1, 2, 3,", "n_predict": 20, "stop": ["6, 7"], **GREEDY}
+    a, b = _both(ours, theirs, "POST", "/completion", body=body)
+    ja, jb = a.json(), b.json()
+    assert (ja["content"], ja["stop_type"], ja["stopping_word"]) == (
+        jb["content"],
+        jb["stop_type"],
+        jb["stopping_word"],
+    )
+    assert jb["stop_type"] == "word"
+
+
+def test_structured_output_and_bad_grammars_alike(ours: Server, theirs: Server) -> None:
+    import json
+
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+        "required": ["name", "age"],
+    }
+    fmt = {"type": "json_schema", "json_schema": {"name": "p", "schema": schema}}
+    body = {"messages": CHAT, "max_tokens": 60, "response_format": fmt, **GREEDY}
+    a, b = _both(ours, theirs, "POST", "/v1/chat/completions", body=body)
+    assert a.status == b.status == 200
+    for answer in (a, b):
+        doc = json.loads(answer.json()["choices"][0]["message"]["content"])
+        assert set(doc) == {"name", "age"} and isinstance(doc["age"], int)
+    bad = {"prompt": "x", "n_predict": 2, "grammar": "root ::= undefined_rule"}
+    a, b = _both(ours, theirs, "POST", "/completion", body=bad)
+    assert a.status == b.status == 400
+    assert a.json()["error"]["type"] == b.json()["error"]["type"] == "invalid_request_error"
+    a, b = _both(ours, theirs, "POST", "/v1/chat/completions", body={"messages": CHAT, "n": 2})
+    assert a.status == b.status == 400  # n beyond the parallel slots (-np 1)
