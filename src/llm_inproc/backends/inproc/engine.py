@@ -98,7 +98,7 @@ class Engine:
     def free_sampler(self, req: Request) -> None:
         """Free a request's sampler chain (once; never while a slot samples with it)."""
         if req.sampler is not None:
-            self.ll.llama_sampler_free(req.sampler)
+            req.sampler.free()
             req.sampler = None
 
     def close(self) -> None:
@@ -225,11 +225,11 @@ class Engine:
             if slot.next_token >= 0:
                 slot.cached.append(slot.next_token)
         now = time.perf_counter()
-        sample, ctx = self.ll.llama_sampler_sample, self.ctx.ptr
+        ctx = self.ctx.ptr
         for slot, idx in outputs:
             if slot.first_at == 0.0:
                 slot.first_at = now
-            token = sample(slot.sampler, ctx, idx)
+            token = slot.sampler.sample(ctx, idx)
             if slot.probs is not None:
                 slot.probs.append(self._probs(idx, token, slot.req))
             self._emit(slot, token)

@@ -21,7 +21,7 @@ from ...sampling import Sampling
 from ._llama import capture
 from .model import Model
 
-__all__ = ["build_sampler", "grammar_for"]
+__all__ = ["NativeSampler", "build_sampler", "grammar_for"]
 
 # llama.cpp adds biases to logits; -inf must stay -inf, the largest finite float would not.
 _BAN = -math.inf
@@ -80,19 +80,89 @@ def _parser_says(ll: Any, model: Model, grammar: str) -> str:
     return " ".join(lines[:3])
 
 
-def build_sampler(model: Model, s: Sampling) -> Any:
-    """The chain for ``s``; raises :class:`InvalidInputError` for a bad grammar."""
+class NativeSampler:
+    """A request's sampler chains, all in llama.cpp.
+
+    With a grammar, llama-server's shortcut: running the grammar over the whole
+    vocabulary at every step is what makes constrained output slow, so the token is
+    drawn from the chain without the grammar, checked against the grammar alone, and
+    only when the grammar refuses it drawn again with the grammar applied to every
+    candidate. (Used when the chain keeps no token history, which a refused draw would
+    disturb; with penalties or DRY the grammar simply runs first.)
+    """
+
+    __slots__ = ("_arr", "_cand", "_free", "_full", "_grammar", "_ll", "_sample")
+
+    def __init__(self, ll: Any, free: Any, full: Any = None, grammar: Any = None) -> None:
+        self._ll = ll
+        self._sample = ll.llama_sampler_sample
+        self._free = free
+        self._full = full
+        self._grammar = grammar
+        self._cand = ll.llama_token_data()
+        self._arr = ll.llama_token_data_array(ctypes.pointer(self._cand), 1, -1, False)
+
+    def sample(self, ctx: Any, idx: int) -> int:
+        token: int = self._sample(self._free, ctx, idx)
+        if self._full is None:
+            return token
+        ll, cand, arr = self._ll, self._cand, self._arr
+        cand.id, cand.logit, cand.p = token, 0.0, 0.0
+        arr.size, arr.selected, arr.sorted = 1, -1, False
+        ll.llama_sampler_apply(self._grammar, ctypes.byref(arr))
+        if cand.logit == -math.inf:  # refused: draw again under the grammar
+            token = self._sample(self._full, ctx, idx)
+        else:
+            ll.llama_sampler_accept(self._grammar, token)
+        return token
+
+    def free(self) -> None:
+        for chain in (self._free, self._full):
+            if chain is not None:
+                self._ll.llama_sampler_free(chain)
+        self._free = self._full = self._grammar = None
+
+
+def _grammar_sampler(ll: Any, model: Model, grammar: str) -> Any:
+    with capture() as said:
+        g = ll.llama_sampler_init_grammar(model.vocab, grammar.encode(), b"root")
+    if not g:
+        why = _parser_says(ll, model, grammar) or said.reason("llama.cpp could not parse it")
+        raise InvalidInputError(f"the grammar is not valid GBNF: {why}")
+    return g
+
+
+def build_sampler(model: Model, s: Sampling) -> NativeSampler:
+    """The sampler for ``s``; raises :class:`InvalidInputError` for a bad grammar."""
     ll = model.ll
-    chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
+    grammar = grammar_for(s)
+    has_history = s.dry_multiplier > 0 or (
+        s.repeat_last_n != 0
+        and (s.repeat_penalty != 1.0 or s.frequency_penalty != 0.0 or s.presence_penalty != 0.0)
+    )
+    chains: list[Any] = []
     try:
-        _fill(ll, model, chain, s)
+        if grammar and not has_history:
+            free = _chain(ll, model, s, None, chains)
+            g = _grammar_sampler(ll, model, grammar)
+            full = _chain(ll, model, s, g, chains)
+            return NativeSampler(ll, free, full, g)
+        g = _grammar_sampler(ll, model, grammar) if grammar else None
+        return NativeSampler(ll, _chain(ll, model, s, g, chains))
     except BaseException:
-        ll.llama_sampler_free(chain)
+        for chain in chains:
+            ll.llama_sampler_free(chain)
         raise
+
+
+def _chain(ll: Any, model: Model, s: Sampling, grammar: Any, made: list[Any]) -> Any:
+    chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
+    made.append(chain)
+    _fill(ll, model, chain, s, grammar)
     return chain
 
 
-def _fill(ll: Any, model: Model, chain: Any, s: Sampling) -> None:
+def _fill(ll: Any, model: Model, chain: Any, s: Sampling, grammar: Any) -> None:
     def add(sampler: Any) -> None:
         ll.llama_sampler_chain_add(chain, sampler)
 
@@ -100,14 +170,8 @@ def _fill(ll: Any, model: Model, chain: Any, s: Sampling) -> None:
     if biases:
         arr = (ll.llama_logit_bias * len(biases))(*biases.items())
         add(ll.llama_sampler_init_logit_bias(model.n_vocab, len(biases), arr))
-    grammar = grammar_for(s)
-    if grammar:
-        with capture() as said:
-            g = ll.llama_sampler_init_grammar(model.vocab, grammar.encode(), b"root")
-        if not g:
-            why = _parser_says(ll, model, grammar) or said.reason("llama.cpp could not parse it")
-            raise InvalidInputError(f"the grammar is not valid GBNF: {why}")
-        add(g)
+    if grammar is not None:
+        add(grammar)
     if s.repeat_last_n != 0 and (
         s.repeat_penalty != 1.0 or s.frequency_penalty != 0.0 or s.presence_penalty != 0.0
     ):
