@@ -10,7 +10,6 @@ of its slot and only the new messages are evaluated (see "reused" at the end).
 Replace USERS with your chat platform's events (Discord, Slack, ...) to make it real.
 """
 
-# ruff: noqa: T201  (printing is what this example does)
 from __future__ import annotations
 
 import asyncio
