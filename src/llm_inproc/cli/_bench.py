@@ -1,54 +1,144 @@
-"""``llm-inproc bench``: tokens per second of the in-process session on this machine."""
+"""``llm-inproc bench``: the benchmark suite — our session against its peers on this
+machine, one interleaved run (see :mod:`llm_inproc.bench`)."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
+import shlex
+import sys
+from pathlib import Path
 from typing import Any
 
 from . import add_common_model_flags
-from ._common import session_from_args
 
 __all__ = ["add_parser"]
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x.strip())
 
 
 def add_parser(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "bench",
-        help="measure generation and prompt tokens per second",
-        description="Measure the in-process session's throughput (greedy, fresh prompts). "
-        "benchmarks/bench_tokens.py compares it with llama-bench and llama-server.",
+        help="benchmark the in-process session against its peers",
+        description="Measure, on the same model file, threads and context, in one interleaved "
+        "run: prompt and generation tok/s, time to first token, second-turn latency, load time "
+        "and peak RSS of our session, bare llama-cpp-python, simonw's llm (on SmolLM2), "
+        "llama-server and our server over HTTP, and llama-bench; then 1-8 concurrent clients "
+        "and context/prompt scaling. Progress on stderr, a table on stdout, JSON, Markdown and "
+        "a PNG in --out.",
     )
-    p.add_argument("--tokens", type=int, default=128, help="tokens to generate per run")
-    p.add_argument("--runs", type=int, default=3, help="runs; the median is reported")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--tokens", type=int, default=None, help="tokens generated per request (128)")
+    p.add_argument("--runs", type=int, default=None, help="measured rounds; medians reported (3)")
+    p.add_argument("--prompt", type=int, default=None, help="prompt tokens of a lone request (512)")
+    p.add_argument("--json", action="store_true", help="print the JSON result instead of tables")
+    p.add_argument("--quick", action="store_true", help="a short run (sanity check, ~1 minute)")
+    p.add_argument("--out", type=Path, default=Path("llm-inproc-bench"), help="output folder")
+    p.add_argument("--no-plot", action="store_true", help="do not draw the PNG")
+    p.add_argument(
+        "--sections",
+        default="peers,llm,concurrency,scaling",
+        help="comma-separated: peers, llm, concurrency, scaling",
+    )
+    p.add_argument("--clients", type=_ints, default=None, help="client counts (1,2,4,8)")
+    p.add_argument("--llama-server", type=Path, default=None, help="llama-server binary")
+    p.add_argument("--llama-bench", type=Path, default=None, help="llama-bench binary")
+    p.add_argument(
+        "--max-wait", type=float, default=None, help="wait at most this long for a quiet machine"
+    )
     add_common_model_flags(p)
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..bench import measure
-    from ..errors import InvalidInputError
+def _binaries(args: argparse.Namespace, cache: Path) -> tuple[Path | None, Path | None]:
+    from ..server_build import find_llama_server
 
-    if args.tokens < 1 or args.runs < 1:
-        raise InvalidInputError("--tokens and --runs must be at least 1")
-    with session_from_args(args) as session:
-        result = measure(session, tokens=args.tokens, runs=args.runs)
-        info = session.model_info
-        if args.json:
-            out = {
-                "model": str(session.model),
-                "threads": info.threads,
-                **dataclasses.asdict(result),
+    server = args.llama_server
+    if server is None:
+        server = find_llama_server(cache)
+    bench = args.llama_bench
+    if bench is None and server is not None:
+        sibling = server.parent / server.name.replace("llama-server", "llama-bench")
+        bench = sibling if sibling.is_file() else None
+    server = server if server is not None and Path(server).is_file() else None
+    bench = bench if bench is not None and Path(bench).is_file() else None
+    return server, bench
+
+
+def _own_argv() -> list[str]:
+    argv = sys.argv[1:]
+    return argv[argv.index("bench") + 1 :] if "bench" in argv else argv
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..bench.suite import SuiteConfig, run_suite
+    from ..embedded import GEMMA_BASE, SMOLLM2_INSTRUCT, embedded_model_path
+    from ..errors import InvalidInputError
+    from ..hardware import physical_cores
+    from ..paths import default_cache_dir
+    from ..resolve import resolve_model
+
+    q = args.quick
+    tokens = args.tokens if args.tokens is not None else 16 if q else 128
+    runs = args.runs if args.runs is not None else 1 if q else 3
+    prompt = args.prompt if args.prompt is not None else 64 if q else 512
+    if tokens < 1 or runs < 1 or prompt < 2:
+        raise InvalidInputError("--tokens and --runs must be at least 1, --prompt at least 2")
+    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    model = resolve_model(args.model or GEMMA_BASE.ref, cache)
+    server, bench = _binaries(args, cache)
+    ctx = args.context_length or 2048
+    if prompt + tokens + 64 > ctx:
+        raise InvalidInputError(f"--prompt {prompt} + --tokens {tokens} do not fit context {ctx}")
+    cfg = SuiteConfig(
+        model=model,
+        threads=args.threads or physical_cores(),
+        ctx=ctx,
+        gpu_layers=args.gpu_layers if args.gpu_layers is not None else -1,
+        tokens=tokens,
+        prompt=prompt,
+        runs=runs,
+        warmup=not q,
+        clients=args.clients or ((1, 2) if q else (1, 2, 4, 8)),
+        scale_contexts=(512,) if q else (512, 2048, 8192),
+        scale_prompts=(16, 64) if q else (16, 512, 2048),
+        llama_server=server,
+        llama_bench=bench,
+        chat_model=embedded_model_path(SMOLLM2_INSTRUCT, cache),
+        sections=tuple(s.strip() for s in args.sections.split(",") if s.strip()),
+        max_wait=args.max_wait if args.max_wait is not None else 3.0 if q else 60.0,
+        redo=0 if q else 2,
+        command=shlex.join(["llm-inproc", "bench", *_own_argv()]),
+    )
+    if args.llama_bench is not None and bench is None:
+        cfg.skipped.append(
+            {
+                "peer": "llama-bench",
+                "why": f"{args.llama_bench} does not exist",
+                "how": "llm-inproc build --target llama-server",
             }
-            print(json.dumps(out, indent=2))  # noqa: T201
+        )
+    return _finish(run_suite(cfg), args)
+
+
+def _finish(result: dict[str, Any], args: argparse.Namespace) -> int:
+    from ..bench.plot import plot, plot_unavailable
+    from ..bench.report import render_markdown, to_json, write_files
+
+    markdown = render_markdown(result)
+    paths = write_files(result, args.out, markdown)
+    if not args.no_plot:
+        how = plot_unavailable()
+        if how is None:
+            paths["plot"] = plot(result, args.out / "bench.png")
         else:
-            print(  # noqa: T201
-                f"{session.model} ({info.description}), {info.threads} threads, "
-                f"{result.tokens} tokens, median of {result.runs}:\n"
-                f"  generation {result.generation:8.1f} tok/s "
-                f"({result.generation_wall:.1f} tok/s wall clock)\n"
-                f"  prompt     {result.prompt:8.1f} tok/s"
-            )
+            print(f"llm-inproc bench: no plot: matplotlib is missing ({how})", file=sys.stderr)  # noqa: T201
+    if args.json:
+        print(json.dumps(to_json(result), indent=1))  # noqa: T201
+    else:
+        print(markdown)  # noqa: T201
+    for kind, path in paths.items():
+        print(f"llm-inproc bench: {kind} written to {path}", file=sys.stderr)  # noqa: T201
     return 0
