@@ -115,8 +115,11 @@ def test_chat_keeps_history_in_memory(model_path: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.model
-def test_bench_reports_rates(model_path: Path) -> None:
-    r = cli("bench", "--json", "--tokens", "8", "--runs", "1", "--context-length", "1024")
+def test_bench_reports_rates(model_path: Path, tmp_path: Path) -> None:
+    r = cli(
+        "bench", "--json", "--quick", "--sections", "peers", "--tokens", "8", "--runs", "1",
+        "--context-length", "1024", "--out", str(tmp_path),
+    )  # fmt: skip
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["generation"] > 0 and out["prompt"] > 0

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from ..backends._reaper import _die_with_parent
 from ..backends.child import free_port
 from .measure import vmhwm_kib
 
@@ -152,7 +153,13 @@ class ServerPeer(Peer):
         self.command = [*command, "--host", "127.0.0.1", "--port", str(self.port)]
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close())
         self._t0 = time.perf_counter()
-        self.proc = subprocess.Popen(self.command, stdout=self._log, stderr=subprocess.STDOUT)
+        # Ended by the kernel if the suite dies, even by SIGKILL (Linux).
+        self.proc = subprocess.Popen(
+            self.command,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
 
     def wait_ready(self, timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout

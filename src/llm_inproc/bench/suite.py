@@ -8,7 +8,9 @@ import contextlib
 import datetime as dt
 import os
 import platform
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -319,11 +321,13 @@ class Suite:
                 f"({s1['gen_n']} tokens), 2nd turn {s2['ttft']:.3f} s"
             )
 
-        self._run_rounds("peers", peers, series, body)
-        for p in peers:
-            series.data.setdefault(p.name, {})["rss_kib"] = [float(p.peak_rss_kib())]
-            series.data[p.name]["load_s"] = [p.load_s]
-        _close(peers)
+        try:
+            self._run_rounds("peers", peers, series, body)
+            for p in peers:
+                series.data.setdefault(p.name, {})["rss_kib"] = [float(p.peak_rss_kib())]
+                series.data[p.name]["load_s"] = [p.load_s]
+        finally:
+            _close(peers)
         out: dict[str, Any] = {"series": series.data, "order": [p.name for p in peers]}
         if bench is not None and bench.name in series.data:
             out["order"].append(bench.name)
@@ -523,6 +527,17 @@ def _machine() -> dict[str, Any]:
 
 def run_suite(cfg: SuiteConfig) -> dict[str, Any]:
     """Run the sections in ``cfg.sections``; the result, ready for JSON."""
+    # A terminated run still ends the servers it started (the sections close them).
+    if threading.current_thread() is not threading.main_thread():
+        return _run(cfg)
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        return _run(cfg)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(cfg: SuiteConfig) -> dict[str, Any]:
     started = dt.datetime.now().astimezone()
     t0 = time.monotonic()
     load0 = load_average()
