@@ -55,8 +55,8 @@ def test_quick_suite_writes_table_json_markdown_and_plot(
         assert min(data["concurrency"][k][OURS]["aggregate"]) > 5
     assert all(min(v["gen_rate"]) > 5 for v in data["scaling"]["series"].values())
     targets = data["targets"]
-    assert len(targets) == 6 and all(t["ratio"] is None or t["ratio"] > 0 for t in targets)
-    assert sum(t["ratio"] is not None for t in targets) == 5  # no 4 clients in --quick
+    assert len(targets) == 7 and all(t["ratio"] is None or t["ratio"] > 0 for t in targets)
+    assert sum(t["ratio"] is not None for t in targets) == 6  # no 4 clients in --quick
     # Older readers of --json: ours' headline rates and what was asked.
     assert data["generation"] > 5 and data["prompt"] > 5
     assert data["tokens"] == 16 and data["runs"] == 1

@@ -268,8 +268,8 @@ class LlamaBench:
         self.command: list[str] = []
 
     def run(self, prompt: int, tokens: int) -> dict[str, float]:
-        """One repetition of pp``prompt`` and tg``tokens``: their tok/s, the peak RSS
-        (KiB) and the CPU seconds it used."""
+        """One repetition of pp``prompt`` and tg``tokens``, at depth 0 and after ``prompt``
+        tokens: their tok/s, the peak RSS (KiB) and the CPU seconds it used."""
         self.command = [
             str(self.exe),
             "-m",
@@ -284,6 +284,8 @@ class LlamaBench:
             str(prompt),
             "-n",
             str(tokens),
+            "-d",
+            f"0,{prompt}",
             "-r",
             "1",
             "-o",
@@ -298,8 +300,9 @@ class LlamaBench:
             out.seek(0)
             rows = json.loads(out.read())
         res = {"rss_kib": float(usage.ru_maxrss), "cpu_s": usage.ru_utime + usage.ru_stime}
-        for row in rows:
-            res["tg" if row.get("n_gen") else "pp"] = float(row["avg_ts"])
+        for row in rows:  # tg at depth 0 is the classic tgN; at depth `prompt`, it generates
+            kind = "tg" if row.get("n_gen") else "pp"  # after a prompt, as the others do
+            res[kind + ("_depth" if row.get("n_depth") else "")] = float(row["avg_ts"])
         return res
 
 

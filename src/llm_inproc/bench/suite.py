@@ -302,8 +302,13 @@ class Suite:
                 series.add(p.name, "prompt_rate", res["pp"])
                 series.add(p.name, "gen_rate", res["tg"])
                 series.add(p.name, "rss_kib", res["rss_kib"])
+                deep = f"{p.name}, tg after {c.prompt} tokens (-d {c.prompt})"
+                series.add(deep, "gen_rate", res.get("tg_depth", float("nan")))
                 pp, tg = res["pp"], res["tg"]
-                _log(f"  {p.name}: pp{c.prompt} {pp:.1f}, tg{c.tokens} {tg:.1f} tok/s")
+                _log(
+                    f"  {p.name}: pp{c.prompt} {pp:.1f}, tg{c.tokens} {tg:.1f}, at depth "
+                    f"{c.prompt} {res.get('tg_depth', 0):.1f} tok/s"
+                )
                 return
             label = f"{_TOPICS[(r + 1) % len(_TOPICS)]} {r} {p.name}"
             prompt = self.tok.prompt(label, c.prompt)
@@ -330,7 +335,7 @@ class Suite:
             _close(peers)
         out: dict[str, Any] = {"series": series.data, "order": [p.name for p in peers]}
         if bench is not None and bench.name in series.data:
-            out["order"].append(bench.name)
+            out["order"] += [name for name in series.data if name.startswith(bench.name)]
             out["llama_bench_command"] = " ".join(
                 Path(a).name if i in (0, 2) else a for i, a in enumerate(bench.command)
             )
