@@ -13,7 +13,7 @@ import importlib.resources
 import ipaddress
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import IO, Any
 
@@ -87,19 +87,42 @@ def _check_keys(where: str, data: dict[Any, Any], known: Iterable[str]) -> None:
 
 
 def _check_remote(where: str, remote: str) -> None:
-    """Accept ``host:port`` with an IPv4 address, a bracketed IPv6 address or a hostname."""
-    hint = "use host:port, e.g. 127.0.0.1:8080, [::1]:8080 or myserver.lan:8080"
+    """Accept ``host:port`` (an IPv4 address, a bracketed IPv6 address or a hostname) or an
+    ``http(s)://`` base URL, with or without a path such as ``/v1``."""
+    hint = (
+        "use host:port, e.g. 127.0.0.1:8080, [::1]:8080 or myserver.lan:8080, or a URL "
+        "such as https://myserver.lan/v1"
+    )
 
     def bad(problem: str) -> InvalidInputError:
         return InvalidInputError(f"{where}remote: {remote!r} {problem}; {hint}")
 
-    if "://" in remote or "/" in remote:
-        raise bad("is a URL, not host:port (drop the scheme and path)")
+    if "://" in remote:
+        scheme, _, rest = remote.partition("://")
+        if scheme.lower() not in ("http", "https"):
+            raise bad(f"is a URL with scheme {scheme!r}, not http or https")
+        authority = rest.split("/", 1)[0].split("?", 1)[0]
+        if "@" in authority:
+            raise bad("has credentials in the URL (set Options.api_key instead)")
+        if not authority:
+            raise bad("is a URL with no host")
+        _check_host_port(authority, bad, port_optional=True)
+        return
+    if "/" in remote:
+        raise bad("is a URL without its scheme (write http:// or https:// before it)")
+    _check_host_port(remote, bad, port_optional=False)
+
+
+def _check_host_port(
+    remote: str, bad: Callable[[str], InvalidInputError], *, port_optional: bool
+) -> None:
     if remote.startswith("["):
         end = remote.find("]")
         if end < 0:
             raise bad("has an unclosed '['")
         host, rest = remote[1:end], remote[end + 1 :]
+        if port_optional and not rest:
+            rest = ":443"
         if not rest.startswith(":"):
             raise bad("has no ':port' after the IPv6 address")
         port = rest[1:]
@@ -109,7 +132,9 @@ def _check_remote(where: str, remote: str) -> None:
             raise bad(f"has an invalid IPv6 address {host!r}") from None
     else:
         host, sep, port = remote.rpartition(":")
-        if not sep:
+        if not sep and port_optional:
+            host, port = remote, "443"
+        elif not sep:
             raise bad("has no port")
         if ":" in host:
             raise bad("looks like an IPv6 address without brackets (write [addr]:port)")
@@ -131,7 +156,11 @@ class Options:
     """How a :class:`~llm_inproc.Session` runs its model. YAML keys are the field names."""
 
     remote: str = ""
-    """``host:port`` of an existing llama-server compatible server; empty to run locally."""
+    """``host:port`` of an existing llama-server, or an ``http(s)://`` base URL (with or
+    without ``/v1``) of any llama-server or OpenAI-compatible server; empty to run locally."""
+    api_key: str = ""
+    """The key sent to ``remote`` (``Authorization: Bearer``); empty reads
+    ``$LLM_INPROC_API_KEY``. ``$OPENAI_API_KEY`` is never sent on its own: pass it here."""
     model: str = ""
     """A PackedFileRef, a local ``.gguf`` path, or ``"python"``; empty for the default model."""
     context_length: int = 0
@@ -159,7 +188,7 @@ class Options:
         self._validate("Options.")
 
     def _validate(self, where: str) -> None:
-        for name in ("remote", "model", "backend"):
+        for name in ("remote", "api_key", "model", "backend"):
             _check_type(f"{where}{name}", getattr(self, name), str)
         for name in ("context_length", "gpu_layers", "parallel", "max_pending"):
             _check_type(f"{where}{name}", getattr(self, name), int)

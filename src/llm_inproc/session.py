@@ -40,7 +40,7 @@ class Session:
     encoding: PromptEncoding | None
     """The raw prompt encoding, or None when the model's chat template is used."""
     backend: str
-    """``"inproc"`` (more backends come with the HTTP issue)."""
+    """``"inproc"``, ``"remote"``, ``"llama-server"`` or ``"python"``."""
     model_path: Path
     """The local GGUF file that was loaded."""
     model_info: ModelInfo
@@ -63,7 +63,8 @@ class Session:
         self.options = opts
         self.cache_dir = resolve_cache_dir(cache_dir)
         catalogue = list(known_llms) if known_llms is not None else defaults.known_llms
-        model = opts.model or defaults.options.model
+        # model "python" names the backend; the server it starts runs the default model.
+        model = opts.model if opts.model not in ("", "python") else defaults.options.model
         self.model = PackedFileRef(model) if model.startswith("hf:") else model
         self.backend = opts.resolved_backend()
         known = find_known_llm(catalogue, model)
@@ -79,7 +80,12 @@ class Session:
         if path is not None:
             self.model_path = path
         self.model_info = backend.info
-        if self.encoding is None and not backend.info.chat_template:
+        served = getattr(backend, "model_name", "")
+        if self.backend == "remote" and not self.options.model and served:
+            # No model named: the server's own model, through the server's chat template.
+            self.model, self.encoding = served, None
+        if self.encoding is None and not backend.info.chat_template and backend.name == "inproc":
+            # (A server applies its own fallback template.)
             self.encoding = fallback_encoding(backend.info.architecture)
         return backend
 

@@ -26,6 +26,7 @@ __all__ = [
     "ERROR_TYPES",
     "SSE_DONE",
     "Cost",
+    "SSEDecoder",
     "chat_chunk",
     "chat_response",
     "completion_chunk",
@@ -85,32 +86,51 @@ def sse_event(data: Any) -> bytes:
     return b"data: " + _dumps(data).encode() + b"\n\n"
 
 
-def parse_sse(lines: Iterator[str]) -> Iterator[dict[str, Any] | Literal["[DONE]"]]:
-    """The JSON payloads of a ``text/event-stream`` given line by line; ``"[DONE]"`` ends it.
+class SSEDecoder:
+    """Server-Sent Events fed line by line (for a client reading a stream as it comes).
 
+    :meth:`feed` returns the JSON payload an event completes, ``"[DONE]"``, or None.
     Comments (``: ping``), other fields (``event:``, ``id:``) and blank lines are skipped;
     multi-line ``data`` is joined as the SSE standard says.
     """
-    data: list[str] = []
-    for raw in lines:
+
+    __slots__ = ("_data",)
+
+    def __init__(self) -> None:
+        self._data: list[str] = []
+
+    def feed(self, raw: str) -> dict[str, Any] | Literal["[DONE]"] | None:
         line = raw.rstrip("\r\n")
-        if not line:
-            if data:
-                payload = "\n".join(data)
-                data = []
-                if payload == "[DONE]":
-                    yield "[DONE]"
-                    return
-                yield json.loads(payload)
-            continue
-        if line.startswith("data:"):
-            data.append(line[5:].removeprefix(" "))
-    if data:
-        payload = "\n".join(data)
+        if line:
+            if line.startswith("data:"):
+                self._data.append(line[5:].removeprefix(" "))
+            return None
+        return self.flush()
+
+    def flush(self) -> dict[str, Any] | Literal["[DONE]"] | None:
+        """The payload of an event the stream ended without its blank line, if any."""
+        if not self._data:
+            return None
+        payload = "\n".join(self._data)
+        self._data = []
         if payload == "[DONE]":
-            yield "[DONE]"
-        else:
-            yield json.loads(payload)
+            return "[DONE]"
+        data: dict[str, Any] = json.loads(payload)
+        return data
+
+
+def parse_sse(lines: Iterator[str]) -> Iterator[dict[str, Any] | Literal["[DONE]"]]:
+    """The JSON payloads of a ``text/event-stream`` given line by line; ``"[DONE]"`` ends it."""
+    decoder = SSEDecoder()
+    for raw in lines:
+        event = decoder.feed(raw)
+        if event is not None:
+            yield event
+            if event == "[DONE]":
+                return
+    event = decoder.flush()
+    if event is not None:
+        yield event
 
 
 def _dumps(data: Any) -> str:

@@ -33,6 +33,15 @@ def open_backend(
             max_pending=options.max_pending,
         )
         return backend, path
-    raise InvalidInputError(
-        f"backend {kind!r} is not available in this version; use backend 'inproc'"
-    )
+    if kind == "remote":
+        from .http import RemoteBackend, api_key_from, base_url
+
+        remote = RemoteBackend(base_url(options.remote), api_key=api_key_from(options.api_key))
+        return remote, None
+    if kind in ("llama-server", "python"):
+        from ..resolve import resolve_model
+        from .spawn import SpawnedBackend
+
+        path = resolve_model(model, cache_dir, hf=hf)
+        return SpawnedBackend(kind, path, options, cache_dir), path
+    raise InvalidInputError(f"unknown backend {kind!r}; use inproc, python, llama-server or remote")

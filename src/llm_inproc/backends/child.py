@@ -16,7 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..errors import BackendError
@@ -36,7 +36,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class ChildServer:
-    """Runs ``command`` (which must listen on ``port``) until :meth:`close`."""
+    """Runs ``command`` (which must listen on ``port``) until :meth:`close`; ``env`` adds to
+    (or replaces entries of) this process's environment for the child."""
 
     def __init__(
         self,
@@ -46,6 +47,7 @@ class ChildServer:
         log_dir: Path,
         *,
         host: str = "127.0.0.1",
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.name = name
         self.url = f"http://{host}:{port}"
@@ -59,7 +61,7 @@ class ChildServer:
             stdin=subprocess.PIPE,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
         )
 
     def wait_healthy(self, timeout: float) -> None:

@@ -1,0 +1,191 @@
+"""Spawned backends: a ``llama-server`` binary, or our own server, in a child process.
+
+``backend="llama-server"`` runs the binary found by :func:`..server_build.find_llama_server`;
+``backend="python"`` (or ``model="python"``) runs ``python -m llm_inproc.server``. Either
+gets the session's model, context, threads, GPU layers and parallel slots, listens on a
+free loopback port with a fresh random API key, and logs to ``<cache>/logs``. The
+:class:`~.child.ChildServer` ends it on :meth:`close` or when our process dies; requests
+go through a :class:`~.http.RemoteBackend` (composed, not subclassed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..config import CONTEXT_CAP, Options
+from ..errors import BackendError
+from ..gguf_header import read_gguf_header
+from ..hardware import physical_cores
+from ..metrics import Metrics
+from .base import AsyncRawStream, GenerationRequest, RawStream
+from .child import ChildServer, free_port
+from .http import API_KEY_ENV, RemoteBackend
+
+__all__ = ["SpawnedBackend"]
+
+logger = logging.getLogger(__name__)
+
+READY_TIMEOUT = 180.0
+"""Seconds a spawned server may take to load its model and answer ``/health``."""
+
+_BUILD_HINT = "llm-inproc build --target llama-server"
+
+
+@functools.lru_cache(maxsize=8)
+def _supports(binary: str, flag: str) -> bool:
+    """Whether ``binary --help`` mentions ``flag`` (older builds lack some)."""
+    try:
+        out = subprocess.run(
+            [binary, "--help"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return flag in out.stdout + out.stderr
+
+
+def _threads(options: Options) -> int:
+    threads = options.threads or physical_cores()
+    logical = os.cpu_count() or threads
+    if threads > logical:
+        logger.warning("threads=%d is more than the %d logical CPUs; using those", threads, logical)
+        threads = logical
+    return threads
+
+
+def _llama_server_command(path: Path, options: Options, port: int, cache_dir: Path) -> list[str]:
+    from ..server_build import find_llama_server
+
+    binary = find_llama_server(cache_dir)
+    if binary is None:
+        raise BackendError(
+            "backend 'llama-server' needs the llama-server binary, and none was found "
+            f"($LLAMA_SERVER, PATH, or the build cache); build it with: {_BUILD_HINT}"
+        )
+    header = read_gguf_header(path)
+    n_ctx = options.context_length or min(header.context_length or CONTEXT_CAP, CONTEXT_CAP)
+    # Flash attention stays off unless asked for: replies then match the in-process ones.
+    flash = "on" if options.flash_attention else "off"
+    cmd = [
+        str(binary),
+        *("-m", str(path), "--host", "127.0.0.1", "--port", str(port)),
+        *("-c", str(n_ctx), "-t", str(_threads(options))),
+        *("-ngl", str(999 if options.gpu_layers < 0 else options.gpu_layers)),
+        *("-np", str(options.parallel), "-fa", flash, "--metrics"),
+    ]
+    if _supports(str(binary), "--kv-unified"):
+        cmd.append("--kv-unified")  # the slots share the whole context, as in-process
+    return cmd
+
+
+def _python_command(path: Path, options: Options, port: int, cache_dir: Path) -> list[str]:
+    cmd = [
+        sys.executable,
+        *("-m", "llm_inproc.server", "-m", str(path), "--host", "127.0.0.1"),
+        *("--port", str(port), "-c", str(options.context_length)),
+        *("-ngl", str(options.gpu_layers), "-np", str(options.parallel)),
+        *("--max-pending", str(options.max_pending), "--metrics", "--cache-dir", str(cache_dir)),
+    ]
+    if options.threads is not None:
+        cmd += ["-t", str(_threads(options))]
+    return cmd
+
+
+def _child_env(kind: str, key: str) -> dict[str, str]:
+    # The child imports this very package, wherever it was imported from here.
+    package_root = str(Path(__file__).resolve().parents[2])
+    path = os.environ.get("PYTHONPATH", "")
+    env = {"PYTHONPATH": package_root + (os.pathsep + path if path else "")}
+    env["LLAMA_API_KEY" if kind == "llama-server" else API_KEY_ENV] = key
+    return env
+
+
+class SpawnedBackend:
+    """A server in a child process, spoken to over HTTP; ``kind`` is ``"llama-server"`` or
+    ``"python"``."""
+
+    def __init__(
+        self,
+        kind: str,
+        path: Path,
+        options: Options,
+        cache_dir: Path,
+        *,
+        ready_timeout: float = READY_TIMEOUT,
+    ) -> None:
+        self.name = kind
+        port = free_port()
+        build = _llama_server_command if kind == "llama-server" else _python_command
+        command = build(path, options, port, cache_dir)
+        key = secrets.token_urlsafe(24)
+        self._child = ChildServer(
+            kind, command, port, cache_dir / "logs", env=_child_env(kind, key)
+        )
+        try:
+            self._child.wait_healthy(ready_timeout)
+            self._http = RemoteBackend(self._child.url, api_key=key, name=kind, trust_env=False)
+        except BaseException:
+            self._child.close()
+            raise
+        header = read_gguf_header(path)
+        self.info = dataclasses.replace(
+            self._http.info,
+            architecture=header.architecture,
+            description=f"{path.name} in {kind} at {self._child.url}",
+            n_ctx_train=self._http.info.n_ctx_train or header.context_length,
+            threads=_threads(options),
+            flash_attention=bool(options.flash_attention) and kind == "llama-server",
+        )
+
+    @property
+    def log_path(self) -> Path:
+        """The server's log file."""
+        return self._child.log_path
+
+    def _check(self) -> None:
+        if not self._child.running:
+            raise BackendError(
+                f"the {self.name} server exited: {self._child.log_tail()} "
+                f"(full log: {self._child.log_path})"
+            )
+
+    def submit(self, request: GenerationRequest) -> RawStream:
+        self._check()
+        return self._http.submit(request)
+
+    def asubmit(self, request: GenerationRequest) -> AsyncRawStream:
+        self._check()
+        return self._http.asubmit(request)
+
+    def render(self, request: GenerationRequest) -> str:
+        return self._http.render(request)
+
+    def count_tokens(self, request: GenerationRequest) -> int:
+        return self._http.count_tokens(request)
+
+    def tokenize(self, text: str, *, special: bool = True) -> list[int]:
+        return self._http.tokenize(text, special=special)
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return self._http.detokenize(tokens)
+
+    def health(self) -> str:
+        self._check()
+        return self._http.health()
+
+    def metrics(self) -> Metrics:
+        return self._http.metrics()
+
+    def close(self) -> None:
+        """Close the connections, then terminate the server (killed if it lingers)."""
+        try:
+            self._http.close()
+        finally:
+            self._child.close()

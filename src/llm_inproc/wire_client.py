@@ -1,0 +1,483 @@
+"""The client's half of the wire format: request bodies out, responses and streams in.
+
+:mod:`.wire` writes responses for our server; this module builds the requests our HTTP
+backend sends and reads what comes back, with the same field names, so the client, our
+server and llama-server cannot drift apart (the tests round-trip :mod:`.wire`'s own
+builders through these readers). Two dialects: ``llama`` (llama-server and ours: the
+native ``/completion`` route and every sampler under llama-server's names) and
+``openai`` (servers that only speak OpenAI: ``/v1/completions``, OpenAI's names, and a
+sampler field only when it differs from its default). Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from datetime import timedelta
+from typing import Any, Literal
+
+from .backends.base import FinishReason, GenerationRequest, ModelInfo, Outcome, RawItem
+from .errors import BackendError, BusyError, ContextOverflowError, InvalidInputError, LLMError
+from .messages import Role
+from .metrics import TokenPerformance
+from .sampling import Sampling, TokenProb
+
+__all__ = [
+    "Call",
+    "Dialect",
+    "StreamDecoder",
+    "error_from_response",
+    "generation_call",
+    "info_from_models",
+    "info_from_props",
+    "model_name",
+]
+
+Dialect = Literal["llama", "openai"]
+Route = Literal["completion", "oai_completion", "chat"]
+
+# Sampler fields sent under the names llama-server reads (Sampling uses the same names).
+_SAMPLERS = (
+    "top_k",
+    "top_p",
+    "min_p",
+    "typical_p",
+    "repeat_penalty",
+    "repeat_last_n",
+    "presence_penalty",
+    "frequency_penalty",
+    "dry_multiplier",
+    "dry_base",
+    "dry_allowed_length",
+    "dry_penalty_last_n",
+    "dry_sequence_breakers",
+    "xtc_probability",
+    "xtc_threshold",
+    "top_n_sigma",
+)
+_OPENAI_SAMPLERS = ("top_p", "presence_penalty", "frequency_penalty")
+_DEFAULTS = {f.name: getattr(Sampling(), f.name) for f in fields(Sampling)}
+_OPENAI_MAX_STOPS = 4
+_ROLE_NAMES = {
+    Role.SYSTEM: "system",
+    Role.USER: "user",
+    Role.ASSISTANT: "assistant",
+    Role.AVAILABLE_TOOLS: "system",
+    Role.TOOL_CALL: "assistant",
+    Role.TOOL_CALL_RESULT: "tool",
+}
+
+
+@dataclass(frozen=True)
+class Call:
+    """One generation request on the wire."""
+
+    path: str
+    """Relative to the server's root, e.g. ``/completion`` or ``/v1/chat/completions``."""
+    body: dict[str, Any]
+    route: Route
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _bias(value: float) -> float | bool:
+    if value == -math.inf:
+        return False  # llama-server: false bans the token
+    return min(value, 1e9)  # JSON has no infinity
+
+
+def _changed(s: Sampling, names: tuple[str, ...]) -> dict[str, Any]:
+    """The fields that differ from their defaults (Sampling's are llama-server's own)."""
+    return {n: _plain(getattr(s, n)) for n in names if getattr(s, n) != _DEFAULTS[n]}
+
+
+def _llama_sampling(s: Sampling, route: Route) -> dict[str, Any]:
+    body = _changed(s, _SAMPLERS)
+    body["temperature"] = s.temperature
+    body["seed"] = s.seed or -1  # llama-server: -1 is random, any other seed repeatable
+    if route == "chat":
+        if s.max_tokens:
+            body["max_tokens"] = s.max_tokens
+        if s.n_probs:
+            body.update(logprobs=True, top_logprobs=s.n_probs)
+    else:
+        body["n_predict"] = s.max_tokens or -1
+        if s.n_probs:
+            body["n_probs"] = s.n_probs
+    if s.ignore_eos:
+        body["ignore_eos"] = True
+    if s.logit_bias:
+        body["logit_bias"] = [[k, _bias(v)] for k, v in s.logit_bias.items()]
+    if s.grammar:
+        body["grammar"] = s.grammar
+    if s.json_schema is not None:
+        body["json_schema"] = dict(s.json_schema)
+    return body
+
+
+def _openai_sampling(s: Sampling, route: Route) -> dict[str, Any]:
+    body: dict[str, Any] = {"temperature": s.temperature}
+    if s.max_tokens:
+        body["max_tokens"] = s.max_tokens
+    if s.seed:
+        body["seed"] = s.seed
+    body.update({name: getattr(s, name) for name in _OPENAI_SAMPLERS})
+    body.update(_changed(s, _SAMPLERS))  # other names only when asked for
+    if s.n_probs:
+        if route == "chat":
+            body.update(logprobs=True, top_logprobs=s.n_probs)
+        else:
+            body["logprobs"] = s.n_probs
+    if s.ignore_eos:
+        body["ignore_eos"] = True
+    if s.logit_bias:
+        bias: dict[str, float] = {}
+        for key, value in s.logit_bias.items():
+            if isinstance(key, str):
+                raise InvalidInputError(
+                    f"logit_bias key {key!r}: this server speaks only OpenAI's API, which takes "
+                    "token ids; pass the ids of the text's tokens instead"
+                )
+            bias[str(key)] = max(-100.0, min(100.0, value))
+        body["logit_bias"] = bias
+    if s.grammar:
+        body["grammar"] = s.grammar
+    if s.json_schema is not None:
+        body["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "reply", "schema": dict(s.json_schema)},
+        }
+    return body
+
+
+def generation_call(request: GenerationRequest, dialect: Dialect) -> Call:
+    """The streaming request for ``request``: raw text or token ids through ``/completion``
+    (``/v1/completions`` for OpenAI-only servers), messages through the chat route."""
+    route: Route
+    if request.messages and request.prompt is None and request.tokens is None:
+        route = "chat"
+        path = "/v1/chat/completions"
+        body: dict[str, Any] = {
+            "messages": [
+                {"role": _ROLE_NAMES[m.role], "content": m.content} for m in request.messages
+            ]
+        }
+    else:
+        route = "completion" if dialect == "llama" else "oai_completion"
+        path = "/completion" if dialect == "llama" else "/v1/completions"
+        prompt = request.prompt if request.prompt is not None else list(request.tokens or ())
+        body = {"prompt": prompt}
+    s = request.sampling
+    if dialect == "llama":
+        body.update(_llama_sampling(s, route))
+        body["cache_prompt"] = True
+        stops = list(request.stops)
+    else:
+        body.update(_openai_sampling(s, route))
+        # OpenAI takes four stop strings; the client-side cleaner still cuts at the rest.
+        stops = list(request.stops[:_OPENAI_MAX_STOPS])
+    if stops:
+        body["stop"] = stops
+    body["stream"] = True
+    if route != "completion":
+        body["stream_options"] = {"include_usage": True}
+    return Call(path, body, route)
+
+
+# -- reading a stream ---------------------------------------------------------------------------
+
+
+def _prob(entry: Mapping[str, Any]) -> float:
+    if "prob" in entry:
+        return float(entry["prob"])
+    lp = float(entry.get("logprob", -math.inf))
+    return math.exp(lp) if lp > -1e30 else 0.0
+
+
+def _token_prob(entry: Mapping[str, Any], with_top: bool = True) -> TokenProb:
+    top = (entry.get("top_logprobs") or entry.get("top_probs") or ()) if with_top else ()
+    return TokenProb(
+        id=int(entry.get("id", -1)),
+        text=str(entry.get("token", "")),
+        prob=_prob(entry),
+        top=tuple(_token_prob(t, False) for t in top if isinstance(t, Mapping)),
+    )
+
+
+def _legacy_probs(lp: Mapping[str, Any]) -> list[TokenProb]:
+    """OpenAI's legacy ``logprobs`` (``tokens``, ``token_logprobs``, ``top_logprobs``)."""
+    out = []
+    tops = lp.get("top_logprobs") or []
+    pairs = zip(lp.get("tokens") or [], lp.get("token_logprobs") or [], strict=False)
+    for i, (text, value) in enumerate(pairs):
+        alts = tops[i] if i < len(tops) and isinstance(tops[i], Mapping) else {}
+        out.append(
+            TokenProb(
+                -1,
+                str(text),
+                math.exp(value) if value is not None else 0.0,
+                tuple(TokenProb(-1, str(t), math.exp(v)) for t, v in alts.items()),
+            )
+        )
+    return out
+
+
+def _probs(obj: Any) -> list[TokenProb]:
+    """Token probabilities from a ``completion_probabilities`` list, OpenAI's ``logprobs``
+    object (``content`` list), or the legacy completion shape."""
+    if isinstance(obj, list):
+        return [_token_prob(e) for e in obj if isinstance(e, Mapping)]
+    if isinstance(obj, Mapping):
+        if isinstance(obj.get("content"), list):
+            return _probs(obj["content"])
+        return _legacy_probs(obj)
+    return []
+
+
+def _seconds(ms: Any) -> timedelta:
+    return timedelta(milliseconds=float(ms or 0.0))
+
+
+class StreamDecoder:
+    """Turns one streamed response's events into text pieces and a final :class:`Outcome`.
+
+    Costs come from the server's ``timings`` (llama-server and ours), else from OpenAI's
+    ``usage`` with durations measured here; time to first token is measured here (from
+    ``started``, a ``time.monotonic()`` taken when the request was submitted).
+    """
+
+    def __init__(self, route: Route, *, started: float, want_probs: bool = False) -> None:
+        self.route = route
+        self.started = started
+        self.done = False
+        self._want_probs = want_probs
+        self._probs: list[TokenProb] = []
+        self._first: float | None = None
+        self._last: float | None = None
+        self._pieces = 0
+        self._evaluated = 0
+        self._reason: str | None = None
+        self._timings: Mapping[str, Any] | None = None
+        self._usage: Mapping[str, Any] | None = None
+
+    def _piece(self, text: Any, out: list[RawItem]) -> None:
+        if isinstance(text, str) and text:
+            now = time.monotonic()
+            if self._first is None:
+                self._first = now
+            self._last = now
+            self._pieces += 1
+            out.append(text)
+
+    def feed(self, event: dict[str, Any] | Literal["[DONE]"]) -> list[RawItem]:
+        """Items for one event (a JSON payload, or ``"[DONE]"``)."""
+        out: list[RawItem] = []
+        if self.done:
+            return out
+        if event == "[DONE]":
+            out.append(self.outcome())
+            return out
+        if isinstance(event.get("error"), Mapping):
+            raise error_from_response(500, event, "the stream")
+        if isinstance(event.get("timings"), Mapping):
+            self._timings = event["timings"]
+        if isinstance(event.get("usage"), Mapping):
+            self._usage = event["usage"]
+        if self.route == "completion":
+            self._evaluated = int(event.get("tokens_evaluated") or self._evaluated)
+            self._piece(event.get("content"), out)
+            if self._want_probs:
+                self._probs += _probs(event.get("completion_probabilities"))
+            if event.get("stop") is True:
+                self._reason = "length" if event.get("stop_type") == "limit" else "stop"
+                out.append(self.outcome())
+            return out
+        for choice in event.get("choices") or ():
+            if not isinstance(choice, Mapping) or choice.get("index", 0) != 0:
+                continue
+            if self.route == "chat":
+                delta = choice.get("delta")
+                self._piece(delta.get("content") if isinstance(delta, Mapping) else None, out)
+            else:
+                self._piece(choice.get("text"), out)
+            if self._want_probs:
+                self._probs += _probs(choice.get("logprobs"))
+            if choice.get("finish_reason"):
+                self._reason = "length" if choice["finish_reason"] == "length" else "stop"
+        return out
+
+    def end_of_stream(self) -> Outcome:
+        """The outcome when the response ended without ``[DONE]``; an error unless the
+        server at least said why it finished."""
+        if self._reason is None:
+            raise BackendError(
+                "the server ended the reply without its final event (it may have stopped "
+                "or crashed); check the server's log"
+            )
+        return self.outcome()
+
+    def cancelled(self) -> Outcome:
+        """The outcome of a request the caller stopped: counted here, as far as it got."""
+        self._reason = "cancelled"
+        self._timings = None
+        return self.outcome()
+
+    def outcome(self) -> Outcome:
+        self.done = True
+        reason: FinishReason = "length" if self._reason == "length" else "stop"
+        if self._reason == "cancelled":
+            reason = "cancelled"
+        first = self._first
+        ttft = timedelta(seconds=first - self.started) if first is not None else timedelta()
+        gen_time = timedelta(seconds=(self._last or 0.0) - first) if first is not None else ttft
+        probs = tuple(self._probs) if self._want_probs else None
+        t = self._timings
+        if t is not None:
+            return Outcome(
+                finish_reason=reason,
+                prompt=TokenPerformance(int(t.get("prompt_n") or 0), _seconds(t.get("prompt_ms"))),
+                cached_tokens=int(t.get("cache_n") or 0),
+                generated=TokenPerformance(
+                    int(t.get("predicted_n") or 0), _seconds(t.get("predicted_ms"))
+                ),
+                time_to_first_token=ttft,
+                logprobs=probs,
+            )
+        u = self._usage or {}
+        details = u.get("prompt_tokens_details")
+        cached = int(details.get("cached_tokens") or 0) if isinstance(details, Mapping) else 0
+        n_prompt = int(u.get("prompt_tokens") or self._evaluated) - cached
+        n_gen = int(u.get("completion_tokens") or self._pieces)
+        return Outcome(
+            finish_reason=reason,
+            prompt=TokenPerformance(max(0, n_prompt), ttft),
+            cached_tokens=cached,
+            generated=TokenPerformance(n_gen, gen_time),
+            time_to_first_token=ttft,
+            logprobs=probs,
+        )
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+
+def _error_fields(body: Any) -> tuple[str, str]:
+    """``(message, type)`` from llama-server's, OpenAI's or a plain body."""
+    if isinstance(body, (bytes, str)):
+        text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+        try:
+            body = json.loads(text)
+        except ValueError:
+            return text.strip()[:500], ""
+    if isinstance(body, Mapping):
+        err = body.get("error")
+        if isinstance(err, Mapping):
+            return str(err.get("message", "")), str(err.get("type", ""))
+        if isinstance(err, str):
+            return err, ""
+        if "detail" in body:  # FastAPI-based servers (vLLM and others)
+            return str(body["detail"]), ""
+    return str(body)[:500], ""
+
+
+def error_from_response(status: int, body: Any, where: str) -> LLMError:
+    """Our error for a server's error answer, with the server's own message.
+
+    ``where`` names what was asked (the URL), for messages that say what to check.
+    """
+    message, kind = _error_fields(body)
+    said = f": {message}" if message else ""
+    if kind == "exceed_context_size_error":
+        return ContextOverflowError(
+            f"the prompt does not fit in the server's context{said}; shorten the conversation "
+            "or start the server with a larger context (-c)"
+        )
+    if status in (401, 403) or kind in ("authentication_error", "permission_error"):
+        return BackendError(
+            f"the server refused the API key ({status}{said}) at {where}; check Options.api_key "
+            "or $LLM_INPROC_API_KEY"
+        )
+    if status == 404 or kind == "not_found_error":
+        return BackendError(
+            f"{where} does not exist on the server (404{said}); check that Options.remote points "
+            "at a llama-server or OpenAI-compatible server (and the /v1 part of a URL)"
+        )
+    if status == 429 or (status == 503 and "loading" not in message.lower()):
+        return BusyError(f"the server is busy ({status}{said}); retry later")
+    if status == 400 or kind == "invalid_request_error":
+        return InvalidInputError(f"the server refused the request{said}")
+    if status == 503:
+        return BackendError(f"the server is not ready ({message}); retry once it has loaded")
+    return BackendError(f"the server failed at {where} ({status}{said})")
+
+
+# -- what the server runs -----------------------------------------------------------------------
+
+
+def _first_model(models: Any) -> Mapping[str, Any]:
+    data = models.get("data") if isinstance(models, Mapping) else None
+    if isinstance(data, list) and data and isinstance(data[0], Mapping):
+        return data[0]
+    return {}
+
+
+def model_name(props: Any, models: Any) -> str:
+    """The model the server runs, as it names it (alias, path, or OpenAI model id)."""
+    if isinstance(props, Mapping):
+        for key in ("model_alias", "model_path"):
+            if props.get(key):
+                return str(props[key])
+    return str(_first_model(models).get("id", ""))
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def info_from_props(props: Mapping[str, Any], models: Any, url: str) -> ModelInfo:
+    """:class:`ModelInfo` from llama-server's ``/props`` (and ``/v1/models`` for the trained
+    context length); what a server does not say reads 0 or empty."""
+    settings = props.get("default_generation_settings")
+    settings = settings if isinstance(settings, Mapping) else {}
+    meta = _first_model(models).get("meta")
+    meta = meta if isinstance(meta, Mapping) else {}
+    ftype = props.get("model_ftype") or meta.get("ftype") or ""
+    return ModelInfo(
+        architecture="",
+        description=f"{model_name(props, models)} {ftype}".strip() + f" at {url}",
+        chat_template=str(props.get("chat_template") or "") or None,
+        n_ctx=_int(settings.get("n_ctx") or meta.get("n_ctx")),
+        n_ctx_train=_int(meta.get("n_ctx_train")),
+        n_layers=0,
+        gpu_layers_offloaded=0,
+        gpu_offload_supported=False,
+        threads=0,
+        parallel=max(1, _int(props.get("total_slots"))),
+    )
+
+
+def info_from_models(models: Any, url: str) -> ModelInfo:
+    """:class:`ModelInfo` of an OpenAI-only server, from ``/v1/models``."""
+    first = _first_model(models)
+    meta = first.get("meta")
+    meta = meta if isinstance(meta, Mapping) else {}
+    n_ctx = _int(meta.get("n_ctx") or first.get("max_model_len") or first.get("context_length"))
+    return ModelInfo(
+        architecture="",
+        description=f"{first.get('id', 'a model')} at {url}",
+        chat_template=None,
+        n_ctx=n_ctx,
+        n_ctx_train=_int(meta.get("n_ctx_train")),
+        n_layers=0,
+        gpu_layers_offloaded=0,
+        gpu_offload_supported=False,
+        threads=0,
+    )
