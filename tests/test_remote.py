@@ -316,6 +316,9 @@ def test_closing_the_stream_or_cancelling_the_task_stops_the_server(
 
         asyncio.run(cancel())
         _wait_idle(s)
+        with pytest.raises(TimeoutError):
+            s.prompt(MSGS, max_tokens=900, sampling=endless, timeout=0.5)
+        _wait_idle(s)
         reply = s.complete(MSGS, max_tokens=4, temperature=0)  # the slot is free again
         assert reply.generated.count == 4
 
