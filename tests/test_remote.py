@@ -168,7 +168,7 @@ def test_openai_usage_without_timings_and_a_stream_cut_short() -> None:
 def test_server_errors_become_our_errors_with_the_servers_message(
     status: int, body: Any, kind: type[Exception], needle: str
 ) -> None:
-    from llm_inproc.wire_client import error_from_response
+    from llm_inproc.wire_answers import error_from_response
 
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     error = error_from_response(status, raw, "http://h/x")
@@ -445,3 +445,19 @@ def test_an_openai_only_server_gets_the_raw_prompt_through_v1_completions(
         assert s.encoding is None  # no model named: the server's own template
         assert s.model.endswith(".gguf")
         assert s.prompt(MSGS, max_tokens=4, temperature=0)
+
+
+@pytest.mark.model
+def test_remote_use_never_imports_llama_cpp(servers: dict[tuple[str, str], Server]) -> None:
+    from subproc import run_python
+
+    code = (
+        "import sys\n"
+        "from llm_inproc import Message, Options, Role, Session\n"
+        f"with Session(Options(remote={servers['ours', 'smol'].url!r})) as s:\n"
+        "    s.prompt([Message(Role.USER, 'Hi')], max_tokens=2)\n"
+        "print(sorted(m for m in ('llama_cpp', 'starlette', 'uvicorn') if m in sys.modules))\n"
+    )
+    done = run_python(code, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

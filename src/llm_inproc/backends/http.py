@@ -23,16 +23,8 @@ import httpx2
 from ..errors import BackendError, LLMError, SessionClosedError
 from ..metrics import Metrics
 from ..wire import SSEDecoder
-from ..wire_client import (
-    Call,
-    Dialect,
-    StreamDecoder,
-    error_from_response,
-    generation_call,
-    info_from_models,
-    info_from_props,
-    model_name,
-)
+from ..wire_answers import error_from_response, info_from_models, info_from_props, model_name
+from ..wire_client import Call, Dialect, StreamDecoder, generation_call
 from .base import GenerationRequest, Outcome, RawItem
 from .http_io import EventLoopThread, Mailbox
 
