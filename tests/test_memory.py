@@ -468,3 +468,30 @@ def test_concurrent_get_save_load_forget(tmp_path: Path) -> None:
         loaded.load_file(tmp_path / f"{user}.json")
         assert user in {c.user for c in loaded}
     assert sorted(os.listdir(tmp_path)) == sorted(f"{u}.json" for u in users)
+
+
+# --- load_file errors name the file ------------------------------------------------------------
+
+
+def test_load_file_missing_is_our_error_and_still_file_not_found(tmp_path: Path) -> None:
+    from llm_inproc import LLMError, MemoryFileNotFoundError
+
+    path = tmp_path / "absent.json"
+    memory = _sample_memory()
+    before = _dump(memory)
+    with pytest.raises(MemoryFileNotFoundError) as info:
+        memory.load_file(path)
+    err = info.value
+    assert isinstance(err, LLMError) and isinstance(err, FileNotFoundError)
+    assert err.filename == str(path) and err.errno == 2
+    assert str(path) in str(err) and "Memory.save_file" in str(err)
+    assert _dump(memory) == before
+
+
+def test_load_file_corrupt_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "memory.json"
+    path.write_text('{"v": 1, "c": [{"u": "x", "oops": 1}]}', encoding="utf-8")
+    with pytest.raises(InvalidInputError) as info:
+        Memory().load_file(path)
+    message = str(info.value)
+    assert str(path) in message and "'oops'" in message and "c[0]" in message

@@ -7,6 +7,7 @@ naturally catch, so ``except FileNotFoundError`` keeps working::
     ├── InvalidInputError (ValueError)      bad reference, option, message list, argument
     │   └── ContextOverflowError            the prompt does not fit in the context window
     ├── ModelNotFoundError (FileNotFoundError)  no such file, repository, revision or quantization
+    ├── MemoryFileNotFoundError (FileNotFoundError)  ``Memory.load_file`` of a missing file
     ├── ModelLoadError                      the file exists but llama.cpp cannot load it
     ├── BackendError (ConnectionError)      a server is unreachable or answered with an error
     ├── BusyError                           too many requests already wait for the session
@@ -24,6 +25,7 @@ __all__ = [
     "ContextOverflowError",
     "InvalidInputError",
     "LLMError",
+    "MemoryFileNotFoundError",
     "ModelLoadError",
     "ModelNotFoundError",
     "RequestTimeoutError",
@@ -45,6 +47,10 @@ class ContextOverflowError(InvalidInputError):
 
 class ModelNotFoundError(LLMError, FileNotFoundError):
     """The model file, repository, revision or quantization does not exist."""
+
+
+class MemoryFileNotFoundError(LLMError, FileNotFoundError):
+    """``Memory.load_file`` was given a path where there is no file (``filename`` is it)."""
 
 
 class ModelLoadError(LLMError):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import json
 import os
 import re
@@ -26,7 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from .errors import InvalidInputError
+from .errors import InvalidInputError, MemoryFileNotFoundError
 from .messages import Message, Role
 
 __all__ = ["Conversation", "Memory"]
@@ -185,14 +186,28 @@ class Memory:
     def load_file(self, path: str | os.PathLike[str]) -> None:
         """Replace the memory's content with the file at ``path`` (see :meth:`load`).
 
-        A missing or unreadable file raises the usual :class:`OSError`.
+        A missing file raises :class:`MemoryFileNotFoundError` (a ``FileNotFoundError``);
+        another unreadable one the usual :class:`OSError`; a corrupt one
+        :class:`InvalidInputError` naming the file. The memory is then left unchanged.
         """
-        with open(path, encoding="utf-8") as f:
+        try:
+            f = open(path, encoding="utf-8")  # noqa: SIM115 (closed below; open's error is ours)
+        except FileNotFoundError:
+            raise MemoryFileNotFoundError(
+                errno.ENOENT,
+                "no memory file there; save one first with Memory.save_file, "
+                "or start from an empty Memory() when there is nothing to load",
+                os.fspath(path),
+            ) from None
+        with f:
             try:
                 text = f.read()
             except UnicodeDecodeError as exc:
                 raise InvalidInputError(f"memory file {path}: not UTF-8 text; {_HINT}") from exc
-        conversations = _parse(text)
+        try:
+            conversations = _parse(text)
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"memory file {path}: {exc}") from None
         with self._lock:
             self._conversations = conversations
 

@@ -1,0 +1,254 @@
+"""``llm-inproc chat`` run as a real subprocess on the default model (SmolLM2-135M-Instruct):
+resuming, --new, --system, slash commands, a corrupt memory file, a history longer than the
+context, and Ctrl-C / Ctrl-D on a real terminal (a pty)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import select
+import subprocess
+import sys
+import termios
+import time
+from pathlib import Path
+
+import pytest
+
+from llm_inproc import DEFAULT_MODEL, Conversation, Memory, Message, Role
+from llm_inproc.cli._chat_fit import fit_history, reply_reserve
+from subproc import child_env, run_cli
+
+FAST = ("--temperature", "0", "--max-tokens", "16", "--context-length", "1024")
+
+
+def chat(cache: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    env = child_env(HF_HUB_OFFLINE="1", LLM_INPROC_CACHE=str(cache))
+    return run_cli("chat", *FAST, *args, stdin=stdin, env=env, timeout=120)
+
+
+def saved(cache: Path, model: str = str(DEFAULT_MODEL), channel: str = "cli") -> Conversation:
+    memory = Memory()
+    memory.load_file(cache / "chat-memory.json")
+    (conv,) = [c for c in memory if c.channel == f"{channel}@{model}"]
+    return conv
+
+
+def roles(conv: Conversation) -> list[Role]:
+    return [m.role for m in conv.messages]
+
+
+# --- fitting the history (pure) ----------------------------------------------------------------
+
+
+def test_fit_history_drops_whole_oldest_turns_and_keeps_the_system_prompt() -> None:
+    sys_msg = Message(Role.SYSTEM, "s" * 10)
+    turns = [Message(Role.USER if i % 2 == 0 else Role.ASSISTANT, "x" * 10) for i in range(6)]
+    count = lambda ms: sum(len(m.content) for m in ms)  # noqa: E731
+    kept, dropped = fit_history([sys_msg, *turns, Message(Role.USER, "new")], count, 35)
+    assert kept[0] is sys_msg and kept[-1].content == "new"
+    assert dropped == 4 and roles(Conversation("", "", messages=kept[1:]))[0] is Role.USER
+    assert count(kept) <= 35
+    kept, dropped = fit_history([Message(Role.USER, "y" * 99)], count, 10)
+    assert len(kept) == 1 and dropped == 0  # the new message stays; the caller says it is long
+    assert reply_reserve(512, 16) == 16 and reply_reserve(512, 0) == 128
+    assert reply_reserve(512, 10_000) == 256
+
+
+# --- piped stdin -------------------------------------------------------------------------------
+
+
+@pytest.mark.model
+def test_resume_is_announced_and_new_starts_over(chat_model_path: Path, tmp_path: Path) -> None:
+    r = chat(tmp_path, "--system", "You are a pirate.", stdin="Hello\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() and "resuming" not in r.stderr
+    conv = saved(tmp_path)
+    assert roles(conv) == [Role.SYSTEM, Role.USER, Role.ASSISTANT]
+    assert conv.messages[0].content == "You are a pirate." and conv.messages[1].content == "Hello"
+
+    r = chat(tmp_path, stdin="Again\n")
+    assert r.returncode == 0, r.stderr
+    assert "resuming the conversation in channel 'cli' (3 messages)" in r.stderr
+    assert "--new" in r.stderr
+    assert [m.content for m in saved(tmp_path).messages][:4] == [
+        "You are a pirate.", "Hello", conv.messages[2].content, "Again",
+    ]  # fmt: skip
+
+    # A different --system replaces the saved one, and says so.
+    r = chat(tmp_path, "--system", "You are a cat.", stdin="Meow\n")
+    assert "replaces the system prompt" in r.stderr
+    assert saved(tmp_path).messages[0] == Message(Role.SYSTEM, "You are a cat.")
+    assert len(saved(tmp_path).messages) == 7
+
+    r = chat(tmp_path, "--new", stdin="Fresh\n")
+    assert r.returncode == 0, r.stderr
+    assert "resuming" not in r.stderr
+    assert [m.content for m in saved(tmp_path).messages][:1] == ["Fresh"]
+    assert roles(saved(tmp_path)) == [Role.USER, Role.ASSISTANT]
+    assert sorted(p.name for p in tmp_path.glob("chat-memory*")) == ["chat-memory.json"]
+
+
+@pytest.mark.model
+def test_another_model_does_not_continue_the_conversation(
+    chat_model_path: Path, tmp_path: Path
+) -> None:
+    assert chat(tmp_path, stdin="Hello\n").returncode == 0
+    # The same weights named by path are another model as far as the memory knows.
+    r = chat(tmp_path, "--model", str(chat_model_path), stdin="Hi\n")
+    assert r.returncode == 0, r.stderr
+    assert "resuming" not in r.stderr
+    assert [m.content for m in saved(tmp_path, str(chat_model_path)).messages][:1] == ["Hi"]
+    assert saved(tmp_path).messages[0].content == "Hello"  # the first one is untouched
+
+
+@pytest.mark.model
+def test_slash_commands_are_never_sent(chat_model_path: Path, tmp_path: Path) -> None:
+    stdin = "/help\n/frobnicate now\n/system Be terse.\n//etc is a folder\n/bye\nNever sent\n"
+    r = chat(tmp_path, stdin=stdin)
+    assert r.returncode == 0, r.stderr
+    assert "/new" in r.stderr and "/system TEXT" in r.stderr  # /help
+    assert "unknown command /frobnicate, not sent to the model" in r.stderr
+    assert "/bye" in r.stderr.split("unknown command", 1)[1]  # the list comes with it
+    assert "system prompt set" in r.stderr
+    conv = saved(tmp_path)
+    assert [m.content for m in conv.messages][:2] == ["Be terse.", "/etc is a folder"]
+    assert roles(conv) == [Role.SYSTEM, Role.USER, Role.ASSISTANT]
+    assert len(r.stdout.strip().splitlines()) >= 1
+
+    # /new keeps a system prompt set in this run; without one it empties the conversation.
+    r = chat(tmp_path, stdin="/system Be brief.\n/new\n/system\n")
+    assert "new conversation with the system prompt" in r.stderr
+    assert "system prompt: Be brief." in r.stderr
+    assert saved(tmp_path).messages == [Message(Role.SYSTEM, "Be brief.")]
+    assert r.stdout == ""
+    r = chat(tmp_path, stdin="/new\n/exit\n")
+    assert r.returncode == 0 and saved(tmp_path).messages == []
+
+
+@pytest.mark.model
+def test_corrupt_memory_is_named_and_moved_aside_on_new(
+    chat_model_path: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "chat-memory.json"
+    path.write_text('{"v": 1, "c": [', encoding="utf-8")
+    r = chat(tmp_path, stdin="Hello\n")
+    assert r.returncode == 1
+    assert str(path) in r.stderr and "--new" in r.stderr and "Traceback" not in r.stderr
+    assert path.read_text(encoding="utf-8") == '{"v": 1, "c": ['
+
+    r = chat(tmp_path, "--new", stdin="Hello\n")
+    assert r.returncode == 0, r.stderr
+    (aside,) = tmp_path.glob("chat-memory.json.corrupt-*")
+    assert aside.read_text(encoding="utf-8") == '{"v": 1, "c": ['
+    assert str(aside) in r.stderr
+    assert [m.content for m in saved(tmp_path).messages][:1] == ["Hello"]
+
+
+@pytest.mark.model
+def test_long_history_drops_oldest_turns_keeps_system(
+    chat_model_path: Path, tmp_path: Path
+) -> None:
+    lines = [f"Turn {i}: " + "please remember these words " * 20 for i in range(8)]
+    r = chat(
+        tmp_path, "--context-length", "512", "--system", "You are terse.",
+        stdin="".join(line + "\n" for line in lines),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "outgrew the 512-token context" in r.stderr and "system prompt is kept" in r.stderr
+    conv = saved(tmp_path)
+    assert conv.messages[0] == Message(Role.SYSTEM, "You are terse.")
+    users = [m.content for m in conv.messages if m.role is Role.USER]
+    assert users[-1] == lines[-1].strip()
+    assert lines[0].strip() not in users and len(users) < len(lines)
+    assert conv.messages[1].role is Role.USER  # whole turns were dropped
+    assert len(r.stdout.strip().splitlines()) >= len(lines) // 2  # every turn was answered
+
+
+# --- a real terminal ---------------------------------------------------------------------------
+
+
+def _take_terminal() -> None:
+    # In the child after setsid: make the pty its controlling terminal, so ^C sends SIGINT.
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+class Terminal:
+    """``llm-inproc chat`` on a pty, read as the user sees it."""
+
+    def __init__(self, cache: Path, *args: str) -> None:
+        self.master, slave = os.openpty()
+        env = child_env(HF_HUB_OFFLINE="1", LLM_INPROC_CACHE=str(cache), TERM="dumb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "llm_inproc.cli", "chat", *args],
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_take_terminal,  # (the test runs no threads that fork)
+        )
+        os.close(slave)
+        self.seen = ""
+
+    def expect(self, pattern: str, timeout: float = 60) -> str:
+        """Read until ``pattern`` (a regex) appears in what came after the last match."""
+        deadline = time.monotonic() + timeout
+        while (m := re.search(pattern, self.seen)) is None:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([self.master], [], [], max(0.0, left))
+            if not ready:
+                raise AssertionError(f"no {pattern!r} in {self.seen!r}")
+            try:
+                chunk = os.read(self.master, 4096)
+            except OSError:  # the child closed the terminal
+                chunk = b""
+            if not chunk:
+                raise AssertionError(f"ended without {pattern!r}: {self.seen!r}")
+            self.seen += chunk.decode("utf-8", "replace")
+        before, self.seen = self.seen[: m.end()], self.seen[m.end() :]
+        return before
+
+    def send(self, text: str) -> None:
+        os.write(self.master, text.encode())
+
+    def close(self) -> int:
+        rc = self.proc.wait(timeout=30)
+        os.close(self.master)
+        return rc
+
+
+@pytest.mark.model
+def test_terminal_ctrl_c_stops_a_reply_and_ctrl_d_quits(
+    chat_model_path: Path, tmp_path: Path
+) -> None:
+    ask = "Count from 1 to 500, one number per line."
+    term = Terminal(tmp_path, "--temperature", "0", "--max-tokens", "0", "--context-length", "1024")
+    try:
+        term.expect(r"/help for commands.*\n")
+        term.expect(r"> ")
+        term.send(ask + "\r")
+        term.expect(re.escape(ask) + r"\s*\r?\n")
+        term.expect(r"\d+\D+\d+\D+\d+")  # the reply is coming
+        term.send("\x03")
+        term.expect(r"stopped; the partial reply is kept in the conversation")
+        term.expect(r"> ")
+        term.send("\x03")  # at an empty prompt: quit
+        assert term.close() == 0
+    finally:
+        term.proc.kill()
+    conv = saved(tmp_path)
+    assert [m.role for m in conv.messages] == [Role.USER, Role.ASSISTANT]
+    assert conv.messages[0].content == ask and re.search(r"\d", conv.messages[1].content)
+    assert ask in (tmp_path / "chat-history").read_text(encoding="utf-8")  # readline history
+
+    term = Terminal(tmp_path, *FAST)
+    try:
+        term.expect(r"resuming the conversation in channel 'cli' \(2 messages\)")
+        term.expect(r"> ")
+        term.send("\x04")  # Ctrl-D: the prompt's line is ended, and the chat quits
+        term.expect(r"\n")
+        assert term.close() == 0
+    finally:
+        term.proc.kill()
