@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import select
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from llm_inproc import Memory, Role
+import llm_inproc
+from llm_inproc import Memory, Role, Sampling
+from llm_inproc.config import DEFAULT_MODEL
+from llm_inproc.embedded import GEMMA_BASE
 from subproc import child_env, run_cli, run_python
 
 
@@ -60,7 +67,7 @@ def test_prompt_streams_reply_offline(model_path: Path) -> None:
 
 
 @pytest.mark.model
-def test_prompt_json_reports_metrics(model_path: Path) -> None:
+def test_prompt_json_reports_metrics(chat_model_path: Path) -> None:
     r = cli(
         "prompt",
         "--json",
@@ -77,7 +84,8 @@ def test_prompt_json_reports_metrics(model_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["reply"]
-    assert out["model"].startswith("hf:hugginllam/gemma-3-270m")
+    assert out["model"] == DEFAULT_MODEL  # SmolLM2-135M-Instruct, the embedded default
+    assert out["finish_reason"] in ("stop", "length")
     m = out["metrics"]
     assert 0 < m["generated"]["count"] <= 12
     assert m["prompt"]["count"] > 5
@@ -90,6 +98,7 @@ def test_prompt_reads_stdin(model_path: Path) -> None:
     r = cli("prompt", "--max-tokens", "4", "--temperature", "0", stdin="Say hi.")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip()
+    assert "reading the prompt" not in r.stderr  # stdin is a pipe here: no note
 
 
 @pytest.mark.model
@@ -124,6 +133,9 @@ def test_bench_reports_rates(model_path: Path, tmp_path: Path) -> None:
     out = json.loads(r.stdout)
     assert out["generation"] > 0 and out["prompt"] > 0
     assert out["tokens"] == 8 and out["runs"] == 1
+    # What was generated, not only what was asked: ours (EOS banned) made all 8 each time.
+    assert out["tokens_generated"]["peers"]["ours (in-process)"] == [8]
+    assert out["short_replies"] == []
     assert cli("bench", "--runs", "0").returncode == 1
 
 
@@ -144,3 +156,324 @@ def test_pull_and_models_know_the_embedded_model(model_path: Path) -> None:
     assert any(m["path"] == str(model_path) and m["source"].startswith("pypi:") for m in listed)
     bad = cli("pull", "models/local.gguf")
     assert bad.returncode == 1 and "not an hf: reference" in bad.stderr
+
+
+# -- the command line's habits (issue 8) ------------------------------------------------------
+
+
+def test_version_prints_the_package_version() -> None:
+    r = cli("--version")
+    assert r.returncode == 0
+    assert r.stdout.strip() == f"llm-inproc {llm_inproc.__version__}"
+
+
+def test_verbose_also_after_the_subcommand(tmp_path: Path) -> None:
+    """``-v`` after the subcommand turns on tracebacks as it does before it."""
+    missing = str(tmp_path / "missing.gguf")
+    for argv in (
+        ("-v", "prompt", "--model", missing, "hi"),
+        ("prompt", "-v", "--model", missing, "hi"),
+    ):
+        r = cli(*argv)
+        assert r.returncode == 1
+        assert "Traceback" in r.stderr and "does not exist" in r.stderr
+    quiet = cli("prompt", "--model", missing, "hi")
+    assert "Traceback" not in quiet.stderr
+
+
+def test_unknown_flag_shows_the_subcommands_usage() -> None:
+    for command in ("prompt", "models", "bench"):
+        r = cli(command, "--bogus", *(["hi"] if command == "prompt" else []))
+        assert r.returncode == 2
+        assert r.stderr.startswith(f"usage: llm-inproc {command} "), r.stderr
+        assert f"llm-inproc {command}: error: unrecognized arguments: --bogus" in r.stderr
+
+
+def test_help_shows_every_default() -> None:
+    """Every flag that takes a value says its default, in each of our subcommands."""
+    from llm_inproc.cli import HelpFormatter, build_parser
+
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    formatter = HelpFormatter("llm-inproc")
+    # serve's flags are llama-server's (llm_inproc.server.flags); chat is checked by its own tests.
+    for name in ("prompt", "models", "info", "pull", "build", "bench"):
+        for action in sub.choices[name]._actions:
+            if not action.option_strings or action.nargs == 0:
+                continue  # positionals, switches, --help
+            text = formatter._get_help_string(action) or ""
+            assert "default" in text, f"{name} {action.option_strings[0]}: {text!r}"
+    r = cli("prompt", "--help")
+    assert r.returncode == 0
+    flat = " ".join(r.stdout.split())
+    for shown in ("(default: 0.8)", "(default: 512)", "(default: 40)", "(default: 0.95)"):
+        assert shown in flat
+    assert "llama-server and Ollama" in flat  # why 0.8
+
+
+def test_prompt_from_a_terminal_says_it_reads_stdin(chat_model_path: Path) -> None:
+    master, slave = os.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "llm_inproc.cli", "prompt", "--max-tokens", "8"],
+            stdin=slave,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=child_env(HF_HUB_OFFLINE="1"),
+        )
+        os.close(slave)
+        assert proc.stderr is not None
+        ready, _, _ = select.select([proc.stderr], [], [], 120)
+        assert ready, "no note on stderr while waiting for the terminal"
+        note = proc.stderr.readline()  # said before anything is typed
+        assert "reading the prompt from stdin; end it with Ctrl-D" in note
+        os.write(master, b"Say hello.\n\x04")  # a line, then Ctrl-D at the start of the next
+        out, err = proc.communicate(timeout=300)
+    finally:
+        os.close(master)
+    assert proc.returncode == 0, err
+    assert out.strip()
+
+
+# -- choosing the model: --model > $LLM_INPROC_MODEL > --config > default ---------------------
+
+
+def test_model_precedence(tmp_path: Path) -> None:
+    """Each source in turn names a missing file, so the error says which one won."""
+    config = tmp_path / "config.yml"
+    config.write_text(f"llm:\n  model: {tmp_path / 'from-config.gguf'}\n")
+    env = {"LLM_INPROC_MODEL": str(tmp_path / "from-env.gguf")}
+    flag = ("--model", str(tmp_path / "from-flag.gguf"))
+    cases = [
+        (("--config", str(config), *flag), env, "from-flag.gguf"),
+        (("--config", str(config)), env, "from-env.gguf"),
+        (("--config", str(config)), {}, "from-config.gguf"),
+    ]
+    for argv, extra_env, winner in cases:
+        r = cli("prompt", *argv, "hi", env=extra_env)
+        assert r.returncode == 1
+        assert winner in r.stderr and "does not exist" in r.stderr, r.stderr
+
+
+@pytest.mark.model
+def test_config_file_sets_the_model_and_options(model_path: Path, tmp_path: Path) -> None:
+    config = tmp_path / "config.yml"
+    config.write_text(f"llm:\n  model: {GEMMA_BASE.ref}\n  context_length: 1024\n")
+    r = cli("prompt", "--json", "--config", str(config), "--max-tokens", "4", "Hello")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["model"] == GEMMA_BASE.ref
+    r = cli(
+        "prompt", "--json", "--max-tokens", "4", "Hello", env={"LLM_INPROC_MODEL": GEMMA_BASE.ref}
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["model"] == GEMMA_BASE.ref
+
+
+def test_bad_config_file_is_one_line_naming_it(tmp_path: Path) -> None:
+    bad_key = tmp_path / "bad-key.yml"
+    bad_key.write_text("llm:\n  modle: x.gguf\n")
+    bad_yaml = tmp_path / "bad-yaml.yml"
+    bad_yaml.write_text("llm: [\n")
+    for path in (tmp_path / "missing.yml", bad_key, bad_yaml):
+        r = cli("prompt", "--config", str(path), "hi")
+        assert r.returncode == 1
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("llm-inproc: error: "), r.stderr
+        assert str(path) in lines[0]
+    assert "unknown key 'modle'" in cli("prompt", "--config", str(bad_key), "hi").stderr
+
+
+@pytest.mark.model
+def test_models_marks_the_default(model_path: Path, chat_model_path: Path) -> None:
+    listed = json.loads(cli("models", "--json").stdout)
+    assert [m["ref"] for m in listed if m["default"]] == [DEFAULT_MODEL]
+    lines = cli("models").stdout.splitlines()
+    assert [line.split()[1] for line in lines if line.startswith("* ")] == [DEFAULT_MODEL]
+    # $LLM_INPROC_MODEL changes which model prompt runs, so which one is marked.
+    env = {"LLM_INPROC_MODEL": GEMMA_BASE.ref}
+    listed = json.loads(cli("models", "--json", env=env).stdout)
+    assert [m["ref"] for m in listed if m["default"]] == [GEMMA_BASE.ref]
+
+
+def test_bench_counts_what_was_generated() -> None:
+    """A reply that ended before --tokens is reported with its real count."""
+    from llm_inproc.cli._bench import generated_counts, short_replies
+
+    result = {
+        "config": {"tokens": 128},
+        "peers": {"series": {"ours (in-process)": {"gen_n": [128.0, 128.0]}}},
+        "llm": {"series": {"llm -m SmolLM2": {"gen_n": [41.0, 57.0]}, "x": {"ttft": [1.0]}}},
+    }
+    assert generated_counts(result) == {
+        "peers": {"ours (in-process)": [128, 128]},
+        "llm": {"llm -m SmolLM2": [41, 57]},
+    }
+    assert short_replies(result) == [
+        {"section": "llm", "peer": "llm -m SmolLM2", "tokens": 41, "asked": 128}
+    ]
+
+
+# -- sampling flags (issue 11) ----------------------------------------------------------------
+
+
+def _kwargs(*argv: str) -> dict[str, object]:
+    from llm_inproc.cli import parse_args
+    from llm_inproc.cli._common import sampling_kwargs
+
+    return sampling_kwargs(parse_args(["prompt", *argv, "hi"]))
+
+
+def test_sampling_flags_make_one_sampling_value(tmp_path: Path) -> None:
+    kw = _kwargs()
+    assert kw == {
+        "max_tokens": 512,
+        "seed": 0,
+        "temperature": 0.8,
+        "sampling": Sampling(max_tokens=512, temperature=0.8),
+    }
+    schema = tmp_path / "schema.json"
+    schema.write_text('{"type": "object"}')
+    kw = _kwargs(
+        "--top-k", "5", "--top-p", "0.5", "--min-p", "0.1", "--repeat-penalty", "1.1",
+        "--stop", "END", "--stop", "\n\n", "--seed", "7", "--json-schema", str(schema),
+    )  # fmt: skip
+    assert kw["sampling"] == Sampling(
+        max_tokens=512, seed=7, temperature=0.8, top_k=5, top_p=0.5, min_p=0.1,
+        repeat_penalty=1.1, stop=("END", "\n\n"), json_schema={"type": "object"},
+    )  # fmt: skip
+    assert kw["seed"] == 7
+
+
+def test_config_sampling_is_the_base_and_flags_win(tmp_path: Path) -> None:
+    config = tmp_path / "config.yml"
+    config.write_text("llm:\n  sampling:\n    temperature: 0.3\n    top_k: 5\n    stop: [END]\n")
+    kw = _kwargs("--config", str(config))
+    assert kw["temperature"] == 0.3
+    assert kw["sampling"] == Sampling(max_tokens=512, temperature=0.3, top_k=5, stop=("END",))
+    kw = _kwargs("--config", str(config), "--temperature", "0.8", "--top-k", "9")
+    assert kw["temperature"] == 0.8
+    assert kw["sampling"] == Sampling(max_tokens=512, temperature=0.8, top_k=9, stop=("END",))
+
+
+def test_bad_flag_values_are_refused_before_anything_loads(tmp_path: Path) -> None:
+    """Usage errors (exit 2) in Sampling's and Options' words; the missing model is never
+    reached, so nothing was loaded."""
+    missing = ("--model", str(tmp_path / "missing.gguf"))
+    bad = [
+        ("--max-tokens", "-1", "max_tokens must be >= 0"),
+        ("--temperature", "nan", "temperature must be a finite number"),
+        ("--temperature", "-0.5", "temperature must be >= 0"),
+        ("--top-p", "1.5", "top_p must be in [0, 1]"),
+        ("--min-p", "-0.1", "min_p must be in [0, 1]"),
+        ("--top-k", "-1", "top_k must be >= 0"),
+        ("--repeat-penalty", "0", "repeat_penalty must be > 0"),
+        ("--seed", "-3", "seed must be in [0, 2**32)"),
+        ("--stop", "", "stop must be non-empty strings"),
+        ("--context-length", "-1", "-1 is negative"),
+        ("--threads", "0", "0 is invalid"),
+        ("--gpu-layers", "-2", "-2 is invalid"),
+        ("--parallel", "0", "0 is invalid"),
+        ("--flash-attention", "maybe", "invalid choice: 'maybe'"),
+    ]
+    for flag, value, says in bad:
+        r = cli("prompt", *missing, flag, value, "hi")
+        assert r.returncode == 2, (flag, value, r.stderr)
+        assert r.stderr.startswith("usage: llm-inproc prompt ")
+        assert f"argument {flag}: " in r.stderr and says in r.stderr, r.stderr
+
+
+def test_bad_schema_or_grammar_files_are_one_line_errors(tmp_path: Path) -> None:
+    missing = ("--model", str(tmp_path / "missing.gguf"))  # never reached
+    invalid = tmp_path / "invalid.json"
+    invalid.write_text('{"type": ')
+    a_list = tmp_path / "list.json"
+    a_list.write_text("[1, 2]")
+    empty = tmp_path / "empty.gbnf"
+    empty.write_text("\n")
+    cases = [
+        (("--json-schema", str(tmp_path / "nope.json")), "nope.json: no such file"),
+        (("--json-schema", str(invalid)), "invalid.json: invalid JSON at line 1 column 10"),
+        (("--json-schema", str(a_list)), "expected a JSON object (a JSON Schema), got list"),
+        (("--grammar", str(tmp_path / "nope.gbnf")), "nope.gbnf: no such file"),
+        (("--grammar", str(empty)), "empty.gbnf: the file is empty"),
+    ]
+    for argv, says in cases:
+        r = cli("prompt", *missing, *argv, "hi")
+        assert r.returncode == 1, r.stderr
+        assert r.stderr.startswith(f"llm-inproc: error: {argv[0]} "), r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and says in r.stderr, r.stderr
+    both = cli("prompt", "--json-schema", str(a_list), "--grammar", str(empty), "hi")
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
+
+
+def _reply(*argv: str, env: dict[str, str] | None = None) -> dict[str, object]:
+    r = cli("prompt", "--json", "--context-length", "1024", *argv, env=env)
+    assert r.returncode == 0, r.stderr
+    out: dict[str, object] = json.loads(r.stdout)
+    return out
+
+
+@pytest.mark.model
+def test_stop_cuts_the_reply(chat_model_path: Path) -> None:
+    ask = ("--temperature", "0", "--max-tokens", "40", "Count from 1 to 10.")
+    whole = _reply(*ask)
+    assert "4" in str(whole["reply"]) and "5" in str(whole["reply"])
+    cut = _reply("--stop", "5", *ask)
+    assert "4" in str(cut["reply"]) and "5" not in str(cut["reply"])
+    assert str(whole["reply"]).startswith(str(cut["reply"]))
+    assert cut["finish_reason"] == "stop"
+
+
+@pytest.mark.model
+def test_json_schema_reply_parses_and_fits(chat_model_path: Path, tmp_path: Path) -> None:
+    # (llama-cpp-python's schema converter ignores minimum/maximum, so no ranges here.)
+    schema = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": 20},
+            "age": {"type": "integer"},
+            "colour": {"enum": ["red", "green", "blue"]},
+        },
+        "required": ["name", "age", "colour"],
+        "additionalProperties": False,
+    }
+    path = tmp_path / "person.json"
+    path.write_text(json.dumps(schema))
+    for seed in ("1", "2"):  # at the default temperature: sampled, still valid
+        out = _reply("--json-schema", str(path), "--seed", seed, "Describe a person as JSON.")
+        person = json.loads(str(out["reply"]))
+        assert set(person) == {"name", "age", "colour"}
+        assert isinstance(person["name"], str) and len(person["name"]) <= 20
+        assert isinstance(person["age"], int) and not isinstance(person["age"], bool)
+        assert person["colour"] in ("red", "green", "blue")
+
+
+@pytest.mark.model
+def test_grammar_restricts_the_reply(chat_model_path: Path, tmp_path: Path) -> None:
+    path = tmp_path / "yes-no.gbnf"
+    path.write_text('root ::= ("yes" | "no")\n')
+    for seed in ("1", "2", "3"):
+        out = _reply(
+            "--grammar", str(path), "--seed", seed, "--temperature", "1.5", "Is water wet?"
+        )
+        assert out["reply"] in ("yes", "no")
+
+
+@pytest.mark.model
+def test_seed_repeats_and_top_k_1_is_greedy(chat_model_path: Path) -> None:
+    ask = ("--temperature", "1.5", "--max-tokens", "24", "Tell me a story.")
+    first = _reply("--seed", "42", *ask)["reply"]
+    assert _reply("--seed", "42", *ask)["reply"] == first
+    # Keeping only the most likely token makes any temperature greedy.
+    greedy = _reply("--temperature", "0", "--max-tokens", "24", "Tell me a story.")["reply"]
+    assert _reply("--top-k", "1", *ask)["reply"] == greedy
+
+
+@pytest.mark.model
+def test_parallel_and_flash_attention_flags_run(chat_model_path: Path) -> None:
+    out = _reply(
+        "--parallel", "1", "--flash-attention", "off", "--temperature", "0", "--max-tokens", "8",
+        "Say hi.",
+    )  # fmt: skip
+    assert out["reply"]

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from . import add_common_model_flags
+from ._common import chosen_model
 
 __all__ = ["add_parser"]
 
@@ -30,9 +31,25 @@ def add_parser(sub: Any) -> None:
         "and context/prompt scaling. Progress on stderr, a table on stdout, JSON, Markdown and "
         "a PNG in --out.",
     )
-    p.add_argument("--tokens", type=int, default=None, help="tokens generated per request (128)")
-    p.add_argument("--runs", type=int, default=None, help="measured rounds; medians reported (3)")
-    p.add_argument("--prompt", type=int, default=None, help="prompt tokens of a lone request (512)")
+    p.add_argument(
+        "--tokens",
+        type=int,
+        default=None,
+        help="tokens generated per request; a reply that ends early is reported with its "
+        "real count (default: 128; 16 with --quick)",
+    )
+    p.add_argument(
+        "--runs",
+        type=int,
+        default=None,
+        help="measured rounds; medians reported (default: 3; 1 with --quick)",
+    )
+    p.add_argument(
+        "--prompt",
+        type=int,
+        default=None,
+        help="prompt tokens of a lone request (default: 512; 64 with --quick)",
+    )
     p.add_argument("--json", action="store_true", help="print the JSON result instead of tables")
     p.add_argument("--quick", action="store_true", help="a short run (sanity check, ~1 minute)")
     p.add_argument("--out", type=Path, default=Path("llm-inproc-bench"), help="output folder")
@@ -42,13 +59,31 @@ def add_parser(sub: Any) -> None:
         default="peers,llm,concurrency,scaling",
         help="comma-separated: peers, llm, concurrency, scaling",
     )
-    p.add_argument("--clients", type=_ints, default=None, help="client counts (1,2,4,8)")
-    p.add_argument("--llama-server", type=Path, default=None, help="llama-server binary")
-    p.add_argument("--llama-bench", type=Path, default=None, help="llama-bench binary")
     p.add_argument(
-        "--max-wait", type=float, default=None, help="wait at most this long for a quiet machine"
+        "--clients",
+        type=_ints,
+        default=None,
+        help="client counts (default: 1,2,4,8; 1,2 with --quick)",
     )
-    add_common_model_flags(p)
+    p.add_argument(
+        "--llama-server",
+        type=Path,
+        default=None,
+        help="llama-server binary (default: the one llm-inproc build cached, if any)",
+    )
+    p.add_argument(
+        "--llama-bench",
+        type=Path,
+        default=None,
+        help="llama-bench binary (default: the one next to llama-server, if any)",
+    )
+    p.add_argument(
+        "--max-wait",
+        type=float,
+        default=None,
+        help="wait at most this many seconds for a quiet machine (default: 60; 3 with --quick)",
+    )
+    add_common_model_flags(p, session=False)
     p.set_defaults(func=run)
 
 
@@ -87,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     if tokens < 1 or runs < 1 or prompt < 2:
         raise InvalidInputError("--tokens and --runs must be at least 1, --prompt at least 2")
     cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
-    model = resolve_model(args.model or GEMMA_BASE.ref, cache)
+    model = resolve_model(chosen_model(args)[0] or GEMMA_BASE.ref, cache)
     server, bench = _binaries(args, cache)
     ctx = args.context_length or 2048
     if prompt + tokens + 64 > ctx:
@@ -127,7 +162,18 @@ def _finish(result: dict[str, Any], args: argparse.Namespace) -> int:
     from ..bench.plot import plot, plot_unavailable
     from ..bench.report import render_markdown, to_json, write_files
 
+    # What was really generated, beside what was asked, in the JSON and bench.json too.
+    result["tokens_generated"] = generated_counts(result)
+    result["short_replies"] = short = short_replies(result)
     markdown = render_markdown(result)
+    asked = result["config"]["tokens"]
+    notes = [
+        f"{s['section']}: {s['peer']} generated {s['tokens']} tokens, not the {asked} asked "
+        f"(its reply ended early); its rates are over {s['tokens']}"
+        for s in short
+    ]
+    if notes:
+        markdown += "\n\n" + "\n".join(f"Note: {n}." for n in notes) + "\n"
     paths = write_files(result, args.out, markdown)
     if not args.no_plot:
         how = plot_unavailable()
@@ -139,6 +185,35 @@ def _finish(result: dict[str, Any], args: argparse.Namespace) -> int:
         print(json.dumps(to_json(result), indent=1))  # noqa: T201
     else:
         print(markdown)  # noqa: T201
+    for note in notes:
+        print(f"llm-inproc bench: {note}", file=sys.stderr)  # noqa: T201
     for kind, path in paths.items():
         print(f"llm-inproc bench: {kind} written to {path}", file=sys.stderr)  # noqa: T201
     return 0
+
+
+def generated_counts(result: dict[str, Any]) -> dict[str, dict[str, list[int]]]:
+    """Tokens each peer really generated per reply, by section (``--tokens`` is a budget:
+    a reply that ends at the end of its turn, or at the context's end, is shorter)."""
+    out: dict[str, dict[str, list[int]]] = {}
+    for section in ("peers", "llm"):
+        series = (result.get(section) or {}).get("series", {})
+        counts = {
+            peer: [int(n) for n in metrics["gen_n"]]
+            for peer, metrics in series.items()
+            if metrics.get("gen_n")
+        }
+        if counts:
+            out[section] = counts
+    return out
+
+
+def short_replies(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The peers whose shortest reply had fewer tokens than ``--tokens`` asked for."""
+    asked = int(result["config"]["tokens"])
+    return [
+        {"section": section, "peer": peer, "tokens": min(counts), "asked": asked}
+        for section, peers in generated_counts(result).items()
+        for peer, counts in peers.items()
+        if min(counts) < asked
+    ]

@@ -34,7 +34,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--list", action="store_true", help="list the presets and exit")
     p.add_argument("--dry-run", action="store_true", help="print what would run, run nothing")
     p.add_argument("--force", action="store_true", help="llama-server: rebuild even if cached")
-    p.add_argument("-j", "--jobs", type=int, default=None, help="parallel compile jobs")
+    p.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        default=None,
+        help="llama-server: parallel compile jobs (default: every usable CPU)",
+    )
     add_cache_dir_flag(p)
     p.set_defaults(func=run)
 

@@ -1,31 +1,36 @@
 """``llm-inproc models``: the models in the cache, with their size and origin.
 
-Reads the cache only (no network), so it answers instantly and offline.
+Reads the cache only (no network), so it answers instantly and offline. The model that
+``prompt`` and ``chat`` run when no ``--model`` is given is marked with ``*``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from . import add_cache_dir_flag
+from . import MODEL_ENV, add_cache_dir_flag, add_config_flag
 
 if TYPE_CHECKING:
     from ..hub import CachedModel
 
-__all__ = ["add_parser", "format_models", "format_size", "run"]
+__all__ = ["add_parser", "format_models", "format_size", "is_model", "run"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "models",
         help="list the cached models",
-        description="List the models in the cache with their size and where they came from.",
+        description="List the models in the cache with their size and where they came "
+        "from. '*' marks the default model: the one prompt and chat run without --model "
+        f"(${MODEL_ENV}, else the --config file's, else the embedded default).",
     )
     p.add_argument("--json", action="store_true", help="print a JSON list")
+    add_config_flag(p)
     add_cache_dir_flag(p)
     p.set_defaults(func=run)
 
@@ -40,28 +45,57 @@ def format_size(n: int) -> str:
     return f"{value:.1f} GiB"
 
 
-def format_models(models: Sequence[CachedModel]) -> str:
-    """Aligned columns: reference, size, source and commit."""
-    rows = [("REF", "SIZE", "SOURCE", "COMMIT")]
-    rows += [(m.ref, format_size(m.size), m.source, m.commit[:12]) for m in models]
+def is_model(m: CachedModel, model: str) -> bool:
+    """Whether the cached ``m`` is what ``model`` (a reference or a path) names."""
+    if not model:
+        return False
+    if model.startswith("hf:"):
+        return m.ref == model
+    return os.path.abspath(os.path.expanduser(model)) == os.path.abspath(m.path)
+
+
+def format_models(models: Sequence[CachedModel], default: str = "") -> str:
+    """Aligned columns: reference (``*`` before the default model's), size, source, commit."""
+    rows = [("  REF", "SIZE", "SOURCE", "COMMIT")]
+    rows += [
+        (
+            ("* " if is_model(m, default) else "  ") + m.ref,
+            format_size(m.size),
+            m.source,
+            m.commit[:12],
+        )
+        for m in models
+    ]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(r[:3], widths, strict=True)) + "  " + r[3]
+        (
+            "  ".join(cell.ljust(w) for cell, w in zip(r[:3], widths, strict=True)) + "  " + r[3]
+        ).rstrip()
         for r in rows
     )
 
 
 def run(args: argparse.Namespace) -> int:
     """List the models assembled from packages and downloaded from the Hub."""
+    from ..config import DEFAULT_MODEL
     from ..paths import resolve_cache_dir
     from ..resolve import list_models
+    from ._common import chosen_model
 
+    default = chosen_model(args)[0] or DEFAULT_MODEL
     cache_dir = resolve_cache_dir(args.cache_dir)
     models = list_models(cache_dir)
     if args.json:
-        print(json.dumps([m.to_json() for m in models], indent=2))  # noqa: T201 - the command's output
+        listed = [{**m.to_json(), "default": is_model(m, default)} for m in models]
+        print(json.dumps(listed, indent=2))  # noqa: T201 - the command's output
     elif models:
-        print(format_models(models))  # noqa: T201 - the command's output
+        print(format_models(models, default))  # noqa: T201 - the command's output
     else:
         print(f"no models cached in {cache_dir}", file=sys.stderr)  # noqa: T201
+    if default.startswith("hf:") and not any(is_model(m, default) for m in models):
+        print(  # noqa: T201
+            f"the default model {default} is not cached; the first prompt fetches it "
+            f"(or run: llm-inproc pull {default})",
+            file=sys.stderr,
+        )
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -12,7 +13,7 @@ from ._common import (
     add_sampling_flags,
     metrics_dict,
     sampling_kwargs,
-    session_from_args,
+    session_options,
     stream_to_stdout,
 )
 
@@ -25,10 +26,16 @@ def add_parser(sub: Any) -> None:
         help="send one prompt and print the reply",
         description="Send one prompt to the model and stream the reply to stdout.",
     )
-    p.add_argument("text", nargs="*", help="the prompt; read from stdin when absent or '-'")
-    p.add_argument("--system", default=None, help="system prompt ({{.Now}}, {{.Model}} expand)")
+    p.add_argument(
+        "text", nargs="*", help="the prompt (default: read from stdin when absent or '-')"
+    )
+    p.add_argument(
+        "--system", default=None, help="system prompt; {{.Now}}, {{.Model}} expand (default: none)"
+    )
     add_sampling_flags(p)
-    p.add_argument("--json", action="store_true", help="print the reply and metrics as JSON")
+    p.add_argument(
+        "--json", action="store_true", help="print the reply, why it ended and the metrics as JSON"
+    )
     add_common_model_flags(p)
     p.set_defaults(func=run)
 
@@ -36,22 +43,30 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..errors import InvalidInputError
     from ..messages import Message, Role
+    from ..session import Session
 
+    # Bad flags, files and config are reported before stdin is read or the model loads.
+    kw = sampling_kwargs(args)
+    opts, known_llms = session_options(args)
     text = " ".join(args.text)
     if not args.text or text == "-":
+        if sys.stdin.isatty():
+            end = "Ctrl-Z then Enter" if os.name == "nt" else "Ctrl-D"
+            note = f"llm-inproc: reading the prompt from stdin; end it with {end}"
+            print(note, file=sys.stderr)  # noqa: T201
         text = sys.stdin.read()
     if not text.strip():
         raise InvalidInputError("empty prompt; pass the text as an argument or on stdin")
     messages = [Message(Role.USER, text)]
     if args.system:
         messages.insert(0, Message(Role.SYSTEM, args.system))
-    kw = sampling_kwargs(args)
-    with session_from_args(args) as session:
+    with Session(opts, cache_dir=args.cache_dir, known_llms=known_llms) as session:
         if args.json:
-            reply = session.prompt(messages, **kw)
+            reply = session.complete(messages, **kw)
             out = {
                 "model": str(session.model),
-                "reply": reply,
+                "reply": reply.text,
+                "finish_reason": reply.finish_reason,
                 "metrics": metrics_dict(session.get_metrics()),
             }
             print(json.dumps(out, ensure_ascii=False, indent=2))  # noqa: T201
