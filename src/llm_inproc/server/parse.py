@@ -420,7 +420,12 @@ def parse_prompt(body: Mapping[str, Any]) -> str | list[int | str]:
     return prompts[0]
 
 
-_ROLES = {"system": Role.SYSTEM, "developer": Role.SYSTEM, "user": Role.USER}
+_ROLES = {
+    "system": Role.SYSTEM,
+    "developer": Role.SYSTEM,
+    "user": Role.USER,
+    "tool": Role.TOOL_CALL_RESULT,
+}
 
 
 def _content(i: int, message: Mapping[str, Any]) -> str:
@@ -466,6 +471,6 @@ def parse_messages(body: Mapping[str, Any]) -> list[Message]:
         else:
             raise invalid(
                 f"messages[{i}].role: {json.dumps(role)} is not supported; "
-                "use system, user or assistant"
+                "use system, user, assistant or tool"
             )
     return out
