@@ -144,6 +144,18 @@ def test_tokenize_detokenize_and_apply_template(server: Server) -> None:
     assert prompt.endswith("<|im_start|>assistant\n") and "Name one colour." in prompt
 
 
+def test_a_tool_result_message_is_part_of_the_chat(server: Server) -> None:
+    # What the remote client sends for Role.TOOL_CALL_RESULT: OpenAI's "tool" role.
+    messages = [*CHAT, {"role": "tool", "content": "weather: sunny, 21 C"}]
+    prompt = request(server.port, "POST", "/apply-template", {"messages": messages}).json()
+    assert "weather: sunny, 21 C" in prompt["prompt"]
+    answer = request(
+        server.port, "POST", "/v1/chat/completions", {"messages": messages, "max_tokens": 4}
+    )
+    assert answer.status == 200, answer.text
+    assert answer.json()["usage"]["completion_tokens"] > 0
+
+
 def test_info_routes(server: Server) -> None:
     models = request(server.port, "GET", "/v1/models").json()
     assert models["object"] == "list" and models["data"][0]["id"] == "smol"
