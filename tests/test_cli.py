@@ -112,7 +112,7 @@ def test_chat_keeps_history_in_memory(model_path: Path, tmp_path: Path) -> None:
     memory = Memory()
     memory.load_file(cache / "chat-memory.json")
     (conv,) = memory.conversations()
-    assert conv.channel == "test"
+    assert conv.channel == f"test@{DEFAULT_MODEL}"  # one conversation per channel and model
     roles = [m.role for m in conv.messages]
     assert roles == [Role.SYSTEM, Role.USER, Role.ASSISTANT, Role.USER, Role.ASSISTANT]
     assert conv.messages[1].content == "Hello there"

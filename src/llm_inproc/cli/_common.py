@@ -43,13 +43,8 @@ DEFAULT_MAX_TOKENS = 512
 DEFAULT_TEMPERATURE = 0.8
 """llama-server's and Ollama's default: varied but coherent replies from a small model."""
 
-# The sampling flags with Sampling fields of the same name, and how to read their text.
-_SAMPLING_FLAGS: dict[str, Callable[[str], Any]] = {
-    "top_k": int,
-    "top_p": float,
-    "min_p": float,
-    "repeat_penalty": float,
-}
+# Sampling flags whose value goes to the Sampling field of the same name when given.
+_SAMPLING_FLAGS = ("top_k", "top_p", "min_p", "repeat_penalty")
 _GIVEN = "_given_flags"
 
 
@@ -248,8 +243,10 @@ def cli_config(args: argparse.Namespace) -> Config | None:
         try:
             cached = load_config(path)
         except InvalidInputError as e:
+            if path in str(e):
+                raise
             # Errors inside a section name the key ("llm: unknown key ..."), not the file.
-            raise InvalidInputError(e if path in str(e) else f"--config {path}: {e}") from None
+            raise InvalidInputError(f"--config {path}: {e}") from None
         vars(args)["_config"] = cached
     config: Config = cached
     return config
