@@ -76,7 +76,7 @@ def test_a_single_stop_string_and_yaml_lists() -> None:
 
 def test_options_sampling_from_yaml_and_back() -> None:
     cfg = load_config(
-        io.StringIO("llm:\n  sampling:\n    top_k: 20\n    stop: [\"\\n\\n\"]\n    min_p: 0.1\n")
+        io.StringIO('llm:\n  sampling:\n    top_k: 20\n    stop: ["\\n\\n"]\n    min_p: 0.1\n')
     )
     assert cfg.options.sampling == Sampling(top_k=20, stop=("\n\n",), min_p=0.1)
     assert cfg.options.to_dict()["sampling"] == {"top_k": 20, "min_p": 0.1, "stop": ["\n\n"]}
@@ -152,6 +152,23 @@ def test_n_probs_match_the_chosen_tokens(chat_session: Session) -> None:
         assert all(0.0 <= q.prob <= 1.0 for q in p.top)
         assert [q.prob for q in p.top] == sorted((q.prob for q in p.top), reverse=True)
     assert chat_session.complete(APPLE, max_tokens=2).logprobs is None
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("which", ["chat_session", "session"])
+def test_plain_greedy_picks_what_llama_cpps_greedy_sampler_picks(
+    which: str, request: pytest.FixtureRequest
+) -> None:
+    # Plain greedy takes the argmax of the logits; a zero bias keeps llama.cpp's own
+    # sampler chain (bias, then greedy) with the same distribution. Each request reuses
+    # the same cached prefix, so both see identical logits.
+    s: Session = request.getfixturevalue(which)
+    prompt = [Message(Role.USER, "Write a short story about a fox and a crow.")]
+    s.complete(prompt, max_tokens=1, temperature=0)
+    fast = s.complete(prompt, max_tokens=64, temperature=0, sampling=Sampling(ignore_eos=False))
+    chain = s.complete(prompt, max_tokens=64, temperature=0, sampling=Sampling(logit_bias={0: 0.0}))
+    assert fast.generated.count == chain.generated.count > 8
+    assert fast.text == chain.text
 
 
 @pytest.mark.model
