@@ -7,6 +7,9 @@ This module owns the flags and the start (which conversation, which system promp
 from __future__ import annotations
 
 import argparse
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ..messages import Message, Role
@@ -35,10 +38,10 @@ def add_parser(sub: Any) -> None:
         "corrupt memory file is moved aside, never deleted)",
     )
     start.add_argument(
-        "-c",
         "--continue",
         dest="new",
         action="store_false",
+        default=False,
         help="continue the saved conversation of this channel and model (the default: "
         "keeping a conversation across runs, as a bot's Memory does, is what chat is for; "
         "a notice says when it resumes)",
@@ -70,9 +73,16 @@ def run(args: argparse.Namespace) -> int:
     if moved:
         notice(moved)
     kw = sampling_kwargs(args)
-    with session_from_args(args) as session:
+    with _sigint_for_main_thread_only():
+        session = session_from_args(args)
+    with session:
         conv = store.open(args.channel, str(session.model))
         if args.new or not conv.messages:
+            if conv.messages:
+                notice(
+                    f"new conversation; the saved one in channel {args.channel!r} "
+                    f"({len(conv.messages)} messages) is replaced"
+                )
             store.restart(args.system)
         else:
             _resume(conv.messages, args.system, args.channel)
@@ -84,6 +94,21 @@ def run(args: argparse.Namespace) -> int:
             return ChatLoop(session, store, reader, kw, args.system).run()
         finally:
             reader.close()
+
+
+@contextmanager
+def _sigint_for_main_thread_only() -> Iterator[None]:
+    """Threads started in here (the engine's, llama.cpp's) block SIGINT, as they inherit
+    this mask. The kernel gives a process signal to any thread that takes it: one given to a
+    worker would leave the main thread asleep in readline, and Ctrl-C at the prompt unheard."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: no such signals to route
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _resume(messages: list[Message], system: str | None, channel: str) -> None:

@@ -4,6 +4,7 @@ terminal, one line per turn from a pipe."""
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -59,3 +60,4 @@ class LineReader:
             with contextlib.suppress(OSError):
                 self._history_file.parent.mkdir(parents=True, exist_ok=True)
                 self._readline.write_history_file(self._history_file)
+                os.chmod(self._history_file, 0o600)  # what you typed is as private as the chat

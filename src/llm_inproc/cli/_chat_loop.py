@@ -156,7 +156,7 @@ class ChatLoop:
                 return self._stream(messages)
             except ContextOverflowError:
                 # The backend counted more than we did (a remote server): one turn less.
-                fitted, dropped = fit_history(messages, lambda m: len(m), len(messages) - 1)
+                fitted, dropped = fit_history(messages, len, len(messages) - 1)
                 if not dropped:
                     raise
                 notice(f"the context is full: dropped the {dropped} oldest messages")
