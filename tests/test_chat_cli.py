@@ -9,6 +9,7 @@ import fcntl
 import os
 import re
 import select
+import signal
 import subprocess
 import sys
 import termios
@@ -168,6 +169,33 @@ def test_long_history_drops_oldest_turns_keeps_system(
     assert lines[0].strip() not in users and len(users) < len(lines)
     assert conv.messages[1].role is Role.USER  # whole turns were dropped
     assert len(r.stdout.strip().splitlines()) >= len(lines) // 2  # every turn was answered
+
+
+@pytest.mark.model
+def test_sigint_stops_a_piped_reply_and_the_chat_goes_on(
+    chat_model_path: Path, tmp_path: Path
+) -> None:
+    env = child_env(HF_HUB_OFFLINE="1", LLM_INPROC_CACHE=str(tmp_path))
+    cmd = [sys.executable, "-m", "llm_inproc.cli", "chat", *FAST, "--max-tokens", "0"]
+    p = subprocess.Popen(
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env,
+    )  # fmt: skip
+    try:
+        assert p.stdin is not None and p.stdout is not None
+        p.stdin.write("Count from 1 to 500, one number per line.\n")
+        p.stdin.flush()
+        first = p.stdout.read(3)  # the reply is coming
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate("Say hi.\n", timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == 0, err
+    assert "stopped; the partial reply is kept in the conversation" in err
+    conv = saved(tmp_path)
+    assert roles(conv) == [Role.USER, Role.ASSISTANT, Role.USER, Role.ASSISTANT]
+    assert conv.messages[1].content.startswith(first.strip())
+    assert conv.messages[3].content and conv.messages[3].content in out
 
 
 # --- a real terminal ---------------------------------------------------------------------------
