@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -159,16 +160,20 @@ def test_n_probs_match_the_chosen_tokens(chat_session: Session) -> None:
 def test_plain_greedy_picks_what_llama_cpps_greedy_sampler_picks(
     which: str, request: pytest.FixtureRequest
 ) -> None:
-    # Plain greedy takes the argmax of the logits; a zero bias keeps llama.cpp's own
-    # sampler chain (bias, then greedy) with the same distribution. Each request reuses
-    # the same cached prefix, so both see identical logits.
+    # Greedy with at most biases takes the argmax of the logits; a presence penalty too
+    # small to change a float32 logit keeps llama.cpp's own sampler chain (penalties,
+    # then greedy). Each request reuses the same cached prefix: identical logits.
     s: Session = request.getfixturevalue(which)
     prompt = [Message(Role.USER, "Write a short story about a fox and a crow.")]
+    native = Sampling(presence_penalty=1e-12)
     s.complete(prompt, max_tokens=1, temperature=0)
-    fast = s.complete(prompt, max_tokens=64, temperature=0, sampling=Sampling(ignore_eos=False))
-    chain = s.complete(prompt, max_tokens=64, temperature=0, sampling=Sampling(logit_bias={0: 0.0}))
-    assert fast.generated.count == chain.generated.count > 8
-    assert fast.text == chain.text
+    for extra in ({}, {"ignore_eos": True}, {"logit_bias": {"fox": -math.inf, " the": 2.5}}):
+        fast = s.complete(prompt, max_tokens=48, temperature=0, sampling=Sampling(**extra))
+        chain = s.complete(prompt, max_tokens=48, temperature=0, sampling=replace(native, **extra))
+        assert fast.generated.count == chain.generated.count > 8, extra
+        assert fast.text == chain.text, extra
+        if "logit_bias" in extra:
+            assert "fox" not in fast.text
 
 
 @pytest.mark.model
