@@ -165,6 +165,9 @@ def test_version_prints_the_package_version() -> None:
     r = cli("--version")
     assert r.returncode == 0
     assert r.stdout.strip() == f"llm-inproc {llm_inproc.__version__}"
+    # `python -m llm_inproc` is the same command line.
+    m = run_python("import runpy; runpy.run_module('llm_inproc', run_name='__main__')", "--version")
+    assert (m.returncode, m.stdout) == (0, r.stdout)
 
 
 def test_verbose_also_after_the_subcommand(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 from io import StringIO
 from pathlib import Path
@@ -66,6 +67,22 @@ def test_the_python_example_answers_sensibly() -> None:
 
 
 @pytest.mark.model
+def test_the_sampling_example_gives_json_a_cut_reply_and_probabilities() -> None:
+    from subproc import run_python
+
+    example = next(b for b in _blocks("python") if "Sampling(json_schema" in b)
+    done = run_python(example, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    first, cut, probs = done.stdout.strip().splitlines()
+    person = ast.literal_eval(first)
+    assert isinstance(person["name"], str) and isinstance(person["age"], int)
+    assert person["mood"] in ("happy", "sad", "calm")
+    assert cut.startswith("1") and "4" in cut and "5" not in cut, cut
+    pairs = ast.literal_eval(probs)
+    assert len(pairs) == 3 and all(0 < p <= 1 for _, p in pairs), pairs
+
+
+@pytest.mark.model
 def test_the_main_command_answers_the_question() -> None:
     """The first command a new user runs: a real answer, not gibberish."""
     from subproc import run_cli
@@ -107,7 +124,7 @@ def test_the_serve_command_and_openai_example_work(tmp_path: Path) -> None:
     )
     try:
         server.wait_healthy(120)
-        snippet = _blocks("python")[1].replace("8080", str(port))
+        snippet = next(b for b in _blocks("python") if "openai" in b).replace("8080", str(port))
         done = run_python(snippet, timeout=120)
     finally:
         server.close()

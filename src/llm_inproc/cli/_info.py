@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from . import add_cache_dir_flag
-from ._models import format_size
+from ._models import format_size, is_model
 
 __all__ = ["add_parser", "format_info", "run"]
 
@@ -32,6 +32,7 @@ def format_info(info: dict[str, Any]) -> str:
         f"gpu offload       {'yes' if info.get('gpu_offload') else 'no'}",
         f"default threads   {info.get('default_threads')} (physical cores)",
         f"cache dir         {info.get('cache_dir')}",
+        f"default model     {info.get('default_model')}",
     ]
     if info.get("llama_cpp_error"):
         lines.append(f"llama_cpp error   {info['llama_cpp_error']}")
@@ -54,15 +55,26 @@ def format_info(info: dict[str, Any]) -> str:
     else:
         lines.append(f"models            {len(models)} cached")
         for m in models:
-            lines.append(f"  {m['ref']}  {format_size(m['size'])}  ({m['source']})")
+            mark = "* " if m.get("default") else "  "
+            lines.append(f"{mark}{m['ref']}  {format_size(m['size'])}  ({m['source']})")
     return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..config import DEFAULT_MODEL
     from ..paths import resolve_cache_dir
+    from ..resolve import list_models
     from ..sysinfo import system_info
+    from ._common import chosen_model
 
     cache_dir = resolve_cache_dir(args.cache_dir)
     info = system_info(cache_dir)
+    # The model prompt and chat run without --model, marked as `models` marks it.
+    default = chosen_model(args)[0] or DEFAULT_MODEL
+    info["default_model"] = default
+    if info.get("cached_models") is not None:
+        info["cached_models"] = [
+            {**m.to_json(), "default": is_model(m, default)} for m in list_models(cache_dir)
+        ]
     sys.stdout.write((json.dumps(info, indent=2) if args.json else format_info(info)) + "\n")
     return 0
