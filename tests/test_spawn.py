@@ -71,6 +71,7 @@ def test_model_python_serves_the_default_model_in_our_server(
         log = s._backend.log_path
         assert log.parent == cache_dir / "logs" and log.exists()
     assert _gone(port, within=10)
+    assert not log.exists()  # a server that ran fine leaves no log behind
 
 
 def test_backend_llama_server_runs_the_binary_with_the_raw_encoding(

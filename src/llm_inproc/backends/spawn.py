@@ -184,8 +184,12 @@ class SpawnedBackend:
         return self._http.metrics()
 
     def close(self) -> None:
-        """Close the connections, then terminate the server (killed if it lingers)."""
+        """Close the connections, then terminate the server (killed if it lingers). The log
+        of a server that ran until now goes with it; one that died is kept for its reason."""
+        healthy = self._child.running
         try:
             self._http.close()
         finally:
             self._child.close()
+            if healthy:
+                self._child.log_path.unlink(missing_ok=True)
