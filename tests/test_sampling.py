@@ -177,6 +177,34 @@ def test_plain_greedy_picks_what_llama_cpps_greedy_sampler_picks(
 
 
 @pytest.mark.model
+def test_the_penalties_shortlist_changes_no_draw(chat_session: Session) -> None:
+    # With top-k (or greedy) after penalties that only lower logits, the chain keeps the
+    # top_k + repeat_last_n best candidates before the penalties. Against the same chain
+    # over the whole vocabulary (repeat_last_n=-1: no shortlist; the same history here,
+    # as prompt and reply stay under 64 tokens), every seeded draw must be the same.
+    s = chat_session
+    prompt = [Message(Role.USER, "List some fruits.")]
+    s.complete(prompt, max_tokens=1, temperature=0)
+    chains = [
+        (0.0, {"repeat_penalty": 1.5}),
+        (0.8, {"repeat_penalty": 1.2, "presence_penalty": 0.5, "frequency_penalty": 0.5}),
+        (1.0, {"top_k": 10, "top_p": 0.9, "repeat_penalty": 1.1, "frequency_penalty": 1.0}),
+        (1.5, {"top_k": 100, "min_p": 0.0, "top_p": 1.0, "presence_penalty": 2.0}),
+    ]
+    for temperature, fields in chains:
+        for seed in (1, 2, 3):
+            kw = {"max_tokens": 24, "temperature": temperature, "seed": seed}
+            short = s.complete(prompt, **kw, sampling=Sampling(**fields))  # type: ignore[arg-type]
+            whole = s.complete(
+                prompt,
+                **kw,  # type: ignore[arg-type]
+                sampling=Sampling(**fields, repeat_last_n=-1),  # type: ignore[arg-type]
+            )
+            assert short.cached_tokens + short.prompt.count + short.generated.count < 64
+            assert (short.text, short.generated.count) == (whole.text, whole.generated.count)
+
+
+@pytest.mark.model
 def test_ignore_eos_generates_the_whole_budget(chat_session: Session) -> None:
     short = chat_session.complete([Message(Role.USER, "Say hi.")], max_tokens=60, temperature=0)
     assert short.finish_reason == "stop" and short.generated.count < 60

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from llm_inproc import BackendError, Message, Options, Role, Session
+from llm_inproc import BackendError, Message, Options, Role, Sampling, Session
 from llm_inproc.config import DEFAULT_MODEL
 from llm_inproc.embedded import GEMMA_BASE
 from subproc import child_env
@@ -88,6 +88,26 @@ def test_backend_llama_server_runs_the_binary_with_the_raw_encoding(
         with Session(Options(model=GEMMA_BASE.ref, **SMALL), cache_dir=cache_dir) as inproc:
             assert inproc.prompt(MSGS, max_tokens=8, temperature=0) == whole
     assert _gone(port, within=10)
+
+
+def test_penalties_see_the_prompt_as_llama_servers_do(
+    cache_dir: Path, model_path: Path, llama_server_binary: Path
+) -> None:
+    # llama-server shows the prompt to the penalties, so a reply that repeats the prompt is
+    # penalised too; ours does the same. Greedy with strong penalties on fresh sessions:
+    # the same tokens as llama-server (a cached prompt could change the last bits).
+    story = [Message(Role.USER, "Tell me a story about a dragon who likes tea.")]
+    strong = Sampling(repeat_penalty=1.3, presence_penalty=0.5, frequency_penalty=0.5)
+    opts = {"model": GEMMA_BASE.ref, **SMALL}
+    kw = {"max_tokens": 48, "temperature": 0.0, "sampling": strong}
+    with Session(Options(backend="llama-server", **opts), cache_dir=cache_dir) as server:
+        theirs = server.complete(story, **kw)
+    with Session(Options(**opts), cache_dir=cache_dir) as inproc:
+        ours = inproc.complete(story, **kw)
+        plain = inproc.complete(story, max_tokens=48, temperature=0.0)
+    assert ours.generated.count > 16, ours
+    assert ours.text == theirs.text
+    assert plain.text != ours.text  # the penalties did change the reply
 
 
 def test_no_llama_server_binary_names_the_build_command(

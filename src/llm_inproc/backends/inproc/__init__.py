@@ -89,7 +89,9 @@ class InprocBackend:
     def _request(self, request: GenerationRequest, channel: ThreadChannel | AsyncChannel) -> None:
         tokens = self._tokens(request)
         check_prompt_fits(len(tokens), self.info.n_ctx)
-        req = Request(request, tokens, channel.put, build_sampler(self._model, request.sampling))
+        sampler = build_sampler(self._model, request.sampling)
+        sampler.prime(tokens)
+        req = Request(request, tokens, channel.put, sampler)
         channel.request = req
         try:
             self._engine.submit(req)

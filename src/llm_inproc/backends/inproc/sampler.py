@@ -19,6 +19,7 @@ import math
 import os
 import sys
 import tempfile
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -98,16 +99,32 @@ class NativeSampler:
     disturb; with penalties or DRY the grammar simply runs first.)
     """
 
-    __slots__ = ("_arr", "_cand", "_free", "_full", "_grammar", "_ll", "_sample")
+    __slots__ = ("_arr", "_cand", "_free", "_full", "_grammar", "_history", "_ll", "_sample")
 
-    def __init__(self, ll: Any, free: Any, full: Any = None, grammar: Any = None) -> None:
+    def __init__(
+        self,
+        ll: Any,
+        free: Any,
+        full: Any = None,
+        grammar: Any = None,
+        history: Sequence[tuple[Any, int]] = (),
+    ) -> None:
         self._ll = ll
         self._sample = ll.llama_sampler_sample
         self._free = free
         self._full = full
         self._grammar = grammar
+        self._history = tuple(history)
         self._cand = ll.llama_token_data()
         self._arr = ll.llama_token_data_array(ctypes.pointer(self._cand), 1, -1, False)
+
+    def prime(self, prompt: Sequence[int]) -> None:
+        """Show the prompt to the samplers that keep a token history (penalties, DRY), as
+        llama-server does: repeating the prompt is penalised too (the grammar never sees it)."""
+        accept = self._ll.llama_sampler_accept
+        for sampler, window in self._history:
+            for token in prompt[-window:] if window > 0 else prompt:
+                accept(sampler, token)
 
     def sample(self, ctx: Any, idx: int) -> int:
         token: int = self._sample(self._free, ctx, idx)
@@ -155,6 +172,9 @@ class ArgmaxSampler:
         finally:
             logits[self._ids] = kept
 
+    def prime(self, prompt: Sequence[int]) -> None:
+        pass
+
     def free(self) -> None:
         pass
 
@@ -180,29 +200,69 @@ def build_sampler(model: Model, s: Sampling) -> NativeSampler | ArgmaxSampler:
         return ArgmaxSampler(ll, model.n_vocab, _biases(model, s))
     chains: list[Any] = []
     try:
+        history: list[tuple[Any, int]] = []
         if grammar and not has_history:
-            free = _chain(ll, model, s, None, chains)
+            free = _chain(ll, model, s, None, chains, history)
             g = _grammar_sampler(ll, model, grammar)
-            full = _chain(ll, model, s, g, chains)
+            full = _chain(ll, model, s, g, chains, history)
             return NativeSampler(ll, free, full, g)
         g = _grammar_sampler(ll, model, grammar) if grammar else None
-        return NativeSampler(ll, _chain(ll, model, s, g, chains))
+        return NativeSampler(ll, _chain(ll, model, s, g, chains, history), history=history)
     except BaseException:
         for chain in chains:
             ll.llama_sampler_free(chain)
         raise
 
 
-def _chain(ll: Any, model: Model, s: Sampling, grammar: Any, made: list[Any]) -> Any:
+def _shortlist(s: Sampling) -> int:
+    """How many of the most likely tokens the penalties need to see, or 0 for all.
+
+    llama.cpp's penalties look every candidate up in a hash map: ~1 ms a token over
+    Gemma's 262,144-token vocabulary. They only lower the logits of the at most
+    ``repeat_last_n`` distinct tokens seen, so when the chain then keeps the ``top_k``
+    best (or the best one, greedy), only the ``top_k + repeat_last_n`` best before the
+    penalties can end up there: keeping those first gives the same candidates. Not when
+    a penalty can raise a logit, when DRY or top-n-sigma need the whole vocabulary, or
+    when the window is the whole context.
+    """
+    keep = 1 if s.greedy else s.top_k
+    lowers_only = s.repeat_penalty >= 1.0 and s.frequency_penalty >= 0 and s.presence_penalty >= 0
+    if keep <= 0 or not lowers_only or s.dry_multiplier > 0 or s.top_n_sigma > 0:
+        return 0
+    if not 0 < s.repeat_last_n <= 4096:
+        return 0
+    return keep + s.repeat_last_n
+
+
+def _chain(
+    ll: Any,
+    model: Model,
+    s: Sampling,
+    grammar: Any,
+    made: list[Any],
+    history: list[tuple[Any, int]],
+) -> Any:
     chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
     made.append(chain)
-    _fill(ll, model, chain, s, grammar)
+    _fill(ll, model, chain, s, grammar, history)
     return chain
 
 
-def _fill(ll: Any, model: Model, chain: Any, s: Sampling, grammar: Any) -> None:
-    def add(sampler: Any) -> None:
+def _fill(
+    ll: Any,
+    model: Model,
+    chain: Any,
+    s: Sampling,
+    grammar: Any,
+    history: list[tuple[Any, int]],
+) -> None:
+    """Add ``s``'s samplers to ``chain``; those that keep a token history (and how many
+    recent tokens they look at, 0 for all) go into ``history``."""
+
+    def add(sampler: Any, window: int | None = None) -> None:
         ll.llama_sampler_chain_add(chain, sampler)
+        if window is not None:
+            history.append((sampler, window))
 
     biases = _biases(model, s)
     if biases:
@@ -210,14 +270,18 @@ def _fill(ll: Any, model: Model, chain: Any, s: Sampling, grammar: Any) -> None:
         add(ll.llama_sampler_init_logit_bias(model.n_vocab, len(biases), arr))
     if grammar is not None:
         add(grammar)
-    if s.repeat_last_n != 0 and (
+    penalties = s.repeat_last_n != 0 and (
         s.repeat_penalty != 1.0 or s.frequency_penalty != 0.0 or s.presence_penalty != 0.0
-    ):
+    )
+    if penalties and (pre := _shortlist(s)):
+        add(ll.llama_sampler_init_top_k(pre))
+    if penalties:
         last_n = model.n_ctx_train if s.repeat_last_n == -1 else s.repeat_last_n
         add(
             ll.llama_sampler_init_penalties(
                 model.n_vocab, last_n, s.repeat_penalty, s.frequency_penalty, s.presence_penalty
-            )
+            ),
+            last_n,
         )
     if s.dry_multiplier > 0:
         breakers = [b.encode() for b in s.dry_sequence_breakers]
@@ -232,7 +296,8 @@ def _fill(ll: Any, model: Model, chain: Any, s: Sampling, grammar: Any) -> None:
                 last_n,
                 arr,
                 len(breakers),
-            )
+            ),
+            max(0, last_n),
         )
     if s.greedy:
         add(ll.llama_sampler_init_greedy())
