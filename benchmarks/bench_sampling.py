@@ -15,8 +15,10 @@ in a rotated order; the table shows medians of the engines' own generation rates
   * ``greedy``: temperature 0;
   * ``chain``: temperature 0.8, top-k 40, top-p 0.95, min-p 0.05, repeat penalty 1.1,
     presence and frequency penalties 0.5 (what a bot tuned against repetition sends);
-  * ``schema``: the chain's temperature with a JSON Schema (nested object, integer, enum)
-    compiled to a grammar; replies end when the JSON does, so they are shorter.
+  * ``schema``: the chain's temperature with a JSON Schema (nested object, integer, enum),
+    which each engine compiles to a grammar with its own converter; replies end when the
+    JSON does, so they are shorter;
+  * ``grammar``: the same, with the grammar our converter makes sent to both.
 
 ``greedy`` and ``chain`` ban the end of generation (``ignore_eos``) so that every reply
 has ``--tokens`` tokens.
@@ -31,6 +33,7 @@ import sys
 from pathlib import Path
 
 from llm_inproc import Message, Options, Role, Sampling, Session
+from llm_inproc.backends.inproc.sampler import grammar_for
 
 SCHEMA = {
     "type": "object",
@@ -65,6 +68,9 @@ def settings(tokens: int) -> dict[str, tuple[float, Sampling]]:
         "greedy": (0.0, Sampling(ignore_eos=True)),
         "chain": (0.8, Sampling(ignore_eos=True, **CHAIN)),  # type: ignore[arg-type]
         "schema": (0.8, Sampling(json_schema=SCHEMA)),
+        # The same schema as one GBNF grammar for both (ours from llama-cpp-python's
+        # converter): separates the engines' grammar cost from their converters'.
+        "grammar": (0.8, Sampling(grammar=grammar_for(Sampling(json_schema=SCHEMA)))),
     }
 
 
@@ -112,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 rates.setdefault((engine, name), []).append(reply.generated.rate())
                 counts.setdefault((engine, name), []).append(reply.generated.count)
-                if name == "schema":
+                if name in ("schema", "grammar"):
                     try:
                         json.loads(reply.text)
                         valid[engine].append(True)
@@ -139,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         ok = sum(valid[engine])
         print(
             f"\n{engine}: chain {c / g:.3f}x greedy, schema {j / g:.3f}x greedy, "
-            f"schema replies that parse: {ok}/{len(valid[engine])}",
+            f"schema and grammar replies that parse: {ok}/{len(valid[engine])}",
             end="",
         )
     print()

@@ -4,6 +4,7 @@ port; closing the session, or SIGKILLing the process that holds it, ends the ser
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from llm_inproc import BackendError, Message, Options, Role, Sampling, Session
+from llm_inproc.backends.inproc.sampler import grammar_for
 from llm_inproc.config import DEFAULT_MODEL
 from llm_inproc.embedded import GEMMA_BASE
 from subproc import child_env
@@ -90,24 +92,46 @@ def test_backend_llama_server_runs_the_binary_with_the_raw_encoding(
     assert _gone(port, within=10)
 
 
-def test_penalties_see_the_prompt_as_llama_servers_do(
+def test_seeded_draws_are_llama_servers_draws(
     cache_dir: Path, model_path: Path, llama_server_binary: Path
 ) -> None:
-    # llama-server shows the prompt to the penalties, so a reply that repeats the prompt is
-    # penalised too; ours does the same. Greedy with strong penalties on fresh sessions:
-    # the same tokens as llama-server (a cached prompt could change the last bits).
-    story = [Message(Role.USER, "Tell me a story about a dragon who likes tea.")]
-    strong = Sampling(repeat_penalty=1.3, presence_penalty=0.5, frequency_penalty=0.5)
+    # Same model, KV layout (unified, full-size sliding window), seed and chain: the same
+    # tokens as llama-server, for every path our sampler takes: greedy as an argmax, the
+    # prompt in the penalties' history, penalties on a shortlist, the full vocabulary, and
+    # a grammar checked on the drawn token and redrawn under the grammar when refused.
+    person = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+        "required": ["name", "age"],
+    }
+    grammar = grammar_for(Sampling(json_schema=person))
+    strong = {"repeat_penalty": 1.3, "presence_penalty": 0.5, "frequency_penalty": 0.5}
+    chains = [
+        ("dragon", 0.0, Sampling(**strong)),  # type: ignore[arg-type]
+        ("cat", 0.8, Sampling(**strong)),  # type: ignore[arg-type]
+        ("ship", 0.8, Sampling(top_k=20, top_p=0.9, min_p=0.1, repeat_penalty=1.2)),
+        ("robot", 1.0, Sampling(top_k=0, repeat_penalty=1.1, repeat_last_n=32)),
+        ("baker", 0.8, Sampling(grammar=grammar)),
+        ("pilot", 1.0, Sampling(grammar=grammar, top_k=0)),
+    ]
     opts = {"model": GEMMA_BASE.ref, **SMALL}
-    kw = {"max_tokens": 48, "temperature": 0.0, "sampling": strong}
-    with Session(Options(backend="llama-server", **opts), cache_dir=cache_dir) as server:
-        theirs = server.complete(story, **kw)
-    with Session(Options(**opts), cache_dir=cache_dir) as inproc:
-        ours = inproc.complete(story, **kw)
-        plain = inproc.complete(story, max_tokens=48, temperature=0.0)
-    assert ours.generated.count > 16, ours
-    assert ours.text == theirs.text
-    assert plain.text != ours.text  # the penalties did change the reply
+    with (
+        Session(Options(backend="llama-server", **opts), cache_dir=cache_dir) as server,
+        Session(Options(**opts), cache_dir=cache_dir) as inproc,
+    ):
+        replies = {}
+        for hero, temperature, sampling in chains:
+            story = [Message(Role.USER, f"Tell me about a {hero} who likes tea.")]
+            kw = {"max_tokens": 40, "temperature": temperature, "seed": 7, "sampling": sampling}
+            theirs = server.complete(story, **kw)
+            replies[hero] = ours = inproc.complete(story, **kw)
+            assert ours.generated.count > 8, (hero, ours)
+            assert ours.text == theirs.text, (hero, sampling)
+            if sampling.grammar:
+                assert isinstance(json.loads(ours.text)["age"], int)
+        dragon = [Message(Role.USER, "Tell me about a dragon who likes tea.")]
+        plain = inproc.complete(dragon, max_tokens=40, temperature=0.0)
+        assert plain.text != replies["dragon"].text  # the penalties did change the reply
 
 
 def test_no_llama_server_binary_names_the_build_command(

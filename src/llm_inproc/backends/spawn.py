@@ -40,15 +40,19 @@ _BUILD_HINT = "llm-inproc build --target llama-server"
 
 
 @functools.lru_cache(maxsize=8)
-def _supports(binary: str, flag: str) -> bool:
-    """Whether ``binary --help`` mentions ``flag`` (older builds lack some)."""
+def _help(binary: str) -> str:
     try:
         out = subprocess.run(
             [binary, "--help"], capture_output=True, text=True, timeout=30, check=False
         )
     except (OSError, subprocess.SubprocessError):
-        return False
-    return flag in out.stdout + out.stderr
+        return ""
+    return out.stdout + out.stderr
+
+
+def _supports(binary: str, flag: str) -> bool:
+    """Whether ``binary --help`` mentions ``flag`` (older builds lack some)."""
+    return flag in _help(binary)
 
 
 def _threads(options: Options) -> int:
@@ -82,6 +86,8 @@ def _llama_server_command(path: Path, options: Options, port: int, cache_dir: Pa
     ]
     if _supports(str(binary), "--kv-unified"):
         cmd.append("--kv-unified")  # the slots share the whole context, as in-process
+    if _supports(str(binary), "--swa-full"):
+        cmd.append("--swa-full")  # a full-size sliding-window cache, as in-process
     return cmd
 
 

@@ -89,34 +89,51 @@ def _parser_says(ll: Any, model: Model, grammar: str) -> str:
 
 
 class NativeSampler:
-    """A request's sampler chains, all in llama.cpp.
+    """A request's sampler chain, all in llama.cpp.
 
     With a grammar, llama-server's shortcut: running the grammar over the whole
     vocabulary at every step is what makes constrained output slow, so the token is
     drawn from the chain without the grammar, checked against the grammar alone, and
-    only when the grammar refuses it drawn again with the grammar applied to every
-    candidate. (Used when the chain keeps no token history, which a refused draw would
-    disturb; with penalties or DRY the grammar simply runs first.)
+    only when the grammar refuses it drawn again: every candidate through the grammar,
+    then the same chain (one random stream, as in llama-server). (Used when the chain
+    keeps no token history, which a refused draw would disturb; with penalties or DRY
+    the grammar is the chain's first step.)
     """
 
-    __slots__ = ("_arr", "_cand", "_free", "_full", "_grammar", "_history", "_ll", "_sample")
+    __slots__ = (
+        "_all",
+        "_arr",
+        "_cand",
+        "_chain",
+        "_grammar",
+        "_history",
+        "_ids",
+        "_ll",
+        "_n",
+        "_sample",
+        "_view",
+    )
 
     def __init__(
         self,
         ll: Any,
-        free: Any,
-        full: Any = None,
+        chain: Any,
+        *,
         grammar: Any = None,
+        n_vocab: int = 0,
         history: Sequence[tuple[Any, int]] = (),
     ) -> None:
         self._ll = ll
         self._sample = ll.llama_sampler_sample
-        self._free = free
-        self._full = full
+        self._chain = chain
         self._grammar = grammar
         self._history = tuple(history)
+        self._n = n_vocab
         self._cand = ll.llama_token_data()
         self._arr = ll.llama_token_data_array(ctypes.pointer(self._cand), 1, -1, False)
+        self._all: Any = None  # every candidate, made at the first redraw
+        self._view: Any = None
+        self._ids: Any = None
 
     def prime(self, prompt: Sequence[int]) -> None:
         """Show the prompt to the samplers that keep a token history (penalties, DRY), as
@@ -127,24 +144,38 @@ class NativeSampler:
                 accept(sampler, token)
 
     def sample(self, ctx: Any, idx: int) -> int:
-        token: int = self._sample(self._free, ctx, idx)
-        if self._full is None:
+        token: int = self._sample(self._chain, ctx, idx)
+        if self._grammar is None:
             return token
         ll, cand, arr = self._ll, self._cand, self._arr
         cand.id, cand.logit, cand.p = token, 0.0, 0.0
         arr.size, arr.selected, arr.sorted = 1, -1, False
         ll.llama_sampler_apply(self._grammar, ctypes.byref(arr))
         if cand.logit == -math.inf:  # refused: draw again under the grammar
-            token = self._sample(self._full, ctx, idx)
-        else:
-            ll.llama_sampler_accept(self._grammar, token)
+            token = self._redraw(ctx, idx)
+        ll.llama_sampler_accept(self._grammar, token)
         return token
 
+    def _redraw(self, ctx: Any, idx: int) -> int:
+        ll, n = self._ll, self._n
+        if self._all is None:
+            self._all = (ll.llama_token_data * n)()
+            self._view = np.ctypeslib.as_array(self._all)
+            self._ids = np.arange(n, dtype=np.int32)
+        view = self._view
+        view["id"] = self._ids
+        view["logit"] = np.ctypeslib.as_array(ll.llama_get_logits_ith(ctx, idx), shape=(n,))
+        view["p"] = 0.0
+        arr = ll.llama_token_data_array(self._all, n, -1, False)
+        ll.llama_sampler_apply(self._grammar, ctypes.byref(arr))
+        ll.llama_sampler_apply(self._chain, ctypes.byref(arr))
+        return int(arr.data[arr.selected].id)
+
     def free(self) -> None:
-        for chain in (self._free, self._full):
-            if chain is not None:
-                self._ll.llama_sampler_free(chain)
-        self._free = self._full = self._grammar = None
+        for sampler in (self._chain, self._grammar):
+            if sampler is not None:
+                self._ll.llama_sampler_free(sampler)
+        self._chain = self._grammar = None
 
 
 class ArgmaxSampler:
@@ -203,9 +234,8 @@ def build_sampler(model: Model, s: Sampling) -> NativeSampler | ArgmaxSampler:
         history: list[tuple[Any, int]] = []
         if grammar and not has_history:
             free = _chain(ll, model, s, None, chains, history)
-            g = _grammar_sampler(ll, model, grammar)
-            full = _chain(ll, model, s, g, chains, history)
-            return NativeSampler(ll, free, full, g)
+            g = _grammar_sampler(ll, model, grammar)  # nothing can fail after this
+            return NativeSampler(ll, free, grammar=g, n_vocab=model.n_vocab)
         g = _grammar_sampler(ll, model, grammar) if grammar else None
         return NativeSampler(ll, _chain(ll, model, s, g, chains, history), history=history)
     except BaseException:
