@@ -199,8 +199,7 @@ def test_help_shows_every_default() -> None:
     parser = build_parser()
     (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     formatter = HelpFormatter("llm-inproc")
-    # serve's flags are llama-server's (llm_inproc.server.flags); chat is checked by its own tests.
-    for name in ("prompt", "models", "info", "pull", "build", "bench"):
+    for name in ("prompt", "chat", "serve", "models", "info", "pull", "build", "bench"):
         for action in sub.choices[name]._actions:
             if not action.option_strings or action.nargs == 0:
                 continue  # positionals, switches, --help

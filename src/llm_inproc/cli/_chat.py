@@ -49,7 +49,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--system",
         default=None,
-        help="system prompt; it replaces the one of a resumed conversation (you are told)",
+        help="system prompt; it replaces the one of a resumed conversation, and you are "
+        "told (default: none, or the resumed conversation's)",
     )
     p.add_argument(
         "--channel",

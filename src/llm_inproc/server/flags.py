@@ -66,7 +66,12 @@ def _refuse_unknown(p: argparse.ArgumentParser) -> None:
 def add_server_flags(p: argparse.ArgumentParser) -> None:
     _refuse_unknown(p)
     m = p.add_argument_group("model (llama-server's short flags work too)")
-    m.add_argument("-m", "--model", default=None, help="hf: reference or local .gguf path")
+    m.add_argument(
+        "-m",
+        "--model",
+        default=None,
+        help="hf: reference or local .gguf path (default: the embedded SmolLM2-135M-Instruct)",
+    )
     m.add_argument(
         "-c",
         "--ctx-size",
@@ -74,10 +79,12 @@ def add_server_flags(p: argparse.ArgumentParser) -> None:
         dest="context_length",
         type=int,
         default=None,
-        help="context size in tokens, shared by the parallel slots (0: the model's trained "
-        "length, capped)",
+        help="context size in tokens, shared by the parallel slots (default: 0, the model's "
+        "trained length capped at 8192)",
     )
-    m.add_argument("-t", "--threads", type=int, default=None, help="default: all physical cores")
+    m.add_argument(
+        "-t", "--threads", type=int, default=None, help="CPU threads (default: all physical cores)"
+    )
     m.add_argument(
         "-ngl",
         "--n-gpu-layers",
@@ -87,14 +94,22 @@ def add_server_flags(p: argparse.ArgumentParser) -> None:
         default=None,
         help="layers to offload to a GPU: -1 all (default), 0 none",
     )
-    m.add_argument("-np", "--parallel", type=int, default=None, help="requests generated at once")
-    m.add_argument("--max-pending", type=int, default=None, help="requests that may wait (64)")
-    m.add_argument("--cache-dir", default=None, help="default: $LLM_INPROC_CACHE or user cache")
-    m.add_argument("--alias", default="", help="model name shown to clients")
+    m.add_argument(
+        "-np", "--parallel", type=int, default=None, help="requests generated at once (default: 4)"
+    )
+    m.add_argument(
+        "--max-pending", type=int, default=None, help="requests that may wait (default: 64)"
+    )
+    m.add_argument(
+        "--cache-dir", default=None, help="(default: $LLM_INPROC_CACHE or the user cache dir)"
+    )
+    m.add_argument(
+        "--alias", default="", help="model name shown to clients (default: the -m value)"
+    )
     m.add_argument(
         "--chat-template",
         default="",
-        help="a Jinja chat template, or chatml, gemma, llama3, phi3",
+        help="a Jinja chat template, or chatml, gemma, llama3, phi3 (default: the GGUF's own)",
     )
     m.add_argument(
         "--jinja",
@@ -103,16 +118,21 @@ def add_server_flags(p: argparse.ArgumentParser) -> None:
         help="accepted for llama-server compatibility (chat templates always run in Jinja)",
     )
     s = p.add_argument_group("server")
-    s.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
-    s.add_argument("--port", type=int, default=8080, help="port to listen on (8080)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    s.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")
     s.add_argument(
         "--api-key",
         default=None,
-        help=f"required key (comma-separated for several; default ${API_KEY_ENV})",
+        help=f"required key, comma-separated for several (default: ${API_KEY_ENV}, else none)",
     )
-    s.add_argument("--metrics", action="store_true", help="serve Prometheus /metrics")
     s.add_argument(
-        "--slots", action=argparse.BooleanOptionalAction, default=True, help="serve /slots"
+        "--metrics", action="store_true", help="serve Prometheus /metrics (default: off)"
+    )
+    s.add_argument(
+        "--slots",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="serve /slots (default: on)",
     )
     g = p.add_argument_group("sampling defaults")
     g.add_argument(
@@ -122,10 +142,23 @@ def add_server_flags(p: argparse.ArgumentParser) -> None:
         dest="n_predict",
         type=int,
         default=-1,
-        help="tokens to generate (-1: until the model stops)",
+        help="tokens to generate; -1: until the model stops (default: -1)",
     )
-    g.add_argument("--temp", "--temperature", dest="temp", type=float, default=0.8)
-    g.add_argument("-s", "--seed", type=int, default=-1, help="-1: random")
+    g.add_argument(
+        "--temp",
+        "--temperature",
+        dest="temp",
+        type=float,
+        default=0.8,
+        help="temperature of requests that give none; 0 is greedy (default: 0.8)",
+    )
+    g.add_argument(
+        "-s",
+        "--seed",
+        type=int,
+        default=-1,
+        help="seed of requests that give none; -1: random (default: -1)",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
