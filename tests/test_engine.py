@@ -26,6 +26,7 @@ from llm_inproc import (
     RequestTimeoutError,
     Role,
     Session,
+    SessionClosedError,
 )
 
 pytestmark = pytest.mark.model
@@ -118,6 +119,33 @@ def test_eight_threads_and_eight_tasks_at_once(chat_session: Session) -> None:
     # How often a batched reply differs from the same request alone (not guaranteed equal).
     same = sum(r.text == alone[w].text for w, r in zip(WORDS + WORDS, together, strict=True))
     print(f"{same}/16 batched replies equal to the request run alone")
+
+
+def test_an_idle_engine_lets_its_thread_go_and_keeps_its_caches(chat_model_path: Path) -> None:
+    # An idle engine thread keeps OpenMP workers that slow every other session in the
+    # process; it ends after a second without work, and the next request starts one.
+    opts = Options(model=str(chat_model_path), context_length=1024, parallel=2)
+    with Session(opts) as s:
+        engine = s._backend._engine  # type: ignore[attr-defined]
+        first = s.complete(ask("apple"), max_tokens=8, temperature=0)
+        deadline = time.monotonic() + 10
+        while engine._thread is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert engine._thread is None
+        again = s.complete(ask("apple"), max_tokens=8, temperature=0)
+        assert again.text == first.text
+        assert again.prompt.count == 1 and again.cached_tokens > 0  # the cache was kept
+        streamed = "".join(s.prompt_streaming(ask("river"), max_tokens=8, temperature=0))
+        assert "river" in streamed.lower()
+    # Closing an idle session frees it without a thread; a later request is refused.
+    with Session(opts) as idle:
+        idle.complete(ask("cloud"), max_tokens=4, temperature=0)
+        engine = idle._backend._engine  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 10
+        while engine._thread is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+    with pytest.raises(SessionClosedError):
+        idle.complete(ask("cloud"), max_tokens=4)
 
 
 def test_a_flood_past_max_pending_is_refused_at_once(chat_model_path: Path) -> None:
