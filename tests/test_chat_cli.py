@@ -43,6 +43,26 @@ def roles(conv: Conversation) -> list[Role]:
     return [m.role for m in conv.messages]
 
 
+# --- the memory file (no model) ------------------------------------------------------------------
+
+
+def test_two_chats_at_once_keep_each_others_conversations(tmp_path: Path) -> None:
+    from llm_inproc.cli._chat_store import MEMORY_FILE, ChatStore
+
+    a, _ = ChatStore.load(tmp_path, fresh=False)
+    b, _ = ChatStore.load(tmp_path, fresh=False)  # both read the (missing) file first
+    a.open("cli", "model-a").messages.append(Message(Role.USER, "from a"))
+    b.open("work", "model-b").messages.append(Message(Role.USER, "from b"))
+    a.save()
+    b.save()  # must not drop a's conversation, which b never saw
+    a.conversation.messages.append(Message(Role.ASSISTANT, "a again"))
+    a.save()
+    saved = Memory()
+    saved.load_file(tmp_path / MEMORY_FILE)
+    texts = {c.channel: [m.content for m in c.messages] for c in saved}
+    assert texts == {"cli@model-a": ["from a", "a again"], "work@model-b": ["from b"]}
+
+
 # --- fitting the history (pure) ----------------------------------------------------------------
 
 

@@ -8,9 +8,11 @@ never deleted: starting fresh moves it aside, next to the original.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import time
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -91,6 +93,37 @@ class ChatStore:
         conv.started = conv.last_update = datetime.now(timezone.utc)
 
     def save(self) -> None:
-        self.conversation.last_update = datetime.now(timezone.utc)
+        """Write this run's conversation into the file, keeping what other chats (other
+        channels or models, perhaps running now) saved there since we read it."""
+        conv = self.conversation
+        conv.last_update = datetime.now(timezone.utc)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.memory.save_file(self.path)
+        with _locked(self.path.with_name(f".{self.path.name}.lock")):
+            on_disk = Memory()
+            try:
+                on_disk.load_file(self.path)
+            except FileNotFoundError:
+                pass
+            except InvalidInputError:  # spoilt since we read it: keep it, write ours
+                move_aside(self.path)
+                on_disk = Memory()
+            saved = on_disk.get(conv.user, conv.channel)
+            saved.messages[:] = conv.messages
+            saved.started, saved.last_update = conv.started, conv.last_update
+            on_disk.save_file(self.path)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` between processes (POSIX; elsewhere none)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
