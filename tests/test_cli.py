@@ -292,6 +292,15 @@ def test_models_marks_the_default(model_path: Path, chat_model_path: Path) -> No
     assert [m["ref"] for m in listed if m["default"]] == [DEFAULT_MODEL]
     lines = cli("models").stdout.splitlines()
     assert [line.split()[1] for line in lines if line.startswith("* ")] == [DEFAULT_MODEL]
+    # What each embedded model is for, in models and in info.
+    purposes = {m["ref"]: m["purpose"] for m in listed}
+    assert "chat" in purposes[DEFAULT_MODEL] and "continuation" in purposes[GEMMA_BASE.ref]
+    for line in lines:
+        if DEFAULT_MODEL in line:
+            assert line.startswith("* ") and line.rstrip().endswith(purposes[DEFAULT_MODEL])
+    info = cli("info").stdout
+    assert f"default model     {DEFAULT_MODEL}" in info
+    assert purposes[GEMMA_BASE.ref] in info and purposes[DEFAULT_MODEL] in info
     # $LLM_INPROC_MODEL changes which model prompt runs, so which one is marked.
     env = {"LLM_INPROC_MODEL": GEMMA_BASE.ref}
     listed = json.loads(cli("models", "--json", env=env).stdout)

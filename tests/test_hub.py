@@ -405,7 +405,7 @@ def test_cli_pull_and_models(hub: FakeHub, cache: Path) -> None:
         (REF, str(path), 5000, "hf")
     ]
     table = _cli(hub, cache, "models")
-    assert table.stdout.splitlines()[0].split() == ["REF", "SIZE", "SOURCE", "COMMIT"]
+    assert table.stdout.splitlines()[0].split() == ["REF", "SIZE", "SOURCE", "COMMIT", "FOR"]
     assert REF in table.stdout and "4.9 KiB" in table.stdout
 
     hub.clear_log()

@@ -186,6 +186,7 @@ def list_embedded(cache_dir: Path) -> list[CachedModel]:
                     size=path.stat().st_size,
                     commit="",
                     source=f"pypi:{m.distribution}",
+                    purpose=m.purpose,
                 )
             )
     return found

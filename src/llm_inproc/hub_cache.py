@@ -45,6 +45,8 @@ class CachedModel:
     """The repository commit it was downloaded from ("" when not from a repository)."""
     source: str = "hf"
     """Where it came from: ``"hf"`` for the Hugging Face cache."""
+    purpose: str = ""
+    """What the model is for, when we know (the embedded ones)."""
 
     def to_json(self) -> dict[str, Any]:
         """The fields as JSON values (``path`` as a string), for ``models`` and ``info``."""

@@ -56,7 +56,8 @@ def format_info(info: dict[str, Any]) -> str:
         lines.append(f"models            {len(models)} cached")
         for m in models:
             mark = "* " if m.get("default") else "  "
-            lines.append(f"{mark}{m['ref']}  {format_size(m['size'])}  ({m['source']})")
+            purpose = f": {m['purpose']}" if m.get("purpose") else ""
+            lines.append(f"{mark}{m['ref']}  {format_size(m['size'])}  ({m['source']}){purpose}")
     return "\n".join(lines)
 
 

@@ -55,21 +55,23 @@ def is_model(m: CachedModel, model: str) -> bool:
 
 
 def format_models(models: Sequence[CachedModel], default: str = "") -> str:
-    """Aligned columns: reference (``*`` before the default model's), size, source, commit."""
-    rows = [("  REF", "SIZE", "SOURCE", "COMMIT")]
+    """Aligned columns: reference (``*`` before the default model's), size, source, commit,
+    and what the model is for."""
+    rows = [("  REF", "SIZE", "SOURCE", "COMMIT", "FOR")]
     rows += [
         (
             ("* " if is_model(m, default) else "  ") + m.ref,
             format_size(m.size),
             m.source,
             m.commit[:12],
+            m.purpose,
         )
         for m in models
     ]
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
     return "\n".join(
         (
-            "  ".join(cell.ljust(w) for cell, w in zip(r[:3], widths, strict=True)) + "  " + r[3]
+            "  ".join(cell.ljust(w) for cell, w in zip(r[:4], widths, strict=True)) + "  " + r[4]
         ).rstrip()
         for r in rows
     )
