@@ -7,9 +7,6 @@ This module owns the flags and the start (which conversation, which system promp
 from __future__ import annotations
 
 import argparse
-import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from ..messages import Message, Role
@@ -74,9 +71,7 @@ def run(args: argparse.Namespace) -> int:
     if moved:
         notice(moved)
     kw = sampling_kwargs(args)
-    with _sigint_for_main_thread_only():
-        session = session_from_args(args)
-    with session:
+    with session_from_args(args) as session:
         conv = store.open(args.channel, str(session.model))
         if args.new or not conv.messages:
             if conv.messages:
@@ -95,21 +90,6 @@ def run(args: argparse.Namespace) -> int:
             return ChatLoop(session, store, reader, kw, args.system).run()
         finally:
             reader.close()
-
-
-@contextmanager
-def _sigint_for_main_thread_only() -> Iterator[None]:
-    """Threads started in here (the engine's, llama.cpp's) block SIGINT, as they inherit
-    this mask. The kernel gives a process signal to any thread that takes it: one given to a
-    worker would leave the main thread asleep in readline, and Ctrl-C at the prompt unheard."""
-    if not hasattr(signal, "pthread_sigmask"):  # Windows: no such signals to route
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _resume(messages: list[Message], system: str | None, channel: str) -> None:

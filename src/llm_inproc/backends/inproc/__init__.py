@@ -19,6 +19,7 @@ from ...errors import InvalidInputError
 from ...hardware import physical_cores
 from ...metrics import Metrics
 from ..base import GenerationRequest, ModelInfo
+from ._llama import signals_blocked
 from .engine import Engine
 from .model import Context, Model, check_prompt_fits, clamp_threads
 from .request import AsyncChannel, Request, ThreadChannel
@@ -45,15 +46,16 @@ class InprocBackend:
     ) -> None:
         self.path = Path(path)
         threads = clamp_threads(threads, physical_cores())
-        self._model = model = Model(self.path, gpu_layers)
-        try:
-            # Auto: on where layers run on a GPU (a large win there), off on the CPU.
-            flash = model.offloaded > 0 if flash_attention is None else flash_attention
-            n_ctx = model.context_size(context_length)
-            ctx = Context(model, n_ctx, threads, parallel, flash_attention=flash)
-        except BaseException:
-            model.free()
-            raise
+        with signals_blocked():  # for any thread llama.cpp starts while loading
+            self._model = model = Model(self.path, gpu_layers)
+            try:
+                # Auto: on where layers run on a GPU (a large win there), off on the CPU.
+                flash = model.offloaded > 0 if flash_attention is None else flash_attention
+                n_ctx = model.context_size(context_length)
+                ctx = Context(model, n_ctx, threads, parallel, flash_attention=flash)
+            except BaseException:
+                model.free()
+                raise
         self.info = ModelInfo(
             architecture=model.architecture,
             description=model.description,

@@ -1,4 +1,5 @@
-"""One place that imports llama_cpp, owns its log callback and collects what it says.
+"""One place that imports llama_cpp, owns its log callback and collects what it says,
+and keeps process signals away from the threads llama.cpp starts.
 
 llama.cpp reports load failures only through its log. The callback runs in the
 thread that called into llama.cpp, so each load captures the lines logged by its
@@ -12,13 +13,14 @@ import contextlib
 import ctypes
 import logging
 import re
+import signal
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-__all__ = ["LoadLog", "capture", "lib"]
+__all__ = ["LoadLog", "capture", "lib", "signals_blocked"]
 
 logger = logging.getLogger("llm_inproc.llama_cpp")
 
@@ -110,3 +112,19 @@ def lib() -> ModuleType:
             llama_cpp.llama_backend_init()
             _lib = llama_cpp
     return _lib
+
+
+@contextlib.contextmanager
+def signals_blocked() -> Iterator[None]:
+    """Threads started in here (ours, and the workers llama.cpp and OpenMP start) inherit a
+    mask that leaves SIGINT and SIGTERM to the main thread, where Python handles them: a
+    signal the kernel hands a worker would leave the main thread asleep (in ``readline``,
+    say) and Ctrl-C unheard."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: no such signal routing
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

@@ -11,14 +11,11 @@ read their output channels, so nothing in the context is shared between threads.
 from __future__ import annotations
 
 import codecs
-import contextlib
 import ctypes
 import enum
 import logging
-import signal
 import threading
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 
 import numpy as np
@@ -27,7 +24,7 @@ from ...errors import LLMError, SessionClosedError
 from ...metrics import TokenPerformance
 from ...sampling import TokenProb
 from ..base import FinishReason, Outcome
-from ._llama import capture
+from ._llama import capture, signals_blocked
 from .admission import Admission
 from .model import Context, Model
 from .request import Request
@@ -45,20 +42,6 @@ _IDLE_EXIT = 1.0
 one). An idle thread keeps its OpenMP workers, and libgomp shortens its spin-waits for
 every team while it manages more threads than there are CPUs: one idle Session cost
 another in the same process ~20 % of its speed on two cores (98 vs 124 tok/s)."""
-
-
-@contextlib.contextmanager
-def _signals_blocked() -> Iterator[None]:
-    """Threads started in here (and the OpenMP workers they start) inherit a mask that
-    keeps SIGINT and SIGTERM for the main thread, where Python handles them."""
-    if not hasattr(signal, "pthread_sigmask"):  # Windows: no such signal routing
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 class _Next(enum.Enum):
@@ -97,7 +80,6 @@ class Engine:
         self._abort_cb = ll.ggml_abort_callback(self._should_abort)
         self._no_abort = ll.ggml_abort_callback()  # NULL: no callback
         self._thread: threading.Thread | None = None
-        self._freed = False
 
     # -- consumer side (any thread) ------------------------------------------------------
 
@@ -126,7 +108,7 @@ class Engine:
     def _start_thread(self) -> None:
         """Start the engine thread (called with the lock held)."""
         thread = threading.Thread(target=self._run, name="llm-inproc-engine", daemon=True)
-        with _signals_blocked():
+        with signals_blocked():
             thread.start()
         self._thread = thread
 
@@ -173,11 +155,9 @@ class Engine:
             self._shutdown()
 
     def _shutdown(self) -> None:
+        """End what is left and free the context: once, by the engine thread, or by
+        ``close()`` when there is no thread (none starts once closing)."""
         self._end_all(SessionClosedError("the session was closed during this request"))
-        with self._cond:
-            if self._freed:
-                return
-            self._freed = True
         self._free()
 
     def _wait_for_work(self) -> _Next:
