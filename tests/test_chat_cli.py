@@ -70,11 +70,11 @@ def test_fit_history_drops_whole_oldest_turns_and_keeps_the_system_prompt() -> N
     sys_msg = Message(Role.SYSTEM, "s" * 10)
     turns = [Message(Role.USER if i % 2 == 0 else Role.ASSISTANT, "x" * 10) for i in range(6)]
     count = lambda ms: sum(len(m.content) for m in ms)  # noqa: E731
-    kept, dropped = fit_history([sys_msg, *turns, Message(Role.USER, "new")], count, 35)
+    kept, dropped, _ = fit_history([sys_msg, *turns, Message(Role.USER, "new")], count, 35)
     assert kept[0] is sys_msg and kept[-1].content == "new"
     assert dropped == 4 and roles(Conversation("", "", messages=kept[1:]))[0] is Role.USER
     assert count(kept) <= 35
-    kept, dropped = fit_history([Message(Role.USER, "y" * 99)], count, 10)
+    kept, dropped, _ = fit_history([Message(Role.USER, "y" * 99)], count, 10)
     assert len(kept) == 1 and dropped == 0  # the new message stays; the caller says it is long
     assert reply_reserve(512, 16) == 16 and reply_reserve(512, 0) == 128
     assert reply_reserve(512, 10_000) == 256

@@ -18,21 +18,24 @@ def reply_reserve(n_ctx: int, max_tokens: int) -> int:
 
 def fit_history(
     messages: Sequence[Message], count: Callable[[list[Message]], int], budget: int
-) -> tuple[list[Message], int]:
+) -> tuple[list[Message], int, int]:
     """The longest tail of whole turns (a user message and what follows it) whose prompt
     takes at most ``budget`` tokens by ``count``, behind the leading system prompt if any;
-    and how many messages were dropped. The last message is always kept, even if it alone
-    does not fit (the caller tells the user).
+    how many messages were dropped; and what the kept ones count (more than ``budget``
+    only when the last message alone does not fit: it is always kept, the caller tells
+    the user).
     """
     msgs = list(messages)
     head = msgs[:1] if msgs and msgs[0].role is Role.SYSTEM else []
     body = msgs[len(head) :]
     dropped = 0
-    while len(body) > 1 and count(head + body) > budget:
+    used = count(head + body)
+    while len(body) > 1 and used > budget:
         body.pop(0)
         dropped += 1
         # A turn goes whole: never leave a reply without the message it answered.
         while len(body) > 1 and body[0].role is not Role.USER:
             body.pop(0)
             dropped += 1
-    return head + body, dropped
+        used = count(head + body)
+    return head + body, dropped, used

@@ -7,6 +7,7 @@ stdout holds only the model's words.
 
 from __future__ import annotations
 
+import itertools
 import signal
 import sys
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ContextOverflowError
 from ..messages import Message, Role
 from ._chat_fit import fit_history, reply_reserve
+from ._common import stream_to_stdout
 
 if TYPE_CHECKING:
     from ..session import Session
@@ -134,8 +136,8 @@ class ChatLoop:
         None (and the user told) when the new message alone is too long."""
         n_ctx = self.session.model_info.n_ctx
         budget = n_ctx - reply_reserve(n_ctx, int(self.sampling.get("max_tokens", 0)))
-        fitted, dropped = fit_history(messages, self.session.count_tokens, budget)
-        if self.session.count_tokens(fitted) > budget:
+        fitted, dropped, used = fit_history(messages, self.session.count_tokens, budget)
+        if used > budget:
             notice(
                 f"your message does not fit in the {n_ctx}-token context with room for the "
                 "reply; not sent. Send a shorter one, or raise --context-length"
@@ -156,28 +158,18 @@ class ChatLoop:
                 return self._stream(messages)
             except ContextOverflowError:
                 # The backend counted more than we did (a remote server): one turn less.
-                fitted, dropped = fit_history(messages, len, len(messages) - 1)
+                fitted, dropped, _ = fit_history(messages, len, len(messages) - 1)
                 if not dropped:
                     raise
                 notice(f"the context is full: dropped the {dropped} oldest messages")
                 messages[:] = fitted
 
     def _stream(self, messages: list[Message]) -> tuple[str, bool]:
-        out: list[str] = []
         with self.session.prompt_streaming(messages, **self.sampling) as stream:
-            for piece in stream:
-                if self._stop_requested:
-                    break
-                if not out:
-                    piece = piece.lstrip()
-                    if not piece:
-                        continue
-                out.append(piece)
-                sys.stdout.write(piece)
-                sys.stdout.flush()
-        sys.stdout.write("\n")  # end the reply's line, even an empty reply's
-        sys.stdout.flush()
-        return "".join(out).strip(), self._stop_requested
+            # Ctrl-C is checked between pieces; leaving the block stops the generation.
+            going = itertools.takewhile(lambda _: not self._stop_requested, stream)
+            text = stream_to_stdout(going)
+        return text, self._stop_requested
 
     @contextmanager
     def _ctrl_c_stops_reply(self) -> Iterator[None]:
