@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -27,6 +28,7 @@ __all__ = [
     "add_common_model_flags",
     "add_config_flag",
     "build_parser",
+    "checked_type",
     "main",
     "parse_args",
 ]
@@ -55,24 +57,36 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def option_value(name: str, convert: Callable[[str], Any]) -> Callable[[str], Any]:
-    """An argparse ``type`` that converts and then checks the value as ``Options.<name>``
-    would, so ``--threads 0`` is refused while parsing, with Options' own words."""
+def checked_type(
+    convert: Callable[[str], Any], check: Callable[[Any], object]
+) -> Callable[[str], Any]:
+    """An argparse ``type``: ``convert`` the text, then ``check`` the value (which raises
+    :class:`InvalidInputError`), so a bad value is a usage error in the library's words."""
 
     def parse(text: str) -> Any:
-        from ..config import Options
         from ..errors import InvalidInputError
 
         value = convert(text)
         try:
-            Options(**{name: value}).validate()
+            check(value)
         except InvalidInputError as e:
             # "Options.threads: 0 is invalid; ..." -> "0 is invalid; ..." (argparse names the flag)
-            raise argparse.ArgumentTypeError(str(e).split(": ", 1)[-1]) from None
+            raise argparse.ArgumentTypeError(re.sub(r"^Options\.\w+: ", "", str(e))) from None
         return value
 
     parse.__name__ = convert.__name__  # argparse's "invalid int value: 'x'"
     return parse
+
+
+def option_value(name: str, convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A flag checked as ``Options.<name>`` is: ``--threads 0`` is refused while parsing."""
+
+    def check(value: Any) -> None:
+        from ..config import Options
+
+        Options(**{name: value}).validate()
+
+    return checked_type(convert, check)
 
 
 def add_common_model_flags(parser: argparse.ArgumentParser, *, session: bool = True) -> None:

@@ -18,7 +18,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import MODEL_ENV, flash_attention
+from . import MODEL_ENV, checked_type, flash_attention
 
 if TYPE_CHECKING:
     from ..config import Config, KnownLLM, Options
@@ -64,23 +64,15 @@ class _Given(argparse.Action):
 
 
 def _sampling_value(name: str, convert: Callable[[str], Any]) -> Callable[[str], Any]:
-    """An argparse ``type`` that checks the value as ``Sampling.<name>`` does, so that
-    ``--top-p 2`` is refused while parsing, in Sampling's own words."""
+    """A flag checked as ``Sampling.<name>`` is: ``--top-p 2`` is refused while parsing."""
 
-    def parse(text: str) -> Any:
-        from ..errors import InvalidInputError
+    def check(value: Any) -> None:
         from ..sampling import Sampling
 
-        value = convert(text)
-        try:
-            checked: dict[str, Any] = {name: (value,) if name == "stop" else value}
-            Sampling(**checked)
-        except InvalidInputError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
-        return value
+        fields: dict[str, Any] = {name: (value,) if name == "stop" else value}
+        Sampling(**fields)
 
-    parse.__name__ = convert.__name__  # argparse's "invalid float value: 'x'"
-    return parse
+    return checked_type(convert, check)
 
 
 def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
