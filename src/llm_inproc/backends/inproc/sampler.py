@@ -223,10 +223,7 @@ def build_sampler(model: Model, s: Sampling) -> NativeSampler | ArgmaxSampler:
     """The sampler for ``s``; raises :class:`InvalidInputError` for a bad grammar."""
     ll = model.ll
     grammar = grammar_for(s)
-    has_history = s.dry_multiplier > 0 or (
-        s.repeat_last_n != 0
-        and (s.repeat_penalty != 1.0 or s.frequency_penalty != 0.0 or s.presence_penalty != 0.0)
-    )
+    has_history = s.dry_multiplier > 0 or _penalised(s)
     if s.greedy and not grammar and not has_history:
         return ArgmaxSampler(ll, model.n_vocab, _biases(model, s))
     chains: list[Any] = []
@@ -242,6 +239,13 @@ def build_sampler(model: Model, s: Sampling) -> NativeSampler | ArgmaxSampler:
         for chain in chains:
             ll.llama_sampler_free(chain)
         raise
+
+
+def _penalised(s: Sampling) -> bool:
+    """Whether the repetition penalties change anything (they then keep a token history)."""
+    return s.repeat_last_n != 0 and (
+        s.repeat_penalty != 1.0 or s.frequency_penalty != 0.0 or s.presence_penalty != 0.0
+    )
 
 
 def _shortlist(s: Sampling) -> int:
@@ -300,12 +304,9 @@ def _fill(
         add(ll.llama_sampler_init_logit_bias(model.n_vocab, len(biases), arr))
     if grammar is not None:
         add(grammar)
-    penalties = s.repeat_last_n != 0 and (
-        s.repeat_penalty != 1.0 or s.frequency_penalty != 0.0 or s.presence_penalty != 0.0
-    )
-    if penalties and (pre := _shortlist(s)):
-        add(ll.llama_sampler_init_top_k(pre))
-    if penalties:
+    if _penalised(s):
+        if pre := _shortlist(s):
+            add(ll.llama_sampler_init_top_k(pre))
         last_n = model.n_ctx_train if s.repeat_last_n == -1 else s.repeat_last_n
         add(
             ll.llama_sampler_init_penalties(
