@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from . import add_cache_dir_flag
-from ._models import format_size, is_model
+from ._models import format_size, mark_default
 
 __all__ = ["add_parser", "format_info", "run"]
 
@@ -64,7 +64,6 @@ def format_info(info: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     from ..config import DEFAULT_MODEL
     from ..paths import resolve_cache_dir
-    from ..resolve import list_models
     from ..sysinfo import system_info
     from ._common import chosen_model
 
@@ -74,8 +73,6 @@ def run(args: argparse.Namespace) -> int:
     default = chosen_model(args)[0] or DEFAULT_MODEL
     info["default_model"] = default
     if info.get("cached_models") is not None:
-        info["cached_models"] = [
-            {**m.to_json(), "default": is_model(m, default)} for m in list_models(cache_dir)
-        ]
+        info["cached_models"] = mark_default(info["cached_models"], default)
     sys.stdout.write((json.dumps(info, indent=2) if args.json else format_info(info)) + "\n")
     return 0

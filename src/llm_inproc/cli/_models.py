@@ -11,14 +11,14 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import MODEL_ENV, add_cache_dir_flag, add_config_flag
 
 if TYPE_CHECKING:
     from ..hub import CachedModel
 
-__all__ = ["add_parser", "format_models", "format_size", "is_model", "run"]
+__all__ = ["add_parser", "format_models", "format_size", "is_model", "mark_default", "run"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -45,13 +45,19 @@ def format_size(n: int) -> str:
     return f"{value:.1f} GiB"
 
 
-def is_model(m: CachedModel, model: str) -> bool:
-    """Whether the cached ``m`` is what ``model`` (a reference or a path) names."""
+def is_model(ref: str, path: str | os.PathLike[str], model: str) -> bool:
+    """Whether the cached model ``ref`` at ``path`` is what ``model`` (a reference or a
+    path) names."""
     if not model:
         return False
     if model.startswith("hf:"):
-        return m.ref == model
-    return os.path.abspath(os.path.expanduser(model)) == os.path.abspath(m.path)
+        return ref == model
+    return os.path.abspath(os.path.expanduser(model)) == os.path.abspath(path)
+
+
+def mark_default(listed: list[dict[str, Any]], default: str) -> list[dict[str, Any]]:
+    """JSON listings (``CachedModel.to_json``) with ``"default"`` set on each."""
+    return [{**m, "default": is_model(m["ref"], m["path"], default)} for m in listed]
 
 
 def format_models(models: Sequence[CachedModel], default: str = "") -> str:
@@ -60,7 +66,7 @@ def format_models(models: Sequence[CachedModel], default: str = "") -> str:
     rows = [("  REF", "SIZE", "SOURCE", "COMMIT", "FOR")]
     rows += [
         (
-            ("* " if is_model(m, default) else "  ") + m.ref,
+            ("* " if is_model(m.ref, m.path, default) else "  ") + m.ref,
             format_size(m.size),
             m.source,
             m.commit[:12],
@@ -88,13 +94,13 @@ def run(args: argparse.Namespace) -> int:
     cache_dir = resolve_cache_dir(args.cache_dir)
     models = list_models(cache_dir)
     if args.json:
-        listed = [{**m.to_json(), "default": is_model(m, default)} for m in models]
+        listed = mark_default([m.to_json() for m in models], default)
         print(json.dumps(listed, indent=2))  # noqa: T201 - the command's output
     elif models:
         print(format_models(models, default))  # noqa: T201 - the command's output
     else:
         print(f"no models cached in {cache_dir}", file=sys.stderr)  # noqa: T201
-    if default.startswith("hf:") and not any(is_model(m, default) for m in models):
+    if default.startswith("hf:") and not any(is_model(m.ref, m.path, default) for m in models):
         print(  # noqa: T201
             f"the default model {default} is not cached; the first prompt fetches it "
             f"(or run: llm-inproc pull {default})",
