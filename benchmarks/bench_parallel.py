@@ -175,6 +175,16 @@ def wait_for_quiet(pids: Sequence[int], limit: float, max_wait: float) -> float:
             return others
 
 
+def _repack(model: Path) -> bool:
+    """The in-process probe's verdict for this CPU, so llama-server survives where AMX
+    is reported but cannot run (the in-process session decides the same way)."""
+    from llm_inproc.backends.inproc.repack import resolve_repack
+    from llm_inproc.paths import default_cache_dir
+    from llm_inproc.sysinfo import llama_system_info
+
+    return resolve_repack(None, model, default_cache_dir(), llama_system_info())[0]
+
+
 class Server(Engine):
     def __init__(self, exe: Path, model: Path, parallel: int, threads: int, ctx: int) -> None:
         self.name = f"server np={parallel}"
@@ -196,6 +206,7 @@ class Server(Engine):
             "off",
             "--swa-full",
             *(["--kv-unified"] if "--kv-unified" in helptext else []),
+            *([] if _repack(model) else ["--no-repack"]),
             "--host",
             "127.0.0.1",
             "--port",

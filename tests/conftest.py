@@ -79,3 +79,14 @@ def llama_server_binary(cache_dir: Path) -> Path:
     from llm_inproc.server_build import build_llama_server
 
     return build_llama_server(cache_dir, "cpu").llama_server
+
+
+@pytest.fixture(scope="session")
+def repack_flags(cache_dir: Path, chat_model_path: Path) -> list[str]:
+    """llama-server's ``--no-repack`` where this CPU reports AMX but cannot run it (the
+    in-process probe's verdict), else nothing: a server started by hand needs it too."""
+    from llm_inproc.backends.inproc.repack import resolve_repack
+    from llm_inproc.sysinfo import llama_system_info
+
+    repack, _ = resolve_repack(None, chat_model_path, cache_dir, llama_system_info())
+    return [] if repack else ["--no-repack"]

@@ -206,6 +206,7 @@ def test_request_bodies_in_both_dialects() -> None:
 @pytest.fixture(scope="module")
 def servers(
     llama_server_binary: Path,
+    repack_flags: list[str],
     model_path: Path,
     chat_model_path: Path,
     tmp_path_factory: pytest.TempPathFactory,
@@ -224,7 +225,7 @@ def servers(
             cmd = [str(llama_server_binary), "-m", str(path), "--port", str(port), *FLAGS]
             log = logs / f"llama-{name}.log"
             out["llama", name] = stack.enter_context(
-                started([*cmd, "-fa", "off"], port, log, env=env_without_key())
+                started([*cmd, "-fa", "off", *repack_flags], port, log, env=env_without_key())
             )
         yield out
 

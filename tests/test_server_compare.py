@@ -20,7 +20,10 @@ CHAT = [{"role": "user", "content": "Name one colour."}]
 
 @pytest.fixture(scope="module")
 def theirs(
-    llama_server_binary: Path, chat_model_path: Path, tmp_path_factory: pytest.TempPathFactory
+    llama_server_binary: Path,
+    repack_flags: list[str],
+    chat_model_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Server]:
     binary = llama_server_binary
     port = free_port()
@@ -28,6 +31,7 @@ def theirs(
     # Our engine evaluates without flash attention (bit-exact replies across batches);
     # llama-server must too, or greedy replies differ in the last bits of the logits.
     cmd = [str(binary), "-m", str(chat_model_path), "--port", str(port), *FLAGS, "-fa", "off"]
+    cmd += repack_flags
     with started(cmd, port, log) as s:
         yield s
 

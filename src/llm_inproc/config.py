@@ -176,6 +176,10 @@ class Options:
     it is a large win, and off on the CPU, where replies then stay bit-exact when a prompt
     is partly reused from the KV cache (on: ~3 % faster generation here, but a token's
     logits depend on the batch it was evaluated in)."""
+    repack: bool | None = None
+    """Weight repacking for the CPU's fast kernels: None (auto) repacks unless a one-time
+    probe finds that this CPU reports AMX but cannot run it (some VMs kill the process with
+    SIGILL); True or False forces it. Passed on to a spawned llama-server."""
     backend: str = ""
     """``"inproc"``, ``"python"``, ``"llama-server"``, ``"remote"``; empty infers it."""
     max_pending: int = 64
@@ -197,6 +201,10 @@ class Options:
             raise InvalidInputError(
                 f"{where}flash_attention: expected true, false or null (auto), got "
                 f"{_type_name(self.flash_attention)}"
+            )
+        if self.repack is not None and not isinstance(self.repack, bool):
+            raise InvalidInputError(
+                f"{where}repack: expected true, false or null (auto), got {_type_name(self.repack)}"
             )
         if not isinstance(self.sampling, Sampling):
             raise InvalidInputError(

@@ -35,6 +35,7 @@ __all__ = [
     "EmbeddedModel",
     "embedded_model_path",
     "find_embedded",
+    "installed_file",
     "list_embedded",
 ]
 
@@ -91,7 +92,7 @@ def find_embedded(ref: str) -> EmbeddedModel | None:
     return None
 
 
-def _installed_file(model: EmbeddedModel) -> Path | None:
+def installed_file(model: EmbeddedModel) -> Path | None:
     """Where the distribution put its GGUF, found from its metadata without importing it."""
     try:
         dist = importlib.metadata.distribution(model.distribution)
@@ -122,7 +123,7 @@ def _reinstall_hint(model: EmbeddedModel, digest: str) -> ModelLoadError:
 
 
 def _in_place(model: EmbeddedModel, cache_dir: Path) -> Path | None:
-    path = _installed_file(model)
+    path = installed_file(model)
     if path is None or is_verified(path, model.sha256, cache_dir):
         return path
     digest = file_digest(path)
@@ -177,7 +178,7 @@ def list_embedded(cache_dir: Path) -> list[CachedModel]:
 
     found = []
     for m in EMBEDDED_MODELS:
-        path = _installed_file(m) if m.package_file else cache_dir / "embedded" / m.filename
+        path = installed_file(m) if m.package_file else cache_dir / "embedded" / m.filename
         if path is not None and path.is_file():
             found.append(
                 CachedModel(

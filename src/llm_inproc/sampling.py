@@ -2,7 +2,8 @@
 
 Pass it as ``sampling=`` to any prompt call, or set ``Options.sampling`` (YAML
 ``sampling:``) for a session default. ``max_tokens``, ``seed`` and ``temperature``
-are also keyword arguments of the prompt calls, which set them per request.
+are also keyword arguments of the prompt calls: given, they override the sampling for
+that request; left out (None), the sampling's values hold.
 Every field maps to one of llama.cpp's native samplers: nothing runs in Python.
 """
 
@@ -43,8 +44,8 @@ class Sampling:
     """Tokens to generate at most; 0 means until the model stops or the context is full."""
     seed: int = 0
     """0 picks a random seed; any other value repeats the same output."""
-    temperature: float = 1.0
-    """0 is greedy; higher is more random."""
+    temperature: float = 0.8
+    """0 is greedy; higher is more random (0.8 is llama-server's and Ollama's default)."""
     top_k: int = 40
     """Keep the k most likely tokens; 0 keeps all."""
     top_p: float = 0.95

@@ -103,20 +103,15 @@ class Session:
     def _request(
         self,
         messages: Sequence[Message],
-        max_tokens: int,
-        seed: int,
-        temperature: float,
+        max_tokens: int | None,
+        seed: int | None,
+        temperature: float | None,
         sampling: Sampling | None,
         timeout: float | None,
     ) -> GenerationRequest:
         if self._closed:
             raise SessionClosedError("the session is closed; create a new Session")
-        if sampling is not None and not isinstance(sampling, Sampling):
-            raise InvalidInputError(f"sampling must be a Sampling, not {type(sampling).__name__}")
-        base = sampling if sampling is not None else self.options.sampling
-        sampling = dataclasses.replace(
-            base, max_tokens=max_tokens, seed=seed, temperature=temperature
-        )
+        sampling = self._sampling(sampling, max_tokens, seed, temperature)
         _check_timeout(timeout)
         if not isinstance(messages, (list, tuple)):
             raise InvalidInputError(
@@ -138,17 +133,38 @@ class Session:
             stops=END_OF_TURN_MARKERS + TURN_START_MARKERS + sampling.stop,
         )
 
+    def _sampling(
+        self,
+        sampling: Sampling | None,
+        max_tokens: int | None,
+        seed: int | None,
+        temperature: float | None,
+    ) -> Sampling:
+        """``sampling`` (else ``Options.sampling``) with the keyword values that were given;
+        a keyword left out (None) keeps what the sampling says."""
+        if sampling is not None and not isinstance(sampling, Sampling):
+            raise InvalidInputError(f"sampling must be a Sampling, not {type(sampling).__name__}")
+        base = sampling if sampling is not None else self.options.sampling
+        given: dict[str, Any] = {"max_tokens": max_tokens, "seed": seed, "temperature": temperature}
+        changes = {k: v for k, v in given.items() if v is not None}
+        return dataclasses.replace(base, **changes) if changes else base
+
     def prompt(
         self,
         messages: Sequence[Message],
         *,
-        max_tokens: int = 0,
-        seed: int = 0,
-        temperature: float = 1.0,
+        max_tokens: int | None = None,
+        seed: int | None = None,
+        temperature: float | None = None,
         sampling: Sampling | None = None,
         timeout: float | None = None,
     ) -> str:
-        """The model's reply, stripped of surrounding whitespace."""
+        """The model's reply, stripped of surrounding whitespace.
+
+        ``max_tokens``, ``seed`` and ``temperature`` left out (None) are what ``sampling``
+        says, else ``Options.sampling``, else llama-server's defaults: no token limit, a
+        random seed, temperature 0.8.
+        """
         return self.complete(
             messages,
             max_tokens=max_tokens,
@@ -162,9 +178,9 @@ class Session:
         self,
         messages: Sequence[Message],
         *,
-        max_tokens: int = 0,
-        seed: int = 0,
-        temperature: float = 1.0,
+        max_tokens: int | None = None,
+        seed: int | None = None,
+        temperature: float | None = None,
         sampling: Sampling | None = None,
         timeout: float | None = None,
     ) -> Reply:
@@ -187,9 +203,9 @@ class Session:
         self,
         messages: Sequence[Message],
         *,
-        max_tokens: int = 0,
-        seed: int = 0,
-        temperature: float = 1.0,
+        max_tokens: int | None = None,
+        seed: int | None = None,
+        temperature: float | None = None,
         sampling: Sampling | None = None,
         timeout: float | None = None,
     ) -> ReplyStream:
@@ -204,9 +220,9 @@ class Session:
         self,
         messages: Sequence[Message],
         *,
-        max_tokens: int = 0,
-        seed: int = 0,
-        temperature: float = 1.0,
+        max_tokens: int | None = None,
+        seed: int | None = None,
+        temperature: float | None = None,
         sampling: Sampling | None = None,
         timeout: float | None = None,
     ) -> str:
@@ -225,9 +241,9 @@ class Session:
         self,
         messages: Sequence[Message],
         *,
-        max_tokens: int = 0,
-        seed: int = 0,
-        temperature: float = 1.0,
+        max_tokens: int | None = None,
+        seed: int | None = None,
+        temperature: float | None = None,
         sampling: Sampling | None = None,
         timeout: float | None = None,
     ) -> Reply:
@@ -250,9 +266,9 @@ class Session:
         self,
         messages: Sequence[Message],
         *,
-        max_tokens: int = 0,
-        seed: int = 0,
-        temperature: float = 1.0,
+        max_tokens: int | None = None,
+        seed: int | None = None,
+        temperature: float | None = None,
         sampling: Sampling | None = None,
         timeout: float | None = None,
     ) -> AsyncReplyStream:
@@ -263,16 +279,14 @@ class Session:
 
     def count_tokens(self, messages: Sequence[Message]) -> int:
         """How many context tokens the prompt for ``messages`` takes."""
-        return self._backend.count_tokens(self._request(messages, 0, 0, 1.0, None, None))
+        return self._backend.count_tokens(self._request(messages, None, None, None, None, None))
 
     # -- prepared requests (what a server needs) --------------------------------------------
 
     def chat_request(self, messages: Sequence[Message], sampling: Sampling) -> GenerationRequest:
         """The request :meth:`prompt` would make for ``messages`` (encoding or chat template,
         system-prompt template, stop markers), to pass to :meth:`generate`."""
-        return self._request(
-            messages, sampling.max_tokens, sampling.seed, sampling.temperature, sampling, None
-        )
+        return self._request(messages, None, None, None, sampling, None)
 
     def generate(self, request: GenerationRequest, *, timeout: float | None = None) -> ReplyStream:
         """Start a prepared request (raw text, token ids, or :meth:`chat_request`); the

@@ -19,7 +19,7 @@ from .errors import LLMError
 from .hardware import physical_cores
 from .server_build import list_server_builds
 
-__all__ = ["DEVICE_TYPES", "llama_cpp_devices", "system_info"]
+__all__ = ["DEVICE_TYPES", "llama_cpp_devices", "llama_system_info", "system_info"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ def system_info(cache_dir: str | os.PathLike[str]) -> dict[str, Any]:
     except LLMError:
         info["llama_cpp_python_version"] = None
     info.update(_llama_cpp_info())
+    info["repack"] = _repack_info(cache, info.get("system_info") or "")
     info["llama_server_builds"] = [b.to_json() for b in list_server_builds(cache)]
     info["cached_models"] = _cached_models(cache)
     return info
@@ -53,14 +54,21 @@ def _llama_cpp_info() -> dict[str, Any]:
             "max_devices": 0,
             "devices": [],
         }
-    raw = llama_cpp.llama_print_system_info()
-    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    text = llama_system_info()
     return {
         "system_info": text.strip(),
         "gpu_offload": bool(llama_cpp.llama_supports_gpu_offload()),
         "max_devices": int(llama_cpp.llama_max_devices()),
         "devices": llama_cpp_devices(),
     }
+
+
+def llama_system_info() -> str:
+    """llama.cpp's feature line (``AVX2 = 1 | AMX_INT8 = 1 | ...``) for this build."""
+    import llama_cpp
+
+    raw = llama_cpp.llama_print_system_info()
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
 
 
 def llama_cpp_devices() -> list[dict[str, Any]]:
@@ -123,3 +131,17 @@ def _cached_models(cache_dir: Path) -> list[dict[str, Any]] | None:
         log.warning("cannot list cached models: %s", e)
         return None
     return [m.to_json() for m in models]
+
+
+def _repack_info(cache_dir: Path, text: str) -> dict[str, Any]:
+    """Whether sessions repack weights by default here, and why (the probe's cached verdict)."""
+    from .backends.inproc.repack import RepackProbe, build_has_amx, fingerprint
+
+    if not text:
+        return {"auto": None, "reason": "llama_cpp cannot be imported"}
+    if not build_has_amx(text):
+        return {"auto": True, "reason": "this llama.cpp build has no AMX kernels"}
+    verdict = RepackProbe(cache_dir, fingerprint(text)).cached()
+    if verdict is None:
+        return {"auto": None, "reason": "not probed yet: the first model load decides"}
+    return {"auto": verdict.safe, "reason": verdict.reason}

@@ -30,6 +30,8 @@ def open_backend(
             threads=options.threads,
             parallel=options.parallel,
             flash_attention=options.flash_attention,
+            repack=options.repack,
+            cache_dir=cache_dir,
             max_pending=options.max_pending,
         )
         return backend, path

@@ -55,6 +55,8 @@ class ModelInfo:
     """Requests generated at once."""
     flash_attention: bool = False
     """Whether llama.cpp's flash attention is on."""
+    repack: bool | None = None
+    """Whether weights were repacked for the CPU's fast kernels (None: unknown, a server)."""
 
 
 @dataclass(frozen=True)

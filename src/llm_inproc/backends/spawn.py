@@ -88,7 +88,19 @@ def _llama_server_command(path: Path, options: Options, port: int, cache_dir: Pa
         cmd.append("--kv-unified")  # the slots share the whole context, as in-process
     if _supports(str(binary), "--swa-full"):
         cmd.append("--swa-full")  # a full-size sliding-window cache, as in-process
+    if not _repack(path, options, cache_dir) and _supports(str(binary), "--no-repack"):
+        cmd.append("--no-repack")  # the CPU reports AMX but cannot run it
     return cmd
+
+
+def _repack(path: Path, options: Options, cache_dir: Path) -> bool:
+    """Whether a spawned llama-server may repack: the in-process verdict for this CPU."""
+    if options.repack is not None:
+        return options.repack
+    from ..sysinfo import llama_system_info
+    from .inproc.repack import resolve_repack
+
+    return resolve_repack(None, path, cache_dir, llama_system_info())[0]
 
 
 def _python_command(path: Path, options: Options, port: int, cache_dir: Path) -> list[str]:
@@ -101,6 +113,10 @@ def _python_command(path: Path, options: Options, port: int, cache_dir: Path) ->
     ]
     if options.threads is not None:
         cmd += ["-t", str(_threads(options))]
+    if options.flash_attention is not None:
+        cmd += ["-fa", "on" if options.flash_attention else "off"]
+    if options.repack is not None:
+        cmd.append("--repack" if options.repack else "--no-repack")
     return cmd
 
 

@@ -263,8 +263,11 @@ class LlamaBench:
 
     name = "llama-bench"
 
-    def __init__(self, exe: Path, model: Path, threads: int, gpu_layers: int) -> None:
+    def __init__(
+        self, exe: Path, model: Path, threads: int, gpu_layers: int, *, repack: bool = True
+    ) -> None:
         self.exe, self.model, self.threads, self.gpu_layers = exe, model, threads, gpu_layers
+        self.repack = repack
         self.command: list[str] = []
 
     def run(self, prompt: int, tokens: int) -> dict[str, float]:
@@ -288,6 +291,8 @@ class LlamaBench:
             f"0,{prompt}",
             "-r",
             "1",
+            "--repack",
+            "1" if self.repack else "0",
             "-o",
             "json",
         ]

@@ -59,6 +59,8 @@ class SuiteConfig:
     threads: int
     ctx: int = 2048
     gpu_layers: int = -1
+    repack: bool = True
+    """Weight repacking everywhere (off on CPUs that report AMX but cannot run it)."""
     tokens: int = 128
     prompt: int = 512
     runs: int = 3
@@ -231,6 +233,7 @@ class Suite:
             "parallel": parallel,
             "gpu_layers": self.cfg.gpu_layers,
             "flash_attention": False,
+            "repack": self.cfg.repack,
         }
         return WorkerPeer(name, "ours", cfg)
 
@@ -248,6 +251,7 @@ class Suite:
             str(parallel),
             "-ngl",
             str(c.gpu_layers),
+            *([] if c.repack else ["--no-repack"]),
         ]
         out: list[Callable[[], Peer]] = []
         if self.have_server:
@@ -272,6 +276,7 @@ class Suite:
             "threads": c.threads,
             "ctx": c.ctx,
             "gpu_layers": c.gpu_layers,
+            "repack": c.repack,
         }
         factories: list[Callable[[], Peer]] = [
             lambda: self._ours("ours (in-process)", c.ctx),
@@ -282,7 +287,7 @@ class Suite:
         for make in factories:  # one at a time, so each load time is its own
             peers += _start([make()])
         bench = (
-            LlamaBench(c.llama_bench, c.model, c.threads, c.gpu_layers)
+            LlamaBench(c.llama_bench, c.model, c.threads, c.gpu_layers, repack=c.repack)
             if c.llama_bench is not None
             else None
         )

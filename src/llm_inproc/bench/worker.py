@@ -64,6 +64,7 @@ def _ours(cfg: dict[str, Any]) -> Handler:
             parallel=cfg.get("parallel", 1),
             gpu_layers=cfg.get("gpu_layers", -1),
             flash_attention=cfg.get("flash_attention", False),
+            repack=cfg.get("repack"),
         )
     )
 
@@ -112,6 +113,18 @@ def _ours(cfg: dict[str, Any]) -> Handler:
 
 def _llama_cpp_python(cfg: dict[str, Any]) -> Handler:
     from llama_cpp import Llama
+    from llama_cpp import llama_cpp as low
+
+    if cfg.get("repack") is False:
+        # Llama() has no switch for it: its model parameters start from these defaults.
+        defaults = low.llama_model_default_params
+
+        def no_repack() -> Any:
+            params = defaults()
+            params.use_extra_bufts = False
+            return params
+
+        low.llama_model_default_params = no_repack
 
     llm = Llama(
         model_path=cfg["model"],

@@ -124,6 +124,13 @@ def add_common_model_flags(parser: argparse.ArgumentParser, *, session: bool = T
         default=None,
         help="layers to offload to a GPU: -1 all, 0 none (default: -1)",
     )
+    g.add_argument(
+        "--repack",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="repack weights for the CPU's fast kernels; --no-repack for CPUs that report "
+        "AMX but cannot run it (default: auto, decided by a one-time probe)",
+    )
     if session:
         from ..config import DEFAULT_PARALLEL
 

@@ -132,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads or physical_cores(),
         ctx=ctx,
         gpu_layers=args.gpu_layers if args.gpu_layers is not None else -1,
+        repack=_repack(args, model, cache),
         tokens=tokens,
         prompt=prompt,
         runs=runs,
@@ -217,3 +218,13 @@ def short_replies(result: dict[str, Any]) -> list[dict[str, Any]]:
         for peer, counts in peers.items()
         if min(counts) < asked
     ]
+
+
+def _repack(args: argparse.Namespace, model: Path, cache: Path) -> bool:
+    """``--repack``/``--no-repack``, else this CPU's probe verdict (every peer the same)."""
+    if getattr(args, "repack", None) is not None:
+        return bool(args.repack)
+    from ..backends.inproc.repack import resolve_repack
+    from ..sysinfo import llama_system_info
+
+    return resolve_repack(None, model, cache, llama_system_info())[0]

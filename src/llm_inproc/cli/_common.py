@@ -18,6 +18,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..sampling import Sampling
 from . import MODEL_ENV, checked_type, flash_attention
 
 if TYPE_CHECKING:
@@ -40,8 +41,8 @@ __all__ = [
 
 DEFAULT_MAX_TOKENS = 512
 """Bounded, so the first command a user runs ends even when a model never stops."""
-DEFAULT_TEMPERATURE = 0.8
-"""llama-server's and Ollama's default: varied but coherent replies from a small model."""
+DEFAULT_TEMPERATURE = Sampling.temperature
+"""The library's default (llama-server's and Ollama's): varied but coherent replies."""
 
 # Sampling flags whose value goes to the Sampling field of the same name when given.
 _SAMPLING_FLAGS = ("top_k", "top_p", "min_p", "repeat_penalty")
@@ -67,8 +68,6 @@ def _sampling_value(name: str, convert: Callable[[str], Any]) -> Callable[[str],
     """A flag checked as ``Sampling.<name>`` is: ``--top-p 2`` is refused while parsing."""
 
     def check(value: Any) -> None:
-        from ..sampling import Sampling
-
         fields: dict[str, Any] = {name: (value,) if name == "stop" else value}
         Sampling(**fields)
 
@@ -77,7 +76,6 @@ def _sampling_value(name: str, convert: Callable[[str], Any]) -> Callable[[str],
 
 def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
     """The sampling flags, with the Session's meanings; ``sampling_kwargs`` reads them."""
-    from ..sampling import Sampling
 
     g = parser.add_argument_group("sampling (unset: the --config file's, else llama-server's)")
     g.add_argument(
@@ -188,7 +186,6 @@ def sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     config file, and raises :class:`InvalidInputError` naming the one that is wrong.
     """
     from ..errors import InvalidInputError
-    from ..sampling import Sampling
 
     config = cli_config(args)
     base = config.options.sampling if config is not None else Sampling()
@@ -274,6 +271,8 @@ def session_options(args: argparse.Namespace) -> tuple[Options, list[KnownLLM] |
             setattr(opts, name, value)
     if getattr(args, "flash_attention", None) is not None:
         opts.flash_attention = flash_attention(args)
+    if getattr(args, "repack", None) is not None:
+        opts.repack = args.repack
     try:
         opts.validate()
     except InvalidInputError as e:

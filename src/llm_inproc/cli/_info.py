@@ -38,6 +38,10 @@ def format_info(info: dict[str, Any]) -> str:
         lines.append(f"llama_cpp error   {info['llama_cpp_error']}")
     if info.get("system_info"):
         lines.append(f"llama.cpp         {info['system_info']}")
+    repack = info.get("repack")
+    if repack:
+        state = {True: "on", False: "off", None: "auto"}[repack.get("auto")]
+        lines.append(f"weight repacking  {state}: {repack.get('reason')}")
     devices = info.get("devices") or []
     lines.append(f"devices           {len(devices) or 'none reported'}")
     for d in devices:

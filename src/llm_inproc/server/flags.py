@@ -10,6 +10,7 @@ from typing import Any
 
 from ..config import Options
 from ..errors import InvalidInputError
+from ..sampling import Sampling
 from .parse import Defaults
 
 __all__ = ["API_KEY_ENV", "ServerSettings", "add_server_flags", "settings_from_args"]
@@ -98,6 +99,32 @@ def add_server_flags(p: argparse.ArgumentParser) -> None:
         "-np", "--parallel", type=int, default=None, help="requests generated at once (default: 4)"
     )
     m.add_argument(
+        "-fa",
+        "--flash-attn",
+        "--flash-attention",
+        dest="flash_attention",
+        choices=("on", "off", "auto"),
+        default="auto",
+        help="llama.cpp's flash attention (default: auto, on when layers run on a GPU)",
+    )
+    m.add_argument(
+        "--repack",
+        dest="repack",
+        action="store_const",
+        const=True,
+        default=None,
+        help="repack weights for the CPU's fast kernels (default: auto, decided by a one-time "
+        "probe that turns it off on CPUs that report AMX but cannot run it)",
+    )
+    m.add_argument(
+        "-nr",
+        "--no-repack",
+        dest="repack",
+        action="store_const",
+        const=False,
+        help="do not repack weights (as llama-server's -nr)",
+    )
+    m.add_argument(
         "--max-pending", type=int, default=None, help="requests that may wait (default: 64)"
     )
     m.add_argument(
@@ -149,8 +176,9 @@ def add_server_flags(p: argparse.ArgumentParser) -> None:
         "--temperature",
         dest="temp",
         type=float,
-        default=0.8,
-        help="temperature of requests that give none; 0 is greedy (default: 0.8)",
+        default=Sampling.temperature,
+        help=f"temperature of requests that give none; 0 is greedy (default: "
+        f"{Sampling.temperature})",
     )
     g.add_argument(
         "-s",
@@ -174,6 +202,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         opts.parallel = args.parallel
     if args.max_pending is not None:
         opts.max_pending = args.max_pending
+    opts.flash_attention = {"on": True, "off": False, "auto": None}[args.flash_attention]
+    opts.repack = args.repack
     opts.validate()
     if not 0 <= args.port <= 65535:
         raise InvalidInputError(f"--port {args.port} is not a TCP port; use 1 to 65535")

@@ -68,7 +68,7 @@ class Defaults:
     """The server's sampling defaults (``-n``, ``--temp``, ``--seed``), llama-server's own."""
 
     n_predict: int = -1
-    temperature: float = 0.8
+    temperature: float = Sampling.temperature
     seed: int = -1
 
 

@@ -18,10 +18,12 @@ from pathlib import Path
 from ...errors import InvalidInputError
 from ...hardware import physical_cores
 from ...metrics import Metrics
+from ...paths import default_cache_dir
 from ..base import GenerationRequest, ModelInfo
-from ._llama import signals_blocked
+from ._llama import lib, signals_blocked
 from .engine import Engine
-from .model import Context, Model, check_prompt_fits, clamp_threads
+from .model import Context, Model, check_gguf, check_prompt_fits, clamp_threads
+from .repack import resolve_repack
 from .request import AsyncChannel, Request, ThreadChannel
 from .sampler import build_sampler
 
@@ -43,11 +45,17 @@ class InprocBackend:
         parallel: int = 1,
         max_pending: int = 64,
         flash_attention: bool | None = None,
+        repack: bool | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.path = Path(path)
         threads = clamp_threads(threads, physical_cores())
+        check_gguf(self.path)
+        system_info = lib().llama_print_system_info().decode("utf-8", "replace")
+        probes = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        repack, self.repack_reason = resolve_repack(repack, self.path, probes, system_info)
         with signals_blocked():  # for any thread llama.cpp starts while loading
-            self._model = model = Model(self.path, gpu_layers)
+            self._model = model = Model(self.path, gpu_layers, repack=repack)
             try:
                 # Auto: on where layers run on a GPU (a large win there), off on the CPU.
                 flash = model.offloaded > 0 if flash_attention is None else flash_attention
@@ -68,6 +76,7 @@ class InprocBackend:
             threads=threads,
             parallel=ctx.parallel,
             flash_attention=ctx.flash_attention,
+            repack=repack,
         )
         self._engine = Engine(model, ctx, max_pending)
 

@@ -11,7 +11,6 @@ import ctypes
 import logging
 import os
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -61,14 +60,15 @@ def check_gguf(path: Path) -> None:
 class Model:
     """Owns a ``llama_model``; thread-safe tokenization until :meth:`free`."""
 
-    def __init__(self, path: Path, gpu_layers: int) -> None:
+    def __init__(self, path: Path, gpu_layers: int, *, repack: bool = True) -> None:
         check_gguf(path)
         self.path = path
         self.ll = ll = lib()
         self._lock = threading.Lock()
         mparams = ll.llama_model_default_params()
         mparams.n_gpu_layers = 999 if gpu_layers < 0 else gpu_layers
-        started = time.perf_counter()
+        # Repacked weights take ggml's faster CPU kernels (AMX among them; see .repack).
+        mparams.use_extra_bufts = repack
         with capture() as said:
             ptr = ll.llama_model_load_from_file(str(path).encode(), mparams)
         if not ptr:
@@ -77,7 +77,6 @@ class Model:
                 "The file may be truncated or corrupt: delete it and download it again"
             )
         self.ptr: Any = ptr
-        self.load_seconds = time.perf_counter() - started
         self.offloaded = said.offloaded[0] if said.offloaded else 0
         self.vocab = ll.llama_model_get_vocab(ptr)
         self.n_ctx_train = int(ll.llama_model_n_ctx_train(ptr))
