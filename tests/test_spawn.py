@@ -70,7 +70,7 @@ def test_model_python_serves_the_default_model_in_our_server(
         r = s.complete(MSGS, max_tokens=6, temperature=0)
         assert r.text and r.generated.count == 6
         assert s.get_metrics().generated.count == 6
-        log = s._backend.log_path
+        log = s._backend._child.log_path
         assert log.parent == cache_dir / "logs" and log.exists()
     assert _gone(port, within=10)
     assert not log.exists()  # a server that ran fine leaves no log behind

@@ -15,7 +15,8 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any
 
-from .backends.base import AsyncRawStream, FinishReason, Outcome, RawItem, RawStream
+from .backends.base import FinishReason, Outcome, RawItem
+from .backends.stream import RawStream
 from .encoding import ReplyCleaner
 from .errors import RequestTimeoutError
 from .metrics import TokenPerformance
@@ -174,7 +175,7 @@ class ReplyStream(Iterator[str]):
 class AsyncReplyStream(AsyncIterator[str]):
     """:class:`ReplyStream` for asyncio: cancelling the consuming task stops generation."""
 
-    def __init__(self, raw: AsyncRawStream, stops: tuple[str, ...], timeout: float | None) -> None:
+    def __init__(self, raw: RawStream, stops: tuple[str, ...], timeout: float | None) -> None:
         self._raw = raw
         self._asm = _Assembly(stops, raw.cancel)
         self._deadline = _Deadline(timeout)
@@ -198,7 +199,7 @@ class AsyncReplyStream(AsyncIterator[str]):
     async def __anext__(self) -> str:
         while not self._done:
             try:
-                item = await self._raw.next_item(self._deadline.remaining())
+                item = await self._raw.anext_item(self._deadline.remaining())
             except TimeoutError:
                 await self.aclose()
                 raise self._deadline.error() from None

@@ -80,13 +80,11 @@ class Session:
         if path is not None:
             self.model_path = path
         self.model_info = backend.info
-        served = getattr(backend, "model_name", "")
-        if self.backend == "remote" and not self.options.model and served:
+        if self.backend == "remote" and not self.options.model and backend.served_model:
             # No model named: the server's own model, through the server's chat template.
-            self.model, self.encoding = served, None
-        if self.encoding is None and not backend.info.chat_template and backend.name == "inproc":
-            # (A server applies its own fallback template.)
-            self.encoding = fallback_encoding(backend.info.architecture)
+            self.model, self.encoding = backend.served_model, None
+        if self.encoding is None and backend.in_process and not backend.info.chat_template:
+            self.encoding = fallback_encoding(backend.info.architecture or "")
         return backend
 
     @property
@@ -303,7 +301,7 @@ class Session:
         if self._closed:
             raise SessionClosedError("the session is closed; create a new Session")
         _check_timeout(timeout)
-        return AsyncReplyStream(self._backend.asubmit(request), request.stops, timeout)
+        return AsyncReplyStream(self._backend.submit(request), request.stops, timeout)
 
     def render(self, request: GenerationRequest) -> str:
         """The prompt text the model sees for ``request``."""
@@ -311,10 +309,7 @@ class Session:
             return request.prompt
         if request.tokens is not None:
             return self.detokenize(request.tokens)
-        render = getattr(self._backend, "render", None)
-        if render is None:
-            raise InvalidInputError(f"the {self.backend} backend cannot show its prompt text")
-        return str(render(request))
+        return self._backend.render(request)
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
         """Token ids of ``text``; with ``special``, BOS added (when the model wants one) and

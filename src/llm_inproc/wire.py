@@ -14,16 +14,26 @@ import math
 import secrets
 import string
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
 
+from .errors import (
+    BusyError,
+    ContextOverflowError,
+    InvalidInputError,
+    LLMError,
+    ModelNotFoundError,
+    RequestTimeoutError,
+    SessionClosedError,
+)
 from .metrics import TokenPerformance
 from .sampling import TokenProb
 
 __all__ = [
     "ERROR_TYPES",
+    "EXCEPTION_STATUS",
     "SSE_DONE",
     "Cost",
     "SSEDecoder",
@@ -37,8 +47,8 @@ __all__ = [
     "oai_completion_chunk",
     "oai_completion_response",
     "oai_finish_reason",
-    "parse_sse",
     "sse_event",
+    "status_of",
     "stop_type",
     "timings",
     "token_probs",
@@ -55,6 +65,27 @@ ERROR_TYPES: dict[int, str] = {
     503: "unavailable_error",
 }
 """llama-server's ``error.type`` for each status code it answers with."""
+
+EXCEPTION_STATUS: dict[type[LLMError], tuple[int, str]] = {
+    ContextOverflowError: (400, "exceed_context_size_error"),
+    InvalidInputError: (400, "invalid_request_error"),
+    ModelNotFoundError: (400, "invalid_request_error"),
+    BusyError: (503, "unavailable_error"),
+    SessionClosedError: (503, "unavailable_error"),
+    RequestTimeoutError: (500, "server_error"),
+}
+"""Our errors as HTTP: the status and ``error.type`` the server answers each with, and
+what the client turns them back into (the most derived class wins)."""
+
+
+def status_of(exc: BaseException) -> tuple[int, str]:
+    """The HTTP status and ``error.type`` for an exception (500 ``server_error`` when it
+    is none of ours)."""
+    for cls in type(exc).__mro__:
+        if cls in EXCEPTION_STATUS:
+            return EXCEPTION_STATUS[cls]
+    return 500, "server_error"
+
 
 SSE_DONE = b"data: [DONE]\n\n"
 """The last event of an OpenAI-style stream."""
@@ -117,20 +148,6 @@ class SSEDecoder:
             return "[DONE]"
         data: dict[str, Any] = json.loads(payload)
         return data
-
-
-def parse_sse(lines: Iterator[str]) -> Iterator[dict[str, Any] | Literal["[DONE]"]]:
-    """The JSON payloads of a ``text/event-stream`` given line by line; ``"[DONE]"`` ends it."""
-    decoder = SSEDecoder()
-    for raw in lines:
-        event = decoder.feed(raw)
-        if event is not None:
-            yield event
-            if event == "[DONE]":
-                return
-    event = decoder.flush()
-    if event is not None:
-        yield event
 
 
 def _dumps(data: Any) -> str:

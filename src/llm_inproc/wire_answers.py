@@ -88,32 +88,33 @@ def model_name(props: Any, models: Any) -> str:
     return str(_first_model(models).get("id", ""))
 
 
-def _int(value: Any) -> int:
+def _int(value: Any) -> int | None:
+    """A count the server gave, or None when it gave none (or nonsense)."""
     try:
-        return int(value or 0)
+        return int(value) if value else None
     except (TypeError, ValueError):
-        return 0
+        return None
 
 
 def info_from_props(props: Mapping[str, Any], models: Any, url: str) -> ModelInfo:
     """:class:`ModelInfo` from llama-server's ``/props`` (and ``/v1/models`` for the trained
-    context length); what a server does not say reads 0 or empty."""
+    context length); what a server does not say reads None."""
     settings = props.get("default_generation_settings")
     settings = settings if isinstance(settings, Mapping) else {}
     meta = _first_model(models).get("meta")
     meta = meta if isinstance(meta, Mapping) else {}
     ftype = props.get("model_ftype") or meta.get("ftype") or ""
     return ModelInfo(
-        architecture="",
+        architecture=None,
         description=f"{model_name(props, models)} {ftype}".strip() + f" at {url}",
         chat_template=str(props.get("chat_template") or "") or None,
         n_ctx=_int(settings.get("n_ctx") or meta.get("n_ctx")),
         n_ctx_train=_int(meta.get("n_ctx_train")),
-        n_layers=0,
-        gpu_layers_offloaded=0,
-        gpu_offload_supported=False,
-        threads=0,
-        parallel=max(1, _int(props.get("total_slots"))),
+        n_layers=None,
+        gpu_layers_offloaded=None,
+        gpu_offload_supported=None,
+        threads=None,
+        parallel=max(1, _int(props.get("total_slots")) or 1),
     )
 
 
@@ -124,13 +125,13 @@ def info_from_models(models: Any, url: str) -> ModelInfo:
     meta = meta if isinstance(meta, Mapping) else {}
     n_ctx = _int(meta.get("n_ctx") or first.get("max_model_len") or first.get("context_length"))
     return ModelInfo(
-        architecture="",
+        architecture=None,
         description=f"{first.get('id', 'a model')} at {url}",
         chat_template=None,
         n_ctx=n_ctx,
         n_ctx_train=_int(meta.get("n_ctx_train")),
-        n_layers=0,
-        gpu_layers_offloaded=0,
-        gpu_offload_supported=False,
-        threads=0,
+        n_layers=None,
+        gpu_layers_offloaded=None,
+        gpu_offload_supported=None,
+        threads=None,
     )

@@ -1,8 +1,8 @@
 """The small interface every backend implements, and the values that cross it.
 
-A backend takes a :class:`GenerationRequest` and returns a raw stream: text pieces
-as the model produces them, then one :class:`Outcome` saying how the request ended
-and what it cost. The Session cleans the text and builds the public ``Reply`` the
+A backend takes a :class:`GenerationRequest` and returns a :class:`~.stream.RawStream`:
+text pieces as the model produces them, then one :class:`Outcome` saying how the
+request ended and what it cost. The Session cleans the text and builds the public ``Reply`` the
 same way for every backend, in threads and in asyncio alike.
 """
 
@@ -11,21 +11,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from ..messages import Message
 from ..metrics import Metrics, TokenPerformance
 from ..sampling import Sampling, TokenProb
 
+if TYPE_CHECKING:
+    from .stream import RawStream
+
 __all__ = [
-    "AsyncRawStream",
     "Backend",
     "FinishReason",
     "GenerationRequest",
     "ModelInfo",
     "Outcome",
     "RawItem",
-    "RawStream",
 ]
 
 FinishReason = Literal["stop", "length", "cancelled"]
@@ -35,25 +36,26 @@ FinishReason = Literal["stop", "length", "cancelled"]
 class ModelInfo:
     """Facts about the loaded model, as the backend reports them."""
 
-    architecture: str
-    """``general.architecture`` from the GGUF, e.g. ``llama`` or ``gemma3``."""
+    architecture: str | None
+    """``general.architecture`` from the GGUF, e.g. ``llama`` or ``gemma3``; None when a
+    server does not say (every field below reads None for "unknown", never 0 or "")."""
     description: str
-    """A one-line description (size and quantization)."""
+    """A one-line description (size and quantization, or the server's model and URL)."""
     chat_template: str | None
-    """``tokenizer.chat_template``, or None when the file has none."""
-    n_ctx: int
+    """``tokenizer.chat_template``, or None when the file has none (or a server hides it)."""
+    n_ctx: int | None
     """The context window actually allocated, in tokens (shared by all parallel slots)."""
-    n_ctx_train: int
+    n_ctx_train: int | None
     """The context length the model was trained with."""
-    n_layers: int
-    gpu_layers_offloaded: int
+    n_layers: int | None
+    gpu_layers_offloaded: int | None
     """Layers reported offloaded to a GPU (0 on a CPU-only build)."""
-    gpu_offload_supported: bool
+    gpu_offload_supported: bool | None
     """Whether the build can offload at all."""
-    threads: int
+    threads: int | None
     parallel: int = 1
     """Requests generated at once."""
-    flash_attention: bool = False
+    flash_attention: bool | None = None
     """Whether llama.cpp's flash attention is on."""
     repack: bool | None = None
     """Whether weights were repacked for the CPU's fast kernels (None: unknown, a server)."""
@@ -96,39 +98,31 @@ class Outcome:
 RawItem = str | Outcome
 
 
-class RawStream(Protocol):
-    """One request's output for a thread: pieces, then an :class:`Outcome`."""
-
-    def next_item(self, timeout: float | None) -> RawItem:
-        """The next piece or the outcome; raises the request's error, or ``TimeoutError``
-        (builtin) when nothing came within ``timeout`` seconds."""
-        ...
-
-    def cancel(self) -> None:
-        """Stop the request; an :class:`Outcome` still follows."""
-        ...
-
-
-class AsyncRawStream(Protocol):
-    """One request's output for an asyncio task."""
-
-    async def next_item(self, timeout: float | None) -> RawItem: ...
-
-    def cancel(self) -> None: ...
-
-
 class Backend(Protocol):
     """Runs generation for a Session."""
 
     name: str
+    """``"inproc"``, ``"remote"``, ``"llama-server"`` or ``"python"``."""
     info: ModelInfo
 
-    def submit(self, request: GenerationRequest) -> RawStream:
-        """Start ``request`` for a consumer thread (raises ``BusyError`` when the queue is full)."""
+    @property
+    def in_process(self) -> bool:
+        """True when the model runs in this process, and the Session picks a known prompt
+        format for a GGUF without a chat template; a server applies its own."""
         ...
 
-    def asubmit(self, request: GenerationRequest) -> AsyncRawStream:
-        """Start ``request`` for the running event loop."""
+    @property
+    def served_model(self) -> str | None:
+        """The model a server says it runs (alias, path or id); None in-process."""
+        ...
+
+    def render(self, request: GenerationRequest) -> str:
+        """The prompt text the model sees for ``request``."""
+        ...
+
+    def submit(self, request: GenerationRequest) -> RawStream:
+        """Start ``request``; its stream serves a thread or an asyncio task on any loop
+        (raises ``BusyError`` when the queue is full)."""
         ...
 
     def count_tokens(self, request: GenerationRequest) -> int:

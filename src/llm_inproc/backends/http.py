@@ -25,8 +25,9 @@ from ..metrics import Metrics
 from ..wire import SSEDecoder
 from ..wire_answers import error_from_response, info_from_models, info_from_props, model_name
 from ..wire_client import Call, Dialect, StreamDecoder, generation_call
-from .base import GenerationRequest, Outcome, RawItem
-from .http_io import EventLoopThread, Mailbox
+from .base import GenerationRequest, RawItem
+from .http_io import EventLoopThread
+from .stream import RawStream
 
 __all__ = ["API_KEY_ENV", "RemoteBackend", "base_url"]
 
@@ -152,8 +153,10 @@ class RemoteBackend:
             self.info = info_from_models(models, self.url)
         else:
             raise error_from_response(resp.status_code, resp.content, self.url + "/props")
-        self.model_name = model_name(props, models)
+        self.served_model: str | None = model_name(props, models) or None
         """The model the server runs, as it names it."""
+
+    in_process = False
 
     # -- generation --------------------------------------------------------------------------
 
@@ -169,11 +172,8 @@ class RemoteBackend:
             raise SessionClosedError("the session is closed; create a new Session")
         return exchange
 
-    def submit(self, request: GenerationRequest) -> _Stream:
-        return _Stream(self._start(request))
-
-    def asubmit(self, request: GenerationRequest) -> _AsyncStream:
-        return _AsyncStream(self._start(request))
+    def submit(self, request: GenerationRequest) -> RawStream:
+        return self._start(request).stream
 
     # -- tokens ------------------------------------------------------------------------------
 
@@ -254,13 +254,13 @@ class RemoteBackend:
 
 
 class _Exchange:
-    """One streamed request: its task on the private loop, and the mailbox it fills."""
+    """One streamed request: its task on the private loop, and the stream it fills."""
 
     def __init__(self, backend: RemoteBackend, call: Call, decoder: StreamDecoder) -> None:
         self.backend = backend
         self.call = call
         self.decoder = decoder
-        self.mailbox = Mailbox()
+        self.stream = RawStream(on_cancel=self.cancel)
         self.task: asyncio.Task[None] | None = None
         self._cancelled = False
 
@@ -268,13 +268,13 @@ class _Exchange:
 
     def start(self) -> None:
         if self._cancelled:
-            self.mailbox.put(self.decoder.cancelled(), terminal=True)
+            self.stream.put(self.decoder.cancelled())
             return
         self.task = asyncio.get_running_loop().create_task(self._run())
         self.backend._streams.add(self)
 
     def abort(self, error: BaseException) -> None:
-        self.mailbox.put(error, terminal=True)
+        self.stream.put(error)
         if self.task is not None:
             self.task.cancel()
 
@@ -286,7 +286,7 @@ class _Exchange:
 
     def _post(self, items: list[RawItem]) -> None:
         for item in items:
-            self.mailbox.put(item, terminal=isinstance(item, Outcome))
+            self.stream.put(item)
 
     async def _run(self) -> None:
         backend, call, decoder = self.backend, self.call, self.decoder
@@ -305,20 +305,20 @@ class _Exchange:
                 if event is not None:
                     self._post(decoder.feed(event))
                 if not decoder.done:
-                    self.mailbox.put(decoder.end_of_stream(), terminal=True)
+                    self.stream.put(decoder.end_of_stream())
         except asyncio.CancelledError:
             if not decoder.done:
-                self.mailbox.put(decoder.cancelled(), terminal=True)
+                self.stream.put(decoder.cancelled())
             raise
         except LLMError as e:
-            self.mailbox.put(e, terminal=True)
+            self.stream.put(e)
         except httpx2.HTTPError as e:
-            self.mailbox.put(backend._fail(e, where), terminal=True)
+            self.stream.put(backend._fail(e, where))
         except json.JSONDecodeError as e:
-            self.mailbox.put(BackendError(f"{where} sent a malformed event: {e}"), terminal=True)
+            self.stream.put(BackendError(f"{where} sent a malformed event: {e}"))
         except Exception as e:  # never leave the consumer waiting
             error = BackendError(f"{where} failed: {type(e).__name__}: {e}")
-            self.mailbox.put(error, terminal=True)
+            self.stream.put(error)
         finally:
             backend._streams.discard(self)
 
@@ -326,38 +326,5 @@ class _Exchange:
 
     def cancel(self) -> None:
         """Stop the request: its response is closed, so the server stops generating."""
-        if not self.mailbox.closed and not self.backend._io.soon(self._cancel_now):
-            self.mailbox.put(SessionClosedError("the session is closed"), terminal=True)
-
-
-def _item(item: object) -> RawItem:
-    if isinstance(item, BaseException):
-        raise item
-    assert isinstance(item, (str, Outcome))
-    return item
-
-
-class _Stream:
-    """A request's raw stream for a thread."""
-
-    def __init__(self, exchange: _Exchange) -> None:
-        self._x = exchange
-
-    def next_item(self, timeout: float | None) -> RawItem:
-        return _item(self._x.mailbox.get(timeout))
-
-    def cancel(self) -> None:
-        self._x.cancel()
-
-
-class _AsyncStream:
-    """A request's raw stream for an asyncio task (on any event loop)."""
-
-    def __init__(self, exchange: _Exchange) -> None:
-        self._x = exchange
-
-    async def next_item(self, timeout: float | None) -> RawItem:
-        return _item(await self._x.mailbox.aget(timeout))
-
-    def cancel(self) -> None:
-        self._x.cancel()
+        if not self.stream.closed and not self.backend._io.soon(self._cancel_now):
+            self.stream.put(SessionClosedError("the session is closed"))

@@ -25,9 +25,10 @@ from ..errors import BackendError
 from ..gguf_header import read_gguf_header
 from ..hardware import physical_cores
 from ..metrics import Metrics
-from .base import AsyncRawStream, GenerationRequest, RawStream
+from .base import GenerationRequest
 from .child import ChildServer, free_port
 from .http import API_KEY_ENV, RemoteBackend
+from .stream import RawStream
 
 __all__ = ["SpawnedBackend"]
 
@@ -133,6 +134,8 @@ class SpawnedBackend:
     """A server in a child process, spoken to over HTTP; ``kind`` is ``"llama-server"`` or
     ``"python"``."""
 
+    in_process = False
+
     def __init__(
         self,
         kind: str,
@@ -167,9 +170,8 @@ class SpawnedBackend:
         )
 
     @property
-    def log_path(self) -> Path:
-        """The server's log file."""
-        return self._child.log_path
+    def served_model(self) -> str | None:
+        return self._http.served_model
 
     def _check(self) -> None:
         if not self._child.running:
@@ -181,10 +183,6 @@ class SpawnedBackend:
     def submit(self, request: GenerationRequest) -> RawStream:
         self._check()
         return self._http.submit(request)
-
-    def asubmit(self, request: GenerationRequest) -> AsyncRawStream:
-        self._check()
-        return self._http.asubmit(request)
 
     def render(self, request: GenerationRequest) -> str:
         return self._http.render(request)

@@ -135,6 +135,8 @@ class ChatLoop:
         """``messages`` less their oldest turns, so that prompt and reply fit the context;
         None (and the user told) when the new message alone is too long."""
         n_ctx = self.session.model_info.n_ctx
+        if n_ctx is None:  # a server that does not say: it refuses what does not fit
+            return messages
         budget = n_ctx - reply_reserve(n_ctx, int(self.sampling.get("max_tokens", 0)))
         fitted, dropped, used = fit_history(messages, self.session.count_tokens, budget)
         if used > budget:

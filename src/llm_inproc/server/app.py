@@ -11,9 +11,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ..errors import LLMError
 from ..session import Session
 from ..wire import error_body
 from . import generation, info
+from .errors import ApiError, translate
 from .flags import ServerSettings
 from .gate import Gate
 from .state import ServerState
@@ -27,6 +29,16 @@ async def _not_found(request: Request, exc: Exception) -> Response:
     if status in (404, 405):
         return JSONResponse(error_body(404, "File Not Found"), status_code=404)
     return JSONResponse(error_body(status, str(getattr(exc, "detail", exc))), status_code=status)
+
+
+async def _error(request: Request, exc: Exception) -> Response:
+    """Every error a route raises, answered in llama-server's shape (one path for all)."""
+    return translate(exc).response()
+
+
+async def _bug(request: Request, exc: Exception) -> Response:
+    # Starlette re-raises it after this answer, so uvicorn logs the traceback once.
+    return ApiError(500, f"{type(exc).__name__}: {exc}", "server_error").response()
 
 
 def create_app(settings: ServerSettings, load: Callable[[], Session]) -> Starlette:
@@ -63,7 +75,12 @@ def create_app(settings: ServerSettings, load: Callable[[], Session]) -> Starlet
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={HTTPException: _not_found},
+        exception_handlers={
+            HTTPException: _not_found,
+            ApiError: _error,
+            LLMError: _error,
+            Exception: _bug,
+        },
     )
     app.state.llm = state
     app.add_middleware(Gate, state=state)

@@ -1,26 +1,20 @@
-"""Errors as llama-server answers them: one exception for the routes to raise, and the one
-place where our own errors become HTTP status codes and llama-server's ``error.type``.
-(Starlette is imported only when a response is built: the CLI imports this module.)"""
+"""Errors as llama-server answers them: one exception for the routes to raise, and our own
+errors turned into HTTP answers through :data:`~llm_inproc.wire.EXCEPTION_STATUS` (the
+table the client reads back). Starlette is imported only when a response is built: the
+CLI imports this module."""
 
 from __future__ import annotations
 
 import logging
 from typing import TYPE_CHECKING, Any
 
-from ..errors import (
-    BusyError,
-    ContextOverflowError,
-    InvalidInputError,
-    ModelNotFoundError,
-    RequestTimeoutError,
-    SessionClosedError,
-)
-from ..wire import error_body
+from ..errors import LLMError, SessionClosedError
+from ..wire import error_body, status_of
 
 if TYPE_CHECKING:
     from starlette.responses import JSONResponse
 
-__all__ = ["ApiError", "error_response", "invalid", "translate"]
+__all__ = ["ApiError", "invalid", "translate"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,19 +46,10 @@ def translate(exc: BaseException) -> ApiError:
     """The HTTP answer for an exception raised while serving a request."""
     if isinstance(exc, ApiError):
         return exc
-    if isinstance(exc, ContextOverflowError):
-        return ApiError(400, str(exc), "exceed_context_size_error")
-    if isinstance(exc, (InvalidInputError, ModelNotFoundError)):
-        return invalid(str(exc))
-    if isinstance(exc, BusyError):
-        return ApiError(503, str(exc), "unavailable_error")
+    status, kind = status_of(exc)
     if isinstance(exc, SessionClosedError):
-        return ApiError(503, "the server is shutting down", "unavailable_error")
-    if isinstance(exc, RequestTimeoutError):
-        return ApiError(500, str(exc), "server_error")
-    logger.error("request failed", exc_info=exc)
-    return ApiError(500, f"{type(exc).__name__}: {exc}", "server_error")
-
-
-def error_response(exc: BaseException) -> JSONResponse:
-    return translate(exc).response()
+        return ApiError(status, "the server is shutting down", kind)
+    if not isinstance(exc, LLMError):
+        logger.error("request failed", exc_info=exc)
+        return ApiError(status, f"{type(exc).__name__}: {exc}", kind)
+    return ApiError(status, str(exc), kind)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -47,22 +46,9 @@ from .parse import (
 from .prompts import chat_request, completion_request
 from .state import ServerState
 
-__all__ = ["chat_completions", "completion", "guarded", "oai_completions"]
+__all__ = ["chat_completions", "completion", "oai_completions"]
 
 Handler = Callable[[Request], Awaitable[Response]]
-
-
-def guarded(handler: Handler) -> Handler:
-    """Answer any error a route raises in llama-server's shape."""
-
-    @functools.wraps(handler)
-    async def run(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except Exception as e:
-            return translate(e).response()
-
-    return run
 
 
 def _state(request: Request) -> ServerState:
@@ -186,7 +172,7 @@ class _Native(_Format):
     ) -> None:
         super().__init__(gen)
         self.model = state.model_name
-        self.n_ctx = session.model_info.n_ctx
+        self.n_ctx = session.model_info.n_ctx or 0
         self.prompts = {c.index: session.render(c.req) for c in choices}
         self.settings = {c.index: _settings(c.req, gen) for c in choices}
 
@@ -502,19 +488,16 @@ async def _completion(request: Request, route: Route) -> Response:
     return await _answer(request, state, choices, gen, fmt)
 
 
-@guarded
 async def completion(request: Request) -> Response:
     """llama.cpp's ``/completion`` (also ``/completions``)."""
     return await _completion(request, "completion")
 
 
-@guarded
 async def oai_completions(request: Request) -> Response:
     """OpenAI's ``/v1/completions``."""
     return await _completion(request, "oai_completion")
 
 
-@guarded
 async def chat_completions(request: Request) -> Response:
     """OpenAI's ``/v1/chat/completions``."""
     state = _state(request)

@@ -12,7 +12,6 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from ..metrics import PROMETHEUS_CONTENT_TYPE
 from ..sampling import Sampling
 from .errors import ApiError, invalid
-from .generation import guarded
 from .parse import parse_json, parse_messages
 from .prompts import chat_request, tokenize
 from .state import ServerState
@@ -41,7 +40,6 @@ async def health(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
-@guarded
 async def metrics(request: Request) -> Response:
     state = _state(request)
     if not state.settings.metrics:
@@ -81,7 +79,6 @@ def _slot(state: ServerState, i: int, busy: bool) -> dict[str, Any]:
     }
 
 
-@guarded
 async def props(request: Request) -> Response:
     state = _state(request)
     session = state.ready()
@@ -103,7 +100,6 @@ async def props(request: Request) -> Response:
     )
 
 
-@guarded
 async def slots(request: Request) -> Response:
     state = _state(request)
     if not state.settings.slots:
@@ -120,7 +116,6 @@ async def slots(request: Request) -> Response:
     return JSONResponse([_slot(state, i, i < m.requests_processing) for i in range(n)])
 
 
-@guarded
 async def models(request: Request) -> Response:
     state = _state(request)
     info = state.ready().model_info
@@ -148,7 +143,6 @@ def _bool(body: dict[str, Any], name: str, default: bool) -> bool:
     return value
 
 
-@guarded
 async def tokenize_route(request: Request) -> Response:
     state = _state(request)
     body = parse_json(await request.body())
@@ -171,7 +165,6 @@ async def tokenize_route(request: Request) -> Response:
     return JSONResponse({"tokens": pieces})
 
 
-@guarded
 async def detokenize(request: Request) -> Response:
     state = _state(request)
     body = parse_json(await request.body())
@@ -184,7 +177,6 @@ async def detokenize(request: Request) -> Response:
     return JSONResponse({"content": session.detokenize(tokens)})
 
 
-@guarded
 async def apply_template(request: Request) -> Response:
     state = _state(request)
     body = parse_json(await request.body())

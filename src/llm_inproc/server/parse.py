@@ -26,7 +26,6 @@ __all__ = [
     "parse_generation",
     "parse_json",
     "parse_messages",
-    "parse_prompt",
     "parse_prompts",
 ]
 
@@ -407,17 +406,6 @@ def parse_prompts(body: Mapping[str, Any]) -> list[str | list[int | str]]:
         if not one:  # not token ids (mixed with text or not): several prompts
             return [_one_prompt(p) for p in prompt]
     return [_one_prompt(prompt)]
-
-
-def parse_prompt(body: Mapping[str, Any]) -> str | list[int | str]:
-    """``prompt`` when it is one prompt (a batch of one included)."""
-    prompts = parse_prompts(body)
-    if len(prompts) != 1:
-        raise invalid(
-            "Field 'prompt': several prompts in one request are not supported here; "
-            "send one request per prompt"
-        )
-    return prompts[0]
 
 
 _ROLES = {

@@ -20,11 +20,12 @@ from ...hardware import physical_cores
 from ...metrics import Metrics
 from ...paths import default_cache_dir
 from ..base import GenerationRequest, ModelInfo
+from ..stream import RawStream
 from ._llama import lib, signals_blocked
 from .engine import Engine
 from .model import Context, Model, check_gguf, check_prompt_fits, clamp_threads
 from .repack import resolve_repack
-from .request import AsyncChannel, Request, ThreadChannel
+from .request import Request
 from .sampler import build_sampler
 
 __all__ = ["InprocBackend"]
@@ -34,6 +35,8 @@ class InprocBackend:
     """Loads one GGUF file and generates up to ``parallel`` replies from it at once."""
 
     name = "inproc"
+    in_process = True
+    served_model = None
 
     def __init__(
         self,
@@ -78,6 +81,7 @@ class InprocBackend:
             flash_attention=ctx.flash_attention,
             repack=repack,
         )
+        self._n_ctx = ctx.n_ctx
         self._engine = Engine(model, ctx, max_pending)
 
     # -- prompts -----------------------------------------------------------------------------
@@ -97,28 +101,21 @@ class InprocBackend:
             raise InvalidInputError("the prompt is empty; give the model some text")
         return tokens
 
-    def _request(self, request: GenerationRequest, channel: ThreadChannel | AsyncChannel) -> None:
+    def submit(self, request: GenerationRequest) -> RawStream:
         tokens = self._tokens(request)
-        check_prompt_fits(len(tokens), self.info.n_ctx)
+        check_prompt_fits(len(tokens), self._n_ctx)
         sampler = build_sampler(self._model, request.sampling)
         sampler.prime(tokens)
-        req = Request(request, tokens, channel.put, sampler)
-        channel.request = req
+        stream = RawStream()
+        req = Request(request, tokens, stream.put, sampler)
+        stream.on_cancel = lambda: self._engine.cancel(req)
+        stream.on_abandon = req.abandon
         try:
             self._engine.submit(req)
         except BaseException:
             self._engine.free_sampler(req)
             raise
-
-    def submit(self, request: GenerationRequest) -> ThreadChannel:
-        channel = ThreadChannel(self._engine.cancel)
-        self._request(request, channel)
-        return channel
-
-    def asubmit(self, request: GenerationRequest) -> AsyncChannel:
-        channel = AsyncChannel(self._engine.cancel)
-        self._request(request, channel)
-        return channel
+        return stream
 
     def render(self, request: GenerationRequest) -> str:
         """The prompt text the model sees for ``request``."""
@@ -143,7 +140,7 @@ class InprocBackend:
     def metrics(self) -> Metrics:
         engine = self._engine
         kv = engine.kv_tokens
-        n_ctx = self.info.n_ctx
+        n_ctx = self._n_ctx
         return Metrics(
             prompt=engine.prompt,
             generated=engine.generated,
