@@ -38,8 +38,6 @@ import contextlib
 import datetime as dt
 import http.client
 import json
-import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -49,6 +47,10 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from llm_inproc.backends.child import ChildServer, free_port
+from llm_inproc.bench.measure import CpuWatch, wait_for_quiet
+from llm_inproc.errors import BackendError
 
 TOPICS = (
     "a lighthouse keeper who finds a message in a bottle",
@@ -118,63 +120,6 @@ class Ours(Engine):
         self.session.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def _busy_ticks() -> int:
-    """CPU ticks spent busy by the whole machine (Linux /proc/stat; 0 elsewhere)."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-    except OSError:
-        return 0
-    return sum(fields) - fields[3] - fields[4]  # minus idle and iowait
-
-
-def _own_ticks(pids: Sequence[int]) -> int:
-    """CPU ticks used by this process and ``pids`` (user + system)."""
-    total = 0
-    for pid in (os.getpid(), *pids):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                rest = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(rest[11]) + int(rest[12])
-    return total
-
-
-class CpuWatch:
-    """How many cores *other* processes kept busy while we measured (the noise)."""
-
-    def __init__(self, pids: Sequence[int]) -> None:
-        self.pids = pids
-        self.t0, self.busy0, self.own0 = time.monotonic(), _busy_ticks(), _own_ticks(pids)
-
-    def others(self) -> float:
-        wall = time.monotonic() - self.t0
-        busy = _busy_ticks() - self.busy0
-        own = _own_ticks(self.pids) - self.own0
-        return max(0.0, (busy - own) / _TICK / wall) if wall > 0 else 0.0
-
-
-def wait_for_quiet(pids: Sequence[int], limit: float, max_wait: float) -> float:
-    """Wait (up to ``max_wait`` s) until other processes use under ``limit`` cores."""
-    deadline = time.monotonic() + max_wait
-    while True:
-        watch = CpuWatch(pids)
-        time.sleep(1.0)
-        others = watch.others()
-        if others < limit or time.monotonic() > deadline:
-            return others
-
-
 def _repack(model: Path) -> bool:
     """The in-process probe's verdict for this CPU, so llama-server survives where AMX
     is reported but cannot run (the in-process session decides the same way)."""
@@ -188,7 +133,7 @@ def _repack(model: Path) -> bool:
 class Server(Engine):
     def __init__(self, exe: Path, model: Path, parallel: int, threads: int, ctx: int) -> None:
         self.name = f"server np={parallel}"
-        self.port = _free_port()
+        self.port = free_port()
         helptext = subprocess.run(
             [str(exe), "--help"], capture_output=True, text=True, check=False
         ).stdout
@@ -212,22 +157,13 @@ class Server(Engine):
             "--port",
             str(self.port),
         ]
-        self._log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close())
-        self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                break
-            with contextlib.suppress(OSError, http.client.HTTPException):
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-                conn.request("GET", "/health")
-                if conn.getresponse().status == 200:
-                    return
-            time.sleep(0.2)
-        self._log.seek(0)
-        tail = self._log.read().decode(errors="replace")[-2000:]
-        self.close()
-        raise RuntimeError(f"llama-server did not start: {' '.join(self.cmd)}\n{tail}")
+        self.server = ChildServer(
+            "llama-server", self.cmd, self.port, Path(tempfile.gettempdir()), reaped=False
+        )
+        try:
+            self.server.wait_healthy(120)
+        except BackendError as e:
+            raise RuntimeError(f"llama-server did not start: {' '.join(self.cmd)}\n{e}") from None
 
     def one(self, tokens: list[int], n: int, first: threading.Event | None = None) -> Result:
         body = {
@@ -266,14 +202,8 @@ class Server(Engine):
         )
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
+        self.server.close()
+        self.server.log_path.unlink(missing_ok=True)
 
 
 def _in_threads(calls: Sequence[Callable[[], Result]]) -> tuple[list[Result], float]:
@@ -378,7 +308,7 @@ def bench_model(
     with engines(model, exe, args.threads, args.ctx) as eng:
         names = list(eng)
         session = eng["ours p=4"].session  # type: ignore[attr-defined]
-        pids = [e.proc.pid for e in eng.values() if isinstance(e, Server)]
+        pids = [e.server.pid for e in eng.values() if isinstance(e, Server)]
         rnd = 0
         while len(noise) <= args.runs and rnd <= 3 * args.runs:
             warm = not noise

@@ -7,25 +7,17 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llm_inproc.backends.child import ChildServer, free_port
 from subproc import child_env
 
 __all__ = ["Answer", "Server", "free_port", "request", "start_ours", "started"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -60,32 +52,9 @@ def request(
         conn.close()
 
 
-@dataclass
-class Server:
-    port: int
-    proc: subprocess.Popen[str]
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-def _wait_healthy(server: Server, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.proc.poll() is not None:
-            raise RuntimeError(f"the server exited ({server.proc.returncode}):\n{server.output()}")
-        try:
-            if request(server.port, "GET", "/health", timeout=5).status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"the server was not healthy within {timeout} s:\n{server.output()}")
+Server = ChildServer
+"""A running server: ``port``, ``url``, ``output()``, ``kill()`` (the project's one way to
+start a server and wait for it, :class:`llm_inproc.backends.child.ChildServer`)."""
 
 
 @contextmanager
@@ -93,25 +62,21 @@ def started(
     cmd: list[str], port: int, log: Path, env: Mapping[str, str] | None = None, timeout: float = 120
 ) -> Iterator[Server]:
     """Run ``cmd`` until the block ends; yields once ``/health`` answers 200."""
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            cmd,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=dict(env) if env is not None else child_env(),
-        )
-    server = Server(port, proc, log)
+    server = ChildServer(
+        "server",
+        cmd,
+        port,
+        log.parent,
+        env=dict(env) if env is not None else child_env(),
+        inherit_env=False,
+        reaped=False,
+        log_path=log,
+    )
     try:
-        _wait_healthy(server, timeout)
+        server.wait_healthy(timeout)
         yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(15)
+        server.close()
 
 
 def ours_cmd(model: Path, port: int, *flags: str) -> list[str]:

@@ -371,7 +371,7 @@ def test_a_server_killed_mid_stream_is_a_backend_error_within_seconds(
     ):
         stream = s.prompt_streaming(MSGS, max_tokens=900, sampling=Sampling(ignore_eos=True))
         next(stream)
-        sv.proc.kill()
+        sv.kill()
         start = time.monotonic()
         with pytest.raises(BackendError, match=r"dropped the connection|final event"):
             for _ in stream:

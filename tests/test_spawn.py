@@ -127,8 +127,10 @@ def test_seeded_draws_are_llama_servers_draws(
             replies[hero] = ours = inproc.complete(story, **kw)
             assert ours.generated.count > 8, (hero, ours)
             assert ours.text == theirs.text, (hero, sampling)
-            if sampling.grammar:
+            if sampling.grammar and ours.finish_reason == "stop":
                 assert isinstance(json.loads(ours.text)["age"], int)
+            elif sampling.grammar:  # cut by max_tokens: still the grammar's JSON so far
+                assert ours.text.startswith("{") and '"name"' in ours.text, ours.text
         dragon = [Message(Role.USER, "Tell me about a dragon who likes tea.")]
         plain = inproc.complete(dragon, max_tokens=40, temperature=0.0)
         assert plain.text != replies["dragon"].text  # the penalties did change the reply

@@ -216,6 +216,10 @@ class AsyncReplyStream(AsyncIterator[str]):
 
     async def aclose(self) -> None:
         """Stop generating."""
+        self.cancel()
+
+    def cancel(self) -> None:
+        """Stop generating, from any thread (what :meth:`aclose` does)."""
         if not self._done:
             self._done = True
             self._raw.cancel()

@@ -12,6 +12,7 @@ from typing import Any
 
 from .backends.base import ModelInfo
 from .errors import BackendError, BusyError, ContextOverflowError, InvalidInputError, LLMError
+from .wire import EXCEPTION_STATUS
 
 __all__ = ["error_from_response", "info_from_models", "info_from_props", "model_name"]
 
@@ -45,7 +46,7 @@ def error_from_response(status: int, body: Any, where: str) -> LLMError:
     """
     message, kind = _error_fields(body)
     said = f": {message}" if message else ""
-    if kind == "exceed_context_size_error":
+    if kind == EXCEPTION_STATUS[ContextOverflowError][1]:
         return ContextOverflowError(
             f"the prompt does not fit in the server's context{said}; shorten the conversation "
             "or start the server with a larger context (-c)"
@@ -60,11 +61,12 @@ def error_from_response(status: int, body: Any, where: str) -> LLMError:
             f"{where} does not exist on the server (404{said}); check that Options.remote points "
             "at a llama-server or OpenAI-compatible server (and the /v1 part of a URL)"
         )
-    if status == 429 or (status == 503 and "loading" not in message.lower()):
+    busy_status, busy_kind = EXCEPTION_STATUS[BusyError]
+    if status == 429 or (status == busy_status and "loading" not in message.lower()):
         return BusyError(f"the server is busy ({status}{said}); retry later")
-    if status == 400 or kind == "invalid_request_error":
+    if status == 400 or kind == EXCEPTION_STATUS[InvalidInputError][1]:
         return InvalidInputError(f"the server refused the request{said}")
-    if status == 503:
+    if status == busy_status or kind == busy_kind:
         return BackendError(f"the server is not ready ({message}); retry once it has loaded")
     return BackendError(f"the server failed at {where} ({status}{said})")
 

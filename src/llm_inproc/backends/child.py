@@ -1,21 +1,20 @@
 """A server in a child process: started on a free loopback port, watched until healthy,
 logged to a file, and ended on close or when our process dies.
 
-Used by the spawned backends (``backend="llama-server"`` and ``model="python"``), which
-talk to the child over HTTP like any remote server.
+The one way this project starts a server: the spawned backends (``backend="llama-server"``
+and ``model="python"``), the benchmark suite's server peers, ``benchmarks/`` and the tests.
 """
 
 from __future__ import annotations
 
 import collections
+import http.client
 import logging
 import os
 import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -36,8 +35,15 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class ChildServer:
-    """Runs ``command`` (which must listen on ``port``) until :meth:`close`; ``env`` adds to
-    (or replaces entries of) this process's environment for the child."""
+    """Runs ``command`` (which must listen on ``port``) until :meth:`close`.
+
+    ``env`` adds to (or replaces entries of) this process's environment for the child;
+    with ``inherit_env=False`` it is the whole environment. The log goes to ``log_path``,
+    else ``log_dir/<name>-<port>.log``. ``reaped`` (the default) runs the server under a
+    reaper that ends it when this process goes away, from whichever thread started it;
+    without it, the server is this process's own child (its :attr:`pid` is the server's,
+    for measuring it) and dies with this process's main thread (Linux).
+    """
 
     def __init__(
         self,
@@ -48,21 +54,53 @@ class ChildServer:
         *,
         host: str = "127.0.0.1",
         env: Mapping[str, str] | None = None,
+        inherit_env: bool = True,
+        reaped: bool = True,
+        log_path: Path | None = None,
     ) -> None:
+        from ._reaper import _die_with_parent
+
         self.name = name
+        self.port = port
         self.url = f"http://{host}:{port}"
-        log_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = log_dir / f"{name}-{port}.log"
+        self.log_path = log_path or log_dir / f"{name}-{port}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("wb")
+        self.started = time.perf_counter()
         logger.info("starting %s on %s (log: %s)", name, self.url, self.log_path)
-        # The reaper ends the server when this process goes away, even by SIGKILL.
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "llm_inproc.backends._reaper", *command],
-            stdin=subprocess.PIPE,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
-        )
+        environ = {**(os.environ if inherit_env else {}), **(env or {}), "PYTHONUNBUFFERED": "1"}
+        if reaped:
+            # The reaper ends the server when this process goes away, even by SIGKILL.
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "llm_inproc.backends._reaper", *command],
+                stdin=subprocess.PIPE,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                env=environ,
+            )
+        else:
+            self._proc = subprocess.Popen(
+                list(command),
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                env=environ,
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            )
+
+    @property
+    def pid(self) -> int:
+        """The server's process id (the reaper's, for a reaped server)."""
+        return self._proc.pid
+
+    def output(self) -> str:
+        """Everything the server wrote so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """Kill the server outright (SIGKILL), as a crash would."""
+        self._proc.kill()
+        self._proc.wait()
 
     def wait_healthy(self, timeout: float) -> None:
         """Return once ``/health`` answers 200; raise :class:`BackendError` with the log's
@@ -87,11 +125,16 @@ class ChildServer:
             time.sleep(0.05)
 
     def _healthy(self) -> bool:
+        # http.client, not urllib: a proxy from the environment must never see loopback.
+        host, _, port = self.url.removeprefix("http://").rpartition(":")
+        conn = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=2)
         try:
-            with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
-                return int(r.status) == 200
-        except (urllib.error.URLError, OSError):
+            conn.request("GET", "/health")
+            return conn.getresponse().status == 200
+        except (OSError, http.client.HTTPException):
             return False
+        finally:
+            conn.close()
 
     def log_tail(self, lines: int = 5) -> str:
         """The last lines the child wrote, joined for an error message."""

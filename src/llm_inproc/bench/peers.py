@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from ..backends._reaper import _die_with_parent
-from ..backends.child import free_port
+from ..backends.child import ChildServer, free_port
+from ..errors import BackendError
 from .measure import vmhwm_kib
 
 __all__ = [
@@ -151,31 +151,23 @@ class ServerPeer(Peer):
         self.name = name
         self.port = free_port()
         self.command = [*command, "--host", "127.0.0.1", "--port", str(self.port)]
-        self._log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close())
-        self._t0 = time.perf_counter()
-        # Ended by the kernel if the suite dies, even by SIGKILL (Linux).
-        self.proc = subprocess.Popen(
-            self.command,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        self._logs = tempfile.TemporaryDirectory()
+        # Our own child (its pid is the server's, for RSS and CPU), ended with the suite.
+        self.server = ChildServer(
+            "peer", self.command, self.port, Path(self._logs.name), reaped=False
         )
 
+    @property
+    def pid(self) -> int:
+        return self.server.pid
+
     def wait_ready(self, timeout: float = 300) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            with contextlib.suppress(OSError, http.client.HTTPException):
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-                conn.request("GET", "/health")
-                if conn.getresponse().status == 200:
-                    self.load_s = time.perf_counter() - self._t0
-                    conn.close()
-                    return
-                conn.close()
-            time.sleep(0.05)
-        tail = _tail(self._log)
-        self.close()
-        raise PeerError(f"{self.name} did not start ({' '.join(self.command)}): {tail}")
+        try:
+            self.server.wait_healthy(timeout)
+        except BackendError as e:
+            self.close()
+            raise PeerError(f"{self.name} did not start ({' '.join(self.command)}): {e}") from None
+        self.load_s = time.perf_counter() - self.server.started
 
     def complete(self, tokens: Sequence[int], n: int) -> Sample:
         body = {
@@ -245,17 +237,11 @@ class ServerPeer(Peer):
         return {"results": results, "wall": time.perf_counter() - t0}
 
     def peak_rss_kib(self) -> int:
-        return vmhwm_kib(self.proc.pid)
+        return vmhwm_kib(self.server.pid)
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
+        self.server.close()
+        self._logs.cleanup()
 
 
 class LlamaBench:

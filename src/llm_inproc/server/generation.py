@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
@@ -326,7 +327,7 @@ def _start(session: Session, req: GenerationRequest) -> AsyncReplyStream:
         ) from None
 
 
-async def _start_all(session: Session, reqs: Sequence[GenerationRequest]) -> list[_Choice]:
+def _start_all(session: Session, reqs: Sequence[GenerationRequest]) -> list[_Choice]:
     """Submit every result's request at once; when one is refused, stop the others."""
     choices: list[_Choice] = []
     try:
@@ -334,9 +335,23 @@ async def _start_all(session: Session, reqs: Sequence[GenerationRequest]) -> lis
             choices.append(_Choice(i, req, _start(session, req)))
     except BaseException:
         for c in choices:
-            await c.stream.aclose()
+            c.stream.cancel()
         raise
     return choices
+
+
+async def _submit(
+    gen: Generation,
+    make: Callable[[Any], GenerationRequest],
+    prompts: Sequence[Any],
+    session: Session,
+) -> list[_Choice]:
+    """Build and submit the requests in a worker thread: rendering a template, tokenizing a
+    long prompt and turning a JSON Schema into a grammar would otherwise stall every other
+    stream this event loop serves."""
+    return await anyio.to_thread.run_sync(
+        lambda: _start_all(session, _requests(gen, make, prompts))
+    )
 
 
 def _requests(
@@ -479,7 +494,7 @@ async def _completion(request: Request, route: Route) -> Response:
     def make(prompt: Any) -> GenerationRequest:
         return completion_request(session, prompt, gen.sampling, gen.stops)
 
-    choices = await _start_all(session, _requests(gen, make, prompts))
+    choices = await _submit(gen, make, prompts, session)
     fmt: _Format
     if route == "completion":
         fmt = _Native(state, session, choices, gen)
@@ -510,5 +525,5 @@ async def chat_completions(request: Request) -> Response:
         template = state.settings.chat_template
         return chat_request(session, messages, gen.sampling, gen.stops, template)
 
-    choices = await _start_all(session, _requests(gen, make, [None]))
+    choices = await _submit(gen, make, [None], session)
     return await _answer(request, state, choices, gen, _Chat(state, gen))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
@@ -150,19 +151,17 @@ async def tokenize_route(request: Request) -> Response:
     content = body.get("content", "")
     if not isinstance(content, str):
         raise invalid("Field 'content': must be a string")
-    tokens = tokenize(
-        session,
-        content,
-        add_special=_bool(body, "add_special", False),
-        parse_special=_bool(body, "parse_special", True),
-    )
-    if not _bool(body, "with_pieces", False):
-        return JSONResponse({"tokens": tokens})
-    pieces: list[dict[str, Any]] = []
-    for t in tokens:
-        piece = session.detokenize([t])
-        pieces.append({"id": t, "piece": piece})
-    return JSONResponse({"tokens": pieces})
+    add_special = _bool(body, "add_special", False)
+    parse_special = _bool(body, "parse_special", True)
+    with_pieces = _bool(body, "with_pieces", False)
+
+    def run() -> list[Any]:  # a long text: off the event loop, as every prompt is
+        tokens = tokenize(session, content, add_special=add_special, parse_special=parse_special)
+        if not with_pieces:
+            return tokens
+        return [{"id": t, "piece": session.detokenize([t])} for t in tokens]
+
+    return JSONResponse({"tokens": await anyio.to_thread.run_sync(run)})
 
 
 async def detokenize(request: Request) -> Response:
@@ -174,12 +173,18 @@ async def detokenize(request: Request) -> Response:
         isinstance(t, int) and not isinstance(t, bool) for t in tokens
     ):
         raise invalid("Field 'tokens': must be an array of token ids")
-    return JSONResponse({"content": session.detokenize(tokens)})
+    text = await anyio.to_thread.run_sync(session.detokenize, tokens)
+    return JSONResponse({"content": text})
 
 
 async def apply_template(request: Request) -> Response:
     state = _state(request)
     body = parse_json(await request.body())
     session = state.ready()
-    req = chat_request(session, parse_messages(body), Sampling(), (), state.settings.chat_template)
-    return JSONResponse({"prompt": session.render(req)})
+    messages = parse_messages(body)
+
+    def run() -> str:
+        req = chat_request(session, messages, Sampling(), (), state.settings.chat_template)
+        return session.render(req)
+
+    return JSONResponse({"prompt": await anyio.to_thread.run_sync(run)})

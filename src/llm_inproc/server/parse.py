@@ -87,8 +87,6 @@ class Generation:
     n_top: int = 0
     """Alternatives shown per token when probabilities are asked for (``sampling.n_probs``
     is at least 1 then, for the chosen token's own probability)."""
-    fixed_seed: bool = False
-    """Whether the client gave a seed (each choice then gets its own repeatable one)."""
 
 
 def parse_json(raw: bytes) -> dict[str, Any]:
@@ -375,7 +373,6 @@ def parse_generation(
         n_predict=n_predict,
         n_choices=n_choices,
         n_top=n_top,
-        fixed_seed=seed != 0,
     )
 
 
