@@ -12,17 +12,13 @@ from typing import Any
 from .backends import open_backend
 from .backends.base import Backend, GenerationRequest, ModelInfo
 from .config import KnownLLM, Options, default_config, find_known_llm
-from .encoding import (
-    END_OF_TURN_MARKERS,
-    TURN_START_MARKERS,
-    PromptEncoding,
-    check_order,
-)
+from .encoding import PromptEncoding
 from .errors import InvalidInputError, SessionClosedError
-from .messages import Message, Role, render_system_prompt
+from .messages import Message
 from .metrics import Metrics
 from .references import PackedFileRef
 from .reply import AsyncReplyStream, Reply, ReplyStream
+from .request_builder import build_request
 from .sampling import Sampling
 
 __all__ = ["Session"]
@@ -111,25 +107,7 @@ class Session:
             raise SessionClosedError("the session is closed; create a new Session")
         sampling = self._sampling(sampling, max_tokens, seed, temperature)
         _check_timeout(timeout)
-        if not isinstance(messages, (list, tuple)):
-            raise InvalidInputError(
-                "messages must be a list of Message, e.g. [Message(Role.USER, 'Hi')]"
-            )
-        msgs = list(messages)
-        check_order(msgs)
-        if msgs[0].role is Role.SYSTEM:
-            msgs[0] = Message(Role.SYSTEM, render_system_prompt(msgs[0].content, self.model))
-        if self.encoding is not None:
-            return GenerationRequest(
-                sampling=sampling,
-                prompt=self.encoding.encode(msgs),
-                stops=self.encoding.stop_markers() + sampling.stop,
-            )
-        return GenerationRequest(
-            sampling=sampling,
-            messages=msgs,
-            stops=END_OF_TURN_MARKERS + TURN_START_MARKERS + sampling.stop,
-        )
+        return build_request(messages, sampling, model=self.model, encoding=self.encoding)
 
     def _sampling(
         self,
@@ -281,10 +259,18 @@ class Session:
 
     # -- prepared requests (what a server needs) --------------------------------------------
 
-    def chat_request(self, messages: Sequence[Message], sampling: Sampling) -> GenerationRequest:
+    def chat_request(
+        self, messages: Sequence[Message], sampling: Sampling, *, template: str = ""
+    ) -> GenerationRequest:
         """The request :meth:`prompt` would make for ``messages`` (encoding or chat template,
-        system-prompt template, stop markers), to pass to :meth:`generate`."""
-        return self._request(messages, None, None, None, sampling, None)
+        system-prompt template, stop markers), to pass to :meth:`generate`; ``template``
+        overrides the model's chat template (a format name or a Jinja template)."""
+        if self._closed:
+            raise SessionClosedError("the session is closed; create a new Session")
+        sampling = self._sampling(sampling, None, None, None)
+        return build_request(
+            messages, sampling, model=self.model, encoding=self.encoding, template=template
+        )
 
     def generate(self, request: GenerationRequest, *, timeout: float | None = None) -> ReplyStream:
         """Start a prepared request (raw text, token ids, or :meth:`chat_request`); the

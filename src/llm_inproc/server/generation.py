@@ -44,7 +44,7 @@ from .parse import (
     parse_messages,
     parse_prompts,
 )
-from .prompts import chat_request, completion_request
+from .prompts import completion_request
 from .state import ServerState
 
 __all__ = ["chat_completions", "completion", "oai_completions"]
@@ -523,7 +523,7 @@ async def chat_completions(request: Request) -> Response:
 
     def make(_: Any) -> GenerationRequest:
         template = state.settings.chat_template
-        return chat_request(session, messages, gen.sampling, gen.stops, template)
+        return session.chat_request(messages, gen.sampling, template=template)
 
     choices = await _submit(gen, make, [None], session)
     return await _answer(request, state, choices, gen, _Chat(state, gen))

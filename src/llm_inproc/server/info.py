@@ -14,7 +14,7 @@ from ..metrics import PROMETHEUS_CONTENT_TYPE
 from ..sampling import Sampling
 from .errors import ApiError, invalid
 from .parse import parse_json, parse_messages
-from .prompts import chat_request, tokenize
+from .prompts import tokenize
 from .state import ServerState
 
 __all__ = [
@@ -184,7 +184,7 @@ async def apply_template(request: Request) -> Response:
     messages = parse_messages(body)
 
     def run() -> str:
-        req = chat_request(session, messages, Sampling(), (), state.settings.chat_template)
+        req = session.chat_request(messages, Sampling(), template=state.settings.chat_template)
         return session.render(req)
 
     return JSONResponse({"prompt": await anyio.to_thread.run_sync(run)})

@@ -12,9 +12,9 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ..errors import LLMError
+from ..request_builder import check_template
 from ..session import Session
 from .flags import ServerSettings, add_server_flags, settings_from_args, unsupported
-from .prompts import check_template
 
 __all__ = ["ListenError", "bind", "build_parser", "main", "serve"]
 
