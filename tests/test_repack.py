@@ -88,16 +88,19 @@ def test_the_fingerprint_names_the_build() -> None:
     assert fingerprint(AMX_INFO) != fingerprint(AMX_INFO + " X = 1")
 
 
-def test_a_cached_unsafe_verdict_turns_auto_off_and_warns_once(
+def test_the_probe_that_dies_warns_once_and_later_loads_only_read_it(
     tmp_path: Path, model_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    RepackProbe(tmp_path, fingerprint(AMX_INFO), command=SIGILL).verdict(model_path)
-    caplog.set_level(logging.WARNING, "llm_inproc")
-    assert resolve_repack(None, model_path, tmp_path, AMX_INFO)[0] is False
-    assert resolve_repack(None, model_path, tmp_path, AMX_INFO)[0] is False
-    warnings = [r.getMessage() for r in caplog.records if "repacking is off" in r.getMessage()]
-    assert len(warnings) == 1
-    assert "SIGILL" in warnings[0] and "--repack" in warnings[0] and "repack=True" in warnings[0]
+    caplog.set_level(logging.INFO, "llm_inproc")
+    first = resolve_repack(None, model_path, tmp_path, AMX_INFO, probe_command=SIGILL)
+    assert first == (False, "a prompt batch with repacking on died with SIGILL")
+    # The next load reads the cached verdict: a child that would succeed never starts.
+    assert resolve_repack(None, model_path, tmp_path, AMX_INFO, probe_command=EXIT_OK) == first
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if "repacking is off" in r.msg]
+    assert [level for level, _ in said] == [logging.WARNING, logging.INFO]
+    warning = said[0][1]
+    assert "SIGILL" in warning and "--repack" in warning and "repack=True" in warning
+    assert str(tmp_path / "probes") in warning
 
 
 @pytest.mark.model

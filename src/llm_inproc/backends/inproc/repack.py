@@ -79,9 +79,8 @@ def _library_identity() -> str:
 
 def fingerprint(system_info: str) -> str:
     """Names what the verdict depends on: CPU, kernel, and the llama.cpp build."""
-    text = "\n--\n".join(
-        [str(_VERSION), _cpu_identity(), platform.release(), _library_identity(), system_info]
-    )
+    parts = [str(_VERSION), _cpu_identity(), platform.release(), _library_identity()]
+    text = "\n--\n".join([*parts, system_info.strip()])
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
@@ -181,9 +180,6 @@ class RepackProbe:
             logger.debug("cannot save the repacking verdict to %s: %s", self.path, e)
 
 
-_warned: set[str] = set()
-
-
 def _probe_model(model: Path) -> Path:
     """The small embedded model when it is installed (its Q4_1 weights take the AMX
     kernels, and it loads in a moment), else the model about to be loaded."""
@@ -193,24 +189,33 @@ def _probe_model(model: Path) -> Path:
 
 
 def resolve_repack(
-    option: bool | None, model: Path, cache_dir: Path, system_info: str
+    option: bool | None,
+    model: Path,
+    cache_dir: Path,
+    system_info: str,
+    *,
+    probe_command: Sequence[str] | None = None,
 ) -> tuple[bool, str]:
-    """Whether to repack, and why: the option when set, else the cached probe's verdict."""
+    """Whether to repack, and why: the option when set, else the cached probe's verdict
+    (``probe_command``: the probe child's argv, the model appended; default: the real one)."""
     if option is not None:
         return option, "set by Options.repack"
     if not build_has_amx(system_info):
         return True, "this llama.cpp build has no AMX kernels"
     key = fingerprint(system_info)
-    verdict = RepackProbe(cache_dir, key).verdict(_probe_model(model))
+    probe = RepackProbe(cache_dir, key, command=probe_command)
+    known = probe.cached()
+    verdict = known or probe.verdict(_probe_model(model))
     if not verdict.conclusive:
         logger.warning(
             "weight repacking is off for this load: %s (run with debug logs to see why); "
             "force it with Options(repack=True) or --repack",
             verdict.reason,
         )
-    elif not verdict.safe and key not in _warned:
-        _warned.add(key)
-        logger.warning(
+    elif not verdict.safe:
+        # Said once, when the probe finds it; later loads read the verdict (see `info`).
+        logger.log(
+            logging.INFO if known is not None else logging.WARNING,
             "weight repacking is off: %s, so this CPU reports AMX but cannot run it "
             "(llama.cpp issue 28756); prompts are evaluated more slowly. Force it with "
             "Options(repack=True) or --repack; the verdict is cached in %s",
