@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import llm_inproc
 import llm_inproc.errors
@@ -44,14 +45,36 @@ def test_all_is_complete_and_sorted() -> None:
     kind = lambda n: (0 if n.isupper() else 1 if n[0].isupper() else 2, n)  # noqa: E731
     assert llm_inproc.__all__ == sorted(llm_inproc.__all__, key=kind)
     assert len(exported) == len(llm_inproc.__all__)
-    for name in llm_inproc.__all__:
-        assert getattr(llm_inproc, name) is not None
     public = {
         n
         for n, v in vars(llm_inproc).items()
         if not n.startswith("_") and not isinstance(v, type(os)) and n not in {"annotations"}
     }
     assert public <= exported, f"public but not in __all__: {public - exported}"
+
+
+def test_every_export_is_the_object_its_home_module_defines() -> None:
+    """A name in ``__all__`` is the class or function of that name from the submodule that
+    defines and exports it (not a stale copy, an alias or a placeholder), and a star import
+    brings exactly ``__all__``."""
+    for name in llm_inproc.__all__:
+        obj = getattr(llm_inproc, name)
+        if name.isupper():  # a constant: the very value its home module exports
+            homes = [
+                m
+                for m in vars(llm_inproc).values()
+                if isinstance(m, type(os)) and name in getattr(m, "__all__", ())
+            ]
+            assert homes and all(getattr(m, name) is obj for m in homes), name
+            continue
+        assert isinstance(obj, type) or callable(obj), name
+        assert obj.__name__ == name, f"{name} is an alias of {obj.__name__}"
+        home = sys.modules[obj.__module__]
+        assert home.__name__.startswith("llm_inproc."), (name, home.__name__)
+        assert getattr(home, name) is obj and name in home.__all__, (name, home.__name__)
+    star: dict[str, object] = {}
+    exec("from llm_inproc import *", star)
+    assert set(star) - {"__builtins__"} == set(llm_inproc.__all__)
 
 
 def test_errors_tree() -> None:
