@@ -31,7 +31,7 @@ from llm_inproc.server_build import (
     find_llama_server,
     list_server_builds,
 )
-from subproc import run_cli
+from subproc import child_env, run_cli
 
 # The first build on a machine takes 8-16 minutes on 2 cores, more than the default timeout.
 pytestmark = pytest.mark.timeout(3600)
@@ -193,21 +193,54 @@ def test_a_truncated_sdist_is_deleted_so_the_next_build_downloads_it(tmp_path: P
 # --- info ----------------------------------------------------------------------------------
 
 
+PLANTED_COMMIT = "0123abc"
+
+
 @pytest.fixture(scope="module")
-def info() -> dict[str, Any]:
-    done = run_cli("info", "--json")
+def planted_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache dir holding one finished llama-server build (a manifest and both binaries),
+    a half build (binaries, no manifest) and a manifest whose binaries are gone."""
+    cache = tmp_path_factory.mktemp("cache")
+    root = cache / "llama-server" / "9.9.9"
+    manifest = {
+        "version": "9.9.9",
+        "preset": "cpu",
+        "commit": PLANTED_COMMIT,
+        "flags": ["-DGGML_NATIVE=ON"],
+        "built_at": "2026-01-02T03:04:05+00:00",
+        "seconds": 12.34,
+    }
+    for preset, write_manifest, binaries in (
+        ("cpu", True, True),
+        ("vulkan", False, True),
+        ("cuda", True, False),
+    ):
+        (root / preset / "bin").mkdir(parents=True)
+        if write_manifest:
+            data = {**manifest, "preset": preset}
+            (root / preset / "build.json").write_text(json.dumps(data))
+        if binaries:
+            for name in ("llama-server", "llama-bench"):
+                (root / preset / "bin" / name).write_bytes(b"")
+    return cache
+
+
+@pytest.fixture(scope="module")
+def info(planted_cache: Path) -> dict[str, Any]:
+    """``info --json`` with ``$LLM_INPROC_CACHE`` pointing at the planted cache."""
+    done = run_cli("info", "--json", env=child_env(LLM_INPROC_CACHE=str(planted_cache)))
     assert done.returncode == 0, done.stderr
     data: dict[str, Any] = json.loads(done.stdout)
     return data
 
 
-def test_info_json_is_truthful_on_this_cpu_build(info: dict[str, Any]) -> None:
+def test_info_json_is_truthful_on_this_cpu_build(info: dict[str, Any], planted_cache: Path) -> None:
     import llama_cpp
 
     assert info["llama_cpp_python_version"] == llama_cpp.__version__
     assert info["gpu_offload"] is False
     assert info["default_threads"] == physical_cores()
-    assert info["cache_dir"] == str(default_cache_dir())
+    assert info["cache_dir"] == str(planted_cache)  # $LLM_INPROC_CACHE is the default
     # llama.cpp's own feature line, e.g. "CPU : SSE3 = 1 | ... |"
     assert "CPU" in info["system_info"]
     types = [d["type"] for d in info["devices"]]
@@ -215,9 +248,23 @@ def test_info_json_is_truthful_on_this_cpu_build(info: dict[str, Any]) -> None:
     assert not {"gpu", "igpu"} & set(types)
     cpu = next(d for d in info["devices"] if d["type"] == "cpu")
     assert cpu["name"] and cpu["description"]
-    assert isinstance(info["llama_server_builds"], list)
+    # Exactly the finished build of the cache, as its manifest says: not the half build,
+    # not the one whose binaries are gone.
+    cpu_dir = planted_cache / "llama-server" / "9.9.9" / "cpu"
+    assert info["llama_server_builds"] == [
+        {
+            "version": "9.9.9",
+            "preset": "cpu",
+            "commit": PLANTED_COMMIT,
+            "flags": ["-DGGML_NATIVE=ON"],
+            "built_at": "2026-01-02T03:04:05+00:00",
+            "seconds": 12.3,
+            "llama_server": str(cpu_dir / "bin" / "llama-server"),
+            "llama_bench": str(cpu_dir / "bin" / "llama-bench"),
+        }
+    ]
     # The same models, in the same form, as `llm-inproc models --json` lists.
-    models = run_cli("models", "--json")
+    models = run_cli("models", "--json", env=child_env(LLM_INPROC_CACHE=str(planted_cache)))
     assert models.returncode == 0, models.stderr
     assert info["cached_models"] == json.loads(models.stdout)
 
@@ -236,13 +283,17 @@ def test_physical_cores_matches_proc_cpuinfo() -> None:
     assert physical_cores() == expected
 
 
-def test_info_human_readable(info: dict[str, Any]) -> None:
-    done = run_cli("info")
+def test_info_human_readable(info: dict[str, Any], planted_cache: Path) -> None:
+    done = run_cli("info", "--cache-dir", str(planted_cache))
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert f"llama-cpp-python  {info['llama_cpp_python_version']}" in out
     assert "gpu offload       no" in out
     assert f"default threads   {info['default_threads']} (physical cores)" in out
+    assert f"cache dir         {planted_cache}\n" in out
+    server = planted_cache / "llama-server" / "9.9.9" / "cpu" / "bin" / "llama-server"
+    assert "llama-server      1 cached build(s)\n" in out
+    assert f"  9.9.9/cpu  llama.cpp {PLANTED_COMMIT}  {server}\n" in out
 
 
 @pytest.mark.build
