@@ -217,8 +217,85 @@ def test_ignore_eos_generates_the_whole_budget(chat_session: Session) -> None:
     assert r.finish_reason == "length" and r.generated.count == 60
 
 
+STORY = [Message(Role.USER, "Tell me a story about a dragon.")]
+
+
 @pytest.mark.model
-def test_penalties_and_samplers_run_natively(chat_session: Session) -> None:
+def test_truncating_samplers_take_effect(chat_session: Session) -> None:
+    """At temperature 1.5 the default chain draws away from greedy; with a sampler set to
+    keep only the most likely token, the same seeded draw is greedy again. (Every request
+    finds the prompt cached and evaluates the same batches: identical logits.)"""
+    s = chat_session
+    s.complete(STORY, max_tokens=1, temperature=0)
+
+    def hot(seed: int, sampling: Sampling | None = None) -> str:
+        return s.prompt(STORY, max_tokens=12, temperature=1.5, seed=seed, sampling=sampling)
+
+    greedy = s.prompt(STORY, max_tokens=12, temperature=0)
+    seed = next((k for k in (1, 2, 3) if hot(k) != greedy), None)
+    assert seed is not None, "the default chain at temperature 1.5 always drew greedily"
+    for fields in ({"top_k": 1}, {"top_p": 0.0}, {"min_p": 1.0}, {"top_n_sigma": 1e-6}):
+        assert hot(seed, Sampling(**fields)) == greedy, fields  # type: ignore[arg-type]
+    # XTC, always applied with threshold 0, keeps only the least likely candidate left by
+    # top-k, top-p and min-p: not greedy, and no longer random.
+    xtc = Sampling(xtc_probability=1.0, xtc_threshold=0.0)
+    xtc_replies = {hot(k, xtc) for k in (seed, seed + 10)}
+    assert len(xtc_replies) == 1 and greedy not in xtc_replies
+
+
+@pytest.mark.model
+@pytest.mark.parametrize(
+    "penalty",
+    [
+        {"repeat_penalty": 5.0},
+        {"presence_penalty": 5.0},
+        {"frequency_penalty": 5.0},
+        {"dry_multiplier": 5.0},
+    ],
+)
+def test_each_penalty_changes_a_greedy_reply_that_repeats(
+    chat_session: Session, penalty: dict[str, float]
+) -> None:
+    s = chat_session
+    greedy = s.prompt(APPLE, max_tokens=16, temperature=0).lower()
+    assert greedy.count("apple") >= 3, greedy
+    penalised = s.prompt(
+        APPLE,
+        max_tokens=16,
+        temperature=0,
+        sampling=Sampling(**penalty),  # type: ignore[arg-type]
+    ).lower()
+    assert penalised != greedy and penalised.count("apple") < greedy.count("apple"), penalised
+
+
+@pytest.mark.model
+def test_a_logit_bias_by_token_id_bans_or_forces_a_token(chat_session: Session) -> None:
+    s = chat_session
+    first = s.complete(STORY, max_tokens=1, temperature=0, sampling=Sampling(n_probs=3))
+    assert first.logprobs is not None
+    chosen, runner_up, third = (t.id for t in first.logprobs[0].top)
+    assert first.logprobs[0].id == chosen
+
+    def first_token(bias: dict[int | str, float]) -> int:
+        r = s.complete(
+            STORY, max_tokens=1, temperature=0, sampling=Sampling(n_probs=1, logit_bias=bias)
+        )
+        assert r.logprobs is not None
+        return r.logprobs[0].id
+
+    assert first_token({chosen: -math.inf}) == runner_up  # banned: the next best is drawn
+    assert first_token({third: 100.0}) == third  # raised above the others
+    # The same through llama.cpp's own chain (a penalty keeps the native sampler).
+    native = Sampling(n_probs=1, presence_penalty=1e-12, logit_bias={chosen: -math.inf})
+    r = s.complete(STORY, max_tokens=1, temperature=0, sampling=native)
+    assert r.logprobs is not None and r.logprobs[0].id == runner_up
+
+
+@pytest.mark.model
+def test_the_tuned_chain_repeats_with_its_seed_and_changes_the_draws(
+    chat_session: Session,
+) -> None:
+    s = chat_session
     tuned = Sampling(
         repeat_penalty=1.3,
         frequency_penalty=0.2,
@@ -231,9 +308,16 @@ def test_penalties_and_samplers_run_natively(chat_session: Session) -> None:
         xtc_probability=0.3,
         top_n_sigma=2.0,
     )
-    a = chat_session.prompt(APPLE, max_tokens=20, temperature=0.8, seed=5, sampling=tuned)
-    b = chat_session.prompt(APPLE, max_tokens=20, temperature=0.8, seed=5, sampling=tuned)
+    s.complete(APPLE, max_tokens=1, temperature=0)
+
+    def draw(seed: int, sampling: Sampling | None = None) -> str:
+        return s.prompt(APPLE, max_tokens=20, temperature=0.8, seed=seed, sampling=sampling)
+
+    a, b = draw(5, tuned), draw(5, tuned)
     assert a and a == b
+    # The same seeds through the default chain draw other replies: the samplers act.
+    differ = [seed for seed in (5, 6, 7) if draw(seed, tuned) != draw(seed)]
+    assert differ, "the tuned chain drew exactly what the default chain draws"
 
 
 @pytest.mark.model
