@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import select
 import subprocess
 import sys
@@ -125,12 +126,16 @@ def test_chat_keeps_history_in_memory(model_path: Path, tmp_path: Path) -> None:
 
 @pytest.mark.model
 def test_bench_reports_rates(model_path: Path, tmp_path: Path) -> None:
+    # Without llama-server and llama-bench, built or not (test_bench runs every peer).
     r = cli(
         "bench", "--json", "--quick", "--sections", "peers", "--tokens", "8", "--runs", "1",
         "--context-length", "1024", "--out", str(tmp_path),
+        "--llama-server", str(tmp_path / "none" / "llama-server"),
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
+    peers = {"ours (in-process)", "llama-cpp-python", "our server (HTTP)"}
+    assert set(out["peers"]["series"]) == peers
     assert out["generation"] > 0 and out["prompt"] > 0
     assert out["tokens"] == 8 and out["runs"] == 1
     # What was generated, not only what was asked: ours (EOS banned) made all 8 each time.
@@ -481,10 +486,76 @@ def test_seed_repeats_and_top_k_1_is_greedy(chat_model_path: Path) -> None:
     assert _reply("--top-k", "1", *ask)["reply"] == greedy
 
 
+def _options(*argv: str) -> object:
+    from llm_inproc.cli import parse_args
+    from llm_inproc.cli._common import session_options
+
+    return session_options(parse_args(["prompt", *argv, "hi"]))[0]
+
+
+def test_parallel_flash_attention_and_repack_flags_set_the_options(tmp_path: Path) -> None:
+    from llm_inproc.config import DEFAULT_PARALLEL
+
+    def fields(*argv: str) -> tuple[object, ...]:
+        o = _options(*argv)
+        return (o.parallel, o.flash_attention, o.repack)  # type: ignore[attr-defined]
+
+    assert fields() == (DEFAULT_PARALLEL, None, None)  # auto, auto
+    assert fields("--parallel", "2", "--flash-attention", "on", "--repack") == (2, True, True)
+    assert fields("--flash-attention", "off", "--no-repack") == (DEFAULT_PARALLEL, False, False)
+    assert fields("--flash-attention", "auto") == (DEFAULT_PARALLEL, None, None)
+    # Over a --config file: what a flag gives wins, what it leaves out is the file's.
+    config = tmp_path / "config.yml"
+    config.write_text("llm:\n  parallel: 3\n  flash_attention: true\n  repack: false\n")
+    assert fields("--config", str(config)) == (3, True, False)
+    assert fields("--config", str(config), "--repack") == (3, True, True)
+    assert fields("--config", str(config), "--flash-attention", "auto", "--parallel", "1") == (
+        1,
+        None,
+        False,
+    )
+
+
+def _llama_log(stderr: str) -> tuple[dict[str, str], set[str]]:
+    """From ``-v``'s debug log: llama.cpp's context parameters (``n_seq_max``,
+    ``flash_attn``, ...) and the kinds of buffer the weights were loaded into."""
+    params = dict(re.findall(r"llama_context: (\w+)\s+= (\S+)", stderr))
+    buffers = set(re.findall(r"load_tensors:\s+(\S+) model buffer size", stderr))
+    return params, buffers
+
+
 @pytest.mark.model
-def test_parallel_and_flash_attention_flags_run(chat_model_path: Path) -> None:
-    out = _reply(
-        "--parallel", "1", "--flash-attention", "off", "--temperature", "0", "--max-tokens", "8",
+def test_parallel_flash_attention_and_repack_flags_reach_llama_cpp(
+    chat_model_path: Path, repack_flags: list[str]
+) -> None:
+    from llm_inproc.backends.inproc.repack import build_has_amx
+    from llm_inproc.sysinfo import llama_system_info
+
+    ask = (
+        "--context-length",
+        "256",
+        "--threads",
+        "1",
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "2",
         "Say hi.",
-    )  # fmt: skip
-    assert out["reply"]
+    )
+    r = cli("prompt", "-v", "--json", "--parallel", "1", "--flash-attention", "on",
+            "--no-repack", *ask)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout)["reply"]
+    params, buffers = _llama_log(r.stderr)
+    assert (params["n_seq_max"], params["flash_attn"]) == ("1", "enabled"), params
+    assert buffers == {"CPU_Mapped"}, "no repacked weights with --no-repack"
+
+    # --repack only where the repacking probe found it safe (else it would kill the process).
+    repack = ["--repack"] if not repack_flags else []
+    r = cli("prompt", "-v", "--json", "--parallel", "3", "--flash-attention", "off",
+            *repack, *ask)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    params, buffers = _llama_log(r.stderr)
+    assert (params["n_seq_max"], params["flash_attn"]) == ("3", "disabled"), params
+    if repack and build_has_amx(llama_system_info()):
+        assert "AMX" in buffers, buffers  # the weights went to the AMX kernels' buffer
