@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import platform
 import re
 import select
 import signal
@@ -221,6 +222,10 @@ def test_sigint_stops_a_piped_reply_and_the_chat_goes_on(
 # --- a real terminal ---------------------------------------------------------------------------
 
 
+# The system calls a process waits for terminal input in: read, poll, select, pselect6, ppoll.
+_WAITING_FOR_INPUT = {"x86_64": {0, 7, 23, 270, 271}, "aarch64": {63, 72, 73}}
+
+
 def _take_terminal() -> None:
     # In the child after setsid: make the pty its controlling terminal, so ^C sends SIGINT.
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
@@ -265,6 +270,24 @@ class Terminal:
     def send(self, text: str) -> None:
         os.write(self.master, text.encode())
 
+    def waiting_for_a_key(self, timeout: float = 30) -> bool:
+        """Wait until the chat's main thread is blocked waiting for input; False where
+        that cannot be seen (no ``/proc/<pid>/syscall``). CPython's readline looks for a
+        signal only when that wait is interrupted: one that lands between writing the
+        prompt and waiting for a key is lost until the next key, a window no typist hits
+        and a test does."""
+        waits = _WAITING_FOR_INPUT.get(platform.machine())
+        path = Path(f"/proc/{self.proc.pid}/syscall")
+        if waits is None or not path.exists():
+            return False
+        deadline = time.monotonic() + timeout
+        while True:
+            number = path.read_text().split(" ", 1)[0]
+            if number.isdigit() and int(number) in waits:
+                return True
+            assert time.monotonic() < deadline, f"not waiting for a key: syscall {number}"
+            time.sleep(0.005)
+
     def close(self) -> int:
         try:
             rc = self.proc.wait(timeout=30)
@@ -291,10 +314,10 @@ def test_terminal_ctrl_c_stops_a_reply_and_ctrl_d_quits(
         term.send("\x03")
         term.expect(r"stopped; the partial reply is kept in the conversation")
         term.expect(r"> ")
-        # CPython's readline loses a SIGINT that lands between writing the prompt and waiting
-        # for a key (it then waits for the next one): a window no typist hits, a test does.
-        time.sleep(0.3)
-        term.send("\x03")  # at an empty prompt: quit
+        if term.waiting_for_a_key():
+            term.send("\x03")  # Ctrl-C at an empty prompt: quit
+        else:
+            term.send("\x04")  # (where the wait cannot be seen, Ctrl-D, which is data)
         assert term.close() == 0
     finally:
         term.proc.kill()
