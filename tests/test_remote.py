@@ -303,14 +303,17 @@ def test_closing_the_stream_or_cancelling_the_task_stops_the_server(
 
         async def cancel() -> None:
             stream = s.aprompt_streaming(MSGS, max_tokens=900, sampling=endless)
+            reading = asyncio.Event()
 
             async def consume() -> None:
                 async for _ in stream:
-                    pass
+                    reading.set()
 
             task = asyncio.ensure_future(consume())
-            await asyncio.sleep(0.5)
+            # Cancel mid-reply: the first pieces came, most of the 900 tokens are to come.
+            await asyncio.wait_for(reading.wait(), 60)
             assert not task.done()
+            assert _processing(s) == 1
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
