@@ -1,4 +1,6 @@
-"""``llm-inproc bench --quick``: the suite end to end, as a user runs it (a subprocess)."""
+"""``llm-inproc bench --quick``: the suite end to end, as a user runs it (a subprocess).
+
+What is checked is the shape of what it writes, never how fast this machine is."""
 
 from __future__ import annotations
 
@@ -25,42 +27,53 @@ def bench(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
 def test_quick_suite_writes_table_json_markdown_and_plot(
     tmp_path: Path, model_path: Path, llama_server_binary: Path
 ) -> None:
+    """The files' shape, not this machine's speed: every number a peer reports is there and
+    positive. The smallest run that fills every part of them: all peers, simonw's llm, one
+    concurrency level (scaling is shown by the test below)."""
     out = tmp_path / "out"
-    r = bench("--quick", "--out", str(out), "--llama-server", str(llama_server_binary))
-    assert r.returncode == 0, r.stderr[-3000:]
+    r = bench(
+        "--quick", "--sections", "peers,llm,concurrency", "--clients", "2",
+        "--tokens", "8", "--prompt", "16",
+        "--out", str(out), "--llama-server", str(llama_server_binary),
+    )  # fmt: skip
+    assert r.returncode == 0 and r.stdout.strip(), r.stderr[-3000:]
     # Progress on stderr, the table on stdout.
     assert "[bench" in r.stderr and "round 1/1" in r.stderr
     assert f"| {OURS} |" in r.stdout and "### Targets" in r.stdout
+    assert "### Scaling" not in r.stdout  # a section not asked for is not there
 
     data = json.loads((out / "bench.json").read_text())
     assert (out / "bench.md").read_text().strip() == r.stdout.strip()
     png = (out / "bench.png").read_bytes()
     assert png.startswith(b"\x89PNG") and 5_000 < len(png) < 300_000
     assert data["errors"] == [], data["errors"]
+    assert "scaling" not in data or not data["scaling"]
+
+    def positive(x: object) -> bool:
+        return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
     med = data["medians"]
     for peer in (OURS, "llama-cpp-python", "our server (HTTP)", "llama-server (HTTP)"):
         m = med[peer]
-        assert m["gen_rate"] > 5 and m["prompt_rate"] > 5, (peer, m)
-        assert 0 < m["ttft"] < 10 and 0 < m["turn2_ttft"] < 10, (peer, m)
-        assert m["rss_kib"] > 50_000 and m["load_s"] > 0, (peer, m)
-    assert med[OURS]["gen_n"] == 16  # what was actually generated: --quick's 16 tokens
+        for key in ("gen_rate", "prompt_rate", "ttft", "turn2_ttft", "load_s"):
+            assert positive(m[key]), (peer, key, m)
+        assert m["rss_kib"] > 50_000, (peer, m)  # a loaded model, not an empty process
+    assert med[OURS]["gen_n"] == 8  # what was actually generated: the 8 tokens asked
     bench_row = med["llama-bench"]
-    assert bench_row["gen_rate"] > 5 and bench_row["prompt_rate"] > 5
+    assert positive(bench_row["gen_rate"]) and positive(bench_row["prompt_rate"])
     # simonw's llm runs on its own model, SmolLM2, next to ours on the same file.
     llm = data["llm"]["series"]
     assert "llm -m SmolLM2" in llm and any(k.startswith("ours") for k in llm)
-    assert all(min(v["gen_rate"]) > 5 for v in llm.values())
-    for k in ("1", "2"):
-        assert min(data["concurrency"][k][OURS]["aggregate"]) > 5
-    assert all(min(v["gen_rate"]) > 5 for v in data["scaling"]["series"].values())
+    assert all(positive(min(v["gen_rate"])) for v in llm.values())
+    assert set(data["concurrency"]) == {"2"}
+    assert all(positive(min(v["aggregate"])) for v in data["concurrency"]["2"].values())
+    assert {OURS, "llama-server (HTTP)"} <= set(data["concurrency"]["2"])
     targets = data["targets"]
     assert len(targets) == 7 and all(t["ratio"] is None or t["ratio"] > 0 for t in targets)
-    assert sum(t["ratio"] is not None for t in targets) == 6  # no 4 clients in --quick
+    assert sum(t["ratio"] is not None for t in targets) == 6  # no 4 clients asked
     # Older readers of --json: ours' headline rates and what was asked.
-    assert data["generation"] > 5 and data["prompt"] > 5
-    assert data["tokens"] == 16 and data["runs"] == 1
-    assert not any(math.isnan(x) for x in (data["generation"], data["prompt"]))
+    assert positive(data["generation"]) and positive(data["prompt"])
+    assert data["tokens"] == 8 and data["runs"] == 1
 
 
 @pytest.mark.model
@@ -76,4 +89,7 @@ def test_missing_peers_are_skipped_with_how_to_get_them(tmp_path: Path, model_pa
     assert all("llm-inproc build" in s["how"] for s in skipped.values())
     assert "skipping llama-server (HTTP)" in r.stderr and "llm-inproc build" in r.stderr
     assert not (tmp_path / "bench.png").exists()
-    assert min(data["scaling"]["series"]["context 512, prompt 16"]["gen_rate"]) > 5
+    series = data["scaling"]["series"]
+    assert set(series) == {"context 512, prompt 16", "context 512, prompt 64"}
+    for v in series.values():
+        assert all(math.isfinite(x) and x > 0 for k in ("gen_rate", "prompt_rate") for x in v[k])
