@@ -156,6 +156,8 @@ class ChildServer:
         if proc.poll() is None:
             if proc.stdin is not None:
                 proc.stdin.close()  # the reaper's signal to stop the server
+            else:
+                proc.terminate()  # our own child: ask it directly
             try:
                 proc.wait(_STOP_GRACE)
             except subprocess.TimeoutExpired:

@@ -382,7 +382,7 @@ class Suite:
         chat_model = c.chat_model
         assert chat_model is not None
         factories: list[Callable[[], Peer]] = [
-            lambda: WorkerPeer("llm -m SmolLM2", "llm", {}),
+            lambda: WorkerPeer("llm -m SmolLM2", "llm", {"repack": self.cfg.repack}),
             lambda: self._ours(
                 f"ours, {llm_threads} thread(s), context 512",
                 512,

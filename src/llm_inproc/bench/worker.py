@@ -111,21 +111,27 @@ def _ours(cfg: dict[str, Any]) -> Handler:
     return lambda cmd: concurrent(cmd) if cmd["op"] == "concurrent" else complete(cmd)
 
 
-def _llama_cpp_python(cfg: dict[str, Any]) -> Handler:
-    from llama_cpp import Llama
+def _repack_default(cfg: dict[str, Any]) -> None:
+    """llama-cpp-python's ``Llama()`` has no repack switch (and simonw's ``llm`` plugin
+    builds one): with ``repack`` off, its model parameters start with it off."""
+    if cfg.get("repack") is not False:
+        return
     from llama_cpp import llama_cpp as low
 
-    if cfg.get("repack") is False:
-        # Llama() has no switch for it: its model parameters start from these defaults.
-        defaults = low.llama_model_default_params
+    defaults = low.llama_model_default_params
 
-        def no_repack() -> Any:
-            params = defaults()
-            params.use_extra_bufts = False
-            return params
+    def no_repack() -> Any:
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
 
-        low.llama_model_default_params = no_repack
+    low.llama_model_default_params = no_repack
 
+
+def _llama_cpp_python(cfg: dict[str, Any]) -> Handler:
+    from llama_cpp import Llama
+
+    _repack_default(cfg)
     llm = Llama(
         model_path=cfg["model"],
         n_threads=cfg["threads"],
@@ -155,6 +161,7 @@ def _llama_cpp_python(cfg: dict[str, Any]) -> Handler:
 def _llm(cfg: dict[str, Any]) -> Handler:
     import llm
 
+    _repack_default(cfg)
     model = llm.get_model(cfg.get("llm_model", "SmolLM2"))
     if hasattr(model, "get_model"):  # the plugin loads lazily: load now, to time it
         model.get_model()

@@ -10,7 +10,6 @@ read their output channels, so nothing in the context is shared between threads.
 
 from __future__ import annotations
 
-import codecs
 import ctypes
 import enum
 import logging
@@ -26,11 +25,14 @@ from ...sampling import TokenProb
 from ..base import FinishReason, Outcome
 from ._llama import capture, signals_blocked
 from .admission import Admission
+from .logprobs import token_probs
 from .model import Context, Model
 from .request import Request
-from .slot import Slot, choose_slot, common_prefix
+from .slot import Slot, SlotState, choose_slot, common_prefix
 
 __all__ = ["Engine"]
+
+GENERATING, PROMPT = SlotState.GENERATING, SlotState.PROMPT
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +77,7 @@ class Engine:
         self._logits = np.ctypeslib.as_array(b.logits, shape=(n,))
         np.ctypeslib.as_array(b.n_seq_id, shape=(n,))[:] = 1
         self._seq_id = b.seq_id
-        self._piece = ctypes.create_string_buffer(256)
+        self._piece_buf = ctypes.create_string_buffer(256)
         self._in_batch: list[Request] = []
         self._abort_cb = ll.ggml_abort_callback(self._should_abort)
         self._no_abort = ll.ggml_abort_callback()  # NULL: no callback
@@ -192,27 +194,16 @@ class Engine:
         common = common_prefix(slot.cached, tokens)
         if common == len(tokens):
             common -= 1  # evaluate the last token again to get fresh logits
-        if common < len(slot.cached):
-            if not self.ll.llama_memory_seq_rm(self.ctx.mem, slot.seq, common, -1):
-                self.ll.llama_memory_seq_rm(self.ctx.mem, slot.seq, -1, -1)
-                common = 0
-            del slot.cached[common:]
+        if common < len(slot.cached) and not self.ll.llama_memory_seq_rm(
+            self.ctx.mem, slot.seq, common, -1
+        ):
+            self.ll.llama_memory_seq_rm(self.ctx.mem, slot.seq, -1, -1)
+            common = 0
         sampling = req.request.sampling
         budget = self.ctx.n_ctx - len(tokens)
         if sampling.max_tokens:
             budget = min(budget, sampling.max_tokens)
-        slot.req = req
-        slot.pending = list(tokens[common:])
-        slot.reused = common
-        slot.evaluated = 0
-        slot.next_token = -1
-        slot.n_gen = 0
-        slot.budget = budget
-        slot.sampler = req.sampler
-        slot.probs = [] if sampling.n_probs else None
-        slot.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        slot.prompt_started = time.perf_counter()
-        slot.first_at = 0.0
+        slot.start(req, common, budget)
         self._active.append(slot)
 
     def _step(self) -> None:
@@ -227,7 +218,7 @@ class Engine:
         chunks: list[tuple[Slot, int]] = []
         # The next token of every generating sequence first: streams never wait for prompts.
         for slot in self._active:
-            if slot.next_token >= 0:
+            if slot.state is GENERATING:
                 tok[n] = slot.next_token
                 pos[n] = len(slot.cached)
                 logits[n] = 1
@@ -238,7 +229,7 @@ class Engine:
         for slot in self._active:
             if room <= 0:
                 break
-            if slot.next_token >= 0 or not slot.pending:
+            if slot.state is not PROMPT:
                 continue
             k = min(room, len(slot.pending))
             p0 = len(slot.cached)
@@ -256,12 +247,10 @@ class Engine:
         if not self._decode(n, chunks):
             return
         for slot, k in chunks:
-            slot.cached.extend(slot.pending[:k])
-            del slot.pending[:k]
-            slot.evaluated += k
+            slot.chunk_evaluated(k)
         for slot, _ in outputs:
-            if slot.next_token >= 0:
-                slot.cached.append(slot.next_token)
+            if slot.state is GENERATING:
+                slot.token_evaluated()
         now = time.perf_counter()
         ctx = self.ctx.ptr
         for slot, idx in outputs:
@@ -301,7 +290,7 @@ class Engine:
         self._said.errors.clear()
         for slot in list(self._active):
             ll.llama_memory_seq_rm(self.ctx.mem, slot.seq, -1, -1)
-            slot.cached.clear()
+            slot.forget()
             self._fail(slot, LLMError(f"llama.cpp failed to evaluate the batch: {why}"))
         return False
 
@@ -315,7 +304,7 @@ class Engine:
         if idle:
             slot = idle[0]
             self.ll.llama_memory_seq_rm(self.ctx.mem, slot.seq, -1, -1)
-            slot.cached.clear()
+            slot.forget()
             return
         biggest = max(self._active, key=lambda s: len(s.cached))
         logger.info("the context is full; ending the request in slot %d", biggest.seq)
@@ -330,55 +319,46 @@ class Engine:
                 slot.probs.pop()  # not part of the reply
             self._finish(slot, "stop")
             return
-        buf = self._piece
-        n = ll.llama_token_to_piece(vocab, token, buf, len(buf), 0, False)
-        if n == 0 and self._is_stop_token(token, req.request.stops):
+        piece = self._piece(token, special=False)
+        if not piece and self._is_stop_token(token, req.request.stops):
             if slot.probs:
                 slot.probs.pop()
             self._finish(slot, "stop")  # a control token such as <start_of_turn>
             return
-        if n < 0:  # a piece longer than the buffer: grow it once and retry
-            buf = self._piece = ctypes.create_string_buffer(-n)
-            n = ll.llama_token_to_piece(vocab, token, buf, len(buf), 0, False)
         slot.n_gen += 1
-        if n > 0:
-            text = slot.decoder.decode(ctypes.string_at(buf, n))
+        if piece:
+            text = slot.decoder.decode(piece)
             if text:
                 req.push(text)
         if slot.n_gen >= slot.budget:
             self._finish(slot, "length")
         else:
-            slot.next_token = token
+            slot.sampled(token)
 
     def _probs(self, idx: int, token: int, req: Request | None) -> TokenProb:
         """The chosen token's probability and the most likely ones, from the raw logits."""
         assert req is not None
-        n = req.request.sampling.n_probs
         ptr = self.ll.llama_get_logits_ith(self.ctx.ptr, idx)
         logits = np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,))
-        top = np.argpartition(logits, -n)[-n:]
-        top = top[np.argsort(logits[top])[::-1]]
-        m = float(logits.max())
-        log_z = m + float(np.log(np.exp(logits - m, dtype=np.float64).sum()))
-
-        def prob(t: int) -> float:
-            return float(np.exp(float(logits[t]) - log_z))
-
+        prob, top = token_probs(logits, token, req.request.sampling.n_probs)
         piece = self._piece_text
         return TokenProb(
-            token,
-            piece(token),
-            prob(token),
-            tuple(TokenProb(int(t), piece(int(t)), prob(int(t))) for t in top),
+            token, piece(token), prob, tuple(TokenProb(t, piece(t), p) for t, p in top)
         )
 
     def _piece_text(self, token: int) -> str:
-        buf = ctypes.create_string_buffer(64)
-        n = self.ll.llama_token_to_piece(self.model.vocab, token, buf, len(buf), 0, True)
+        """A token's text as ``logprobs`` show it (control tokens by name)."""
+        return self._piece(token, special=True).decode("utf-8", errors="replace")
+
+    def _piece(self, token: int, *, special: bool) -> bytes:
+        """The one way a token becomes bytes: llama.cpp's piece, in a buffer that grows
+        once for a long piece (no allocation per token)."""
+        ll, vocab, buf = self.ll, self.model.vocab, self._piece_buf
+        n = ll.llama_token_to_piece(vocab, token, buf, len(buf), 0, special)
         if n < 0:
-            buf = ctypes.create_string_buffer(-n)
-            n = self.ll.llama_token_to_piece(self.model.vocab, token, buf, len(buf), 0, True)
-        return buf.raw[: max(0, n)].decode("utf-8", errors="replace")
+            buf = self._piece_buf = ctypes.create_string_buffer(-n)
+            n = ll.llama_token_to_piece(vocab, token, buf, len(buf), 0, special)
+        return ctypes.string_at(buf, n) if n > 0 else b""
 
     def _is_stop_token(self, token: int, stops: tuple[str, ...]) -> bool:
         if not stops or not self.ll.llama_vocab_is_control(self.model.vocab, token):
@@ -386,14 +366,8 @@ class Engine:
         return self.model.token_text(token) in stops
 
     def _release(self, slot: Slot) -> Request:
-        req = slot.req
-        assert req is not None
+        req = slot.release()
         self.free_sampler(req)
-        slot.sampler = None
-        slot.req = None
-        slot.pending = []
-        slot.next_token = -1
-        slot.last_used = time.perf_counter()
         self._active.remove(slot)
         return req
 
@@ -437,7 +411,7 @@ class Engine:
 
     def _free(self) -> None:
         for slot in self.slots:
-            slot.cached.clear()
+            slot.forget()
         self.ll.llama_batch_free(self._batch)
         self.ctx.free()
         self.model.free()

@@ -1,16 +1,20 @@
-"""A slot: one sequence id in the shared context, the tokens its KV cells hold, and the
-request it is serving. Choosing a slot for a new request is a pure function."""
+"""A slot: one sequence id in the shared context, the tokens its KV cells hold, the
+request it is serving and its state (idle, evaluating a prompt, generating), with the
+transitions that keep them consistent. Choosing a slot for a new request is a pure
+function."""
 
 from __future__ import annotations
 
 import codecs
+import enum
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from ...sampling import TokenProb
 from .request import Request
 
-__all__ = ["Slot", "choose_slot", "common_prefix"]
+__all__ = ["Slot", "SlotState", "choose_slot", "common_prefix"]
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -23,8 +27,25 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
+class SlotState(enum.Enum):
+    """Where a slot is in serving a request (llama-server's ``slot_state``)."""
+
+    IDLE = "idle"
+    """No request; its cells may still hold a finished conversation for the next turn."""
+    PROMPT = "prompt"
+    """Evaluating the request's prompt, a chunk per step."""
+    GENERATING = "generating"
+    """A sampled token waits to be evaluated in the next step."""
+
+
 class Slot:
-    """Sequence ``seq`` of the context and the state of the request it serves, if any."""
+    """Sequence ``seq`` of the context and the state of the request it serves, if any.
+
+    The transitions keep the invariants: :meth:`start` (idle to prompt) sets every
+    per-request field; :meth:`sampled` (prompt or generating to generating) holds the
+    next token; :meth:`release` (to idle) drops the request and its sampler. ``cached``
+    always lists exactly the tokens whose KV cells the sequence holds.
+    """
 
     __slots__ = (
         "budget",
@@ -42,10 +63,12 @@ class Slot:
         "reused",
         "sampler",
         "seq",
+        "state",
     )
 
     def __init__(self, seq: int) -> None:
         self.seq = seq
+        self.state = SlotState.IDLE
         self.cached: list[int] = []
         """Tokens whose KV cells this sequence holds, in position order."""
         self.last_used = 0.0
@@ -54,7 +77,7 @@ class Slot:
         self.pending: list[int] = []
         """Prompt tokens still to evaluate."""
         self.next_token = -1
-        """The sampled token to evaluate next step (-1 while the prompt is evaluated)."""
+        """The sampled token to evaluate next step (while generating)."""
         self.n_gen = 0
         self.budget = 0
         self.reused = 0
@@ -66,7 +89,59 @@ class Slot:
 
     @property
     def busy(self) -> bool:
-        return self.req is not None
+        return self.state is not SlotState.IDLE
+
+    def start(self, req: Request, reused: int, budget: int) -> None:
+        """Serve ``req``, whose first ``reused`` tokens the cells already hold."""
+        assert self.state is SlotState.IDLE and reused <= len(self.cached)
+        del self.cached[reused:]
+        self.state = SlotState.PROMPT
+        self.req = req
+        self.sampler = req.sampler
+        self.pending = list(req.tokens[reused:])
+        self.reused = reused
+        self.evaluated = 0
+        self.next_token = -1
+        self.n_gen = 0
+        self.budget = budget
+        self.probs = [] if req.request.sampling.n_probs else None
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.prompt_started = time.perf_counter()
+        self.first_at = 0.0
+
+    def chunk_evaluated(self, k: int) -> None:
+        """The next ``k`` prompt tokens are now in the cells."""
+        assert self.state is SlotState.PROMPT and k <= len(self.pending)
+        self.cached.extend(self.pending[:k])
+        del self.pending[:k]
+        self.evaluated += k
+
+    def token_evaluated(self) -> None:
+        """The sampled token is now in the cells."""
+        assert self.state is SlotState.GENERATING
+        self.cached.append(self.next_token)
+
+    def sampled(self, token: int) -> None:
+        """``token`` was drawn and goes on: it is evaluated next step."""
+        assert self.state is not SlotState.IDLE and not self.pending
+        self.state = SlotState.GENERATING
+        self.next_token = token
+
+    def release(self) -> Request:
+        """Back to idle, the cells kept for the next turn; the request it served."""
+        req = self.req
+        assert req is not None and self.state is not SlotState.IDLE
+        self.state = SlotState.IDLE
+        self.req = None
+        self.sampler = None
+        self.pending = []
+        self.next_token = -1
+        self.last_used = time.perf_counter()
+        return req
+
+    def forget(self) -> None:
+        """The cells were cleared: nothing is cached any more."""
+        self.cached.clear()
 
 
 def choose_slot(free: Sequence[Slot], tokens: Sequence[int]) -> Slot:
