@@ -6,7 +6,9 @@ import pytest
 
 from llm_inproc import BusyError
 from llm_inproc.backends.inproc.admission import Admission
-from llm_inproc.backends.inproc.slot import Slot, choose_slot, common_prefix
+from llm_inproc.backends.inproc.slot import Slot, SlotState, choose_slot, common_prefix, plan_batch
+
+PROMPT, GENERATING = SlotState.PROMPT, SlotState.GENERATING
 
 
 def test_admission_is_first_come_first_served() -> None:
@@ -63,3 +65,25 @@ def test_without_a_shared_prefix_the_least_recently_used_slot_is_taken() -> None
     b = slot(1, [7, 8], last_used=1.0)
     c = slot(2, [9], last_used=2.0)
     assert choose_slot([a, b, c], [1, 2, 3]) is b
+
+
+def busy(seq: int, state: SlotState, pending: int = 0) -> Slot:
+    s = Slot(seq)
+    s.state, s.pending = state, list(range(pending))
+    return s
+
+
+def test_a_batch_holds_every_stream_then_the_shortest_prompts_first() -> None:
+    long, short, gen = busy(0, PROMPT, 4000), busy(1, PROMPT, 20), busy(2, GENERATING)
+    generating, chunks = plan_batch([long, short, gen, busy(3, SlotState.IDLE)], 512)
+    assert generating == [gen]
+    # The short prompt is whole in this batch; the long one gets what room is left.
+    assert chunks == [(short, 20), (long, 491)]
+
+
+def test_a_full_batch_leaves_the_rest_of_the_prompts_for_the_next_step() -> None:
+    a, b = busy(0, PROMPT, 300), busy(1, PROMPT, 100)
+    gens = [busy(2 + i, GENERATING) for i in range(3)]
+    generating, chunks = plan_batch([a, *gens, b], 256)
+    assert generating == gens and chunks == [(b, 100), (a, 153)]
+    assert plan_batch([a, b], 100)[1] == [(b, 100)]

@@ -28,7 +28,7 @@ from .admission import Admission
 from .logprobs import token_probs
 from .model import Context, Model
 from .request import Request
-from .slot import Slot, SlotState, choose_slot, common_prefix
+from .slot import Slot, SlotState, choose_slot, common_prefix, plan_batch
 
 __all__ = ["Engine"]
 
@@ -212,26 +212,17 @@ class Engine:
         if not self._active:
             return
         tok, pos, logits, seq_ids = self._tok, self._pos, self._logits, self._seq_id
-        room = self.ctx.n_batch
         n = 0
         outputs: list[tuple[Slot, int]] = []
-        chunks: list[tuple[Slot, int]] = []
-        # The next token of every generating sequence first: streams never wait for prompts.
-        for slot in self._active:
-            if slot.state is GENERATING:
-                tok[n] = slot.next_token
-                pos[n] = len(slot.cached)
-                logits[n] = 1
-                seq_ids[n][0] = slot.seq
-                outputs.append((slot, n))
-                n += 1
-        room -= n
-        for slot in self._active:
-            if room <= 0:
-                break
-            if slot.state is not PROMPT:
-                continue
-            k = min(room, len(slot.pending))
+        generating, chunks = plan_batch(self._active, self.ctx.n_batch)
+        for slot in generating:
+            tok[n] = slot.next_token
+            pos[n] = len(slot.cached)
+            logits[n] = 1
+            seq_ids[n][0] = slot.seq
+            outputs.append((slot, n))
+            n += 1
+        for slot, k in chunks:
             p0 = len(slot.cached)
             tok[n : n + k] = slot.pending[:k]
             pos[n : n + k] = np.arange(p0, p0 + k, dtype=np.int32)
@@ -241,9 +232,7 @@ class Engine:
             if k == len(slot.pending):
                 logits[n + k - 1] = 1
                 outputs.append((slot, n + k - 1))
-            chunks.append((slot, k))
             n += k
-            room -= k
         if not self._decode(n, chunks):
             return
         for slot, k in chunks:

@@ -14,7 +14,7 @@ from typing import Any
 from ...sampling import TokenProb
 from .request import Request
 
-__all__ = ["Slot", "SlotState", "choose_slot", "common_prefix"]
+__all__ = ["Slot", "SlotState", "choose_slot", "common_prefix", "plan_batch"]
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -154,3 +154,22 @@ def choose_slot(free: Sequence[Slot], tokens: Sequence[int]) -> Slot:
     if common_prefix(best.cached, tokens) == 0:
         best = min(free, key=lambda s: s.last_used)
     return best
+
+
+def plan_batch(active: Sequence[Slot], n_batch: int) -> tuple[list[Slot], list[tuple[Slot, int]]]:
+    """What the next batch holds: every generating slot's next token (streams never wait
+    for prompts), then prompt chunks in the room left, shortest remaining prompt first,
+    so a short request's first token does not wait behind a long document's whole
+    prompt (the document loses one chunk per step)."""
+    generating = [s for s in active if s.state is SlotState.GENERATING]
+    room = n_batch - len(generating)
+    chunks: list[tuple[Slot, int]] = []
+    for slot in sorted(
+        (s for s in active if s.state is SlotState.PROMPT), key=lambda s: len(s.pending)
+    ):
+        if room <= 0:
+            break
+        k = min(room, len(slot.pending))
+        chunks.append((slot, k))
+        room -= k
+    return generating, chunks
