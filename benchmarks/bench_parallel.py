@@ -124,8 +124,8 @@ def _repack(model: Path) -> bool:
     """The in-process probe's verdict for this CPU, so llama-server survives where AMX
     is reported but cannot run (the in-process session decides the same way)."""
     from llm_inproc.backends.inproc.repack import resolve_repack
+    from llm_inproc.host.sysinfo import llama_system_info
     from llm_inproc.paths import default_cache_dir
-    from llm_inproc.sysinfo import llama_system_info
 
     return resolve_repack(None, model, default_cache_dir(), llama_system_info())[0]
 
@@ -479,9 +479,9 @@ def report(label: str, model: Path, res: dict[str, object], args: argparse.Names
 
 
 def main() -> None:
-    from llm_inproc.embedded import GEMMA_BASE, SMOLLM2_INSTRUCT, embedded_model_path
+    from llm_inproc.build.servers import find_llama_server
+    from llm_inproc.models.embedded import GEMMA_BASE, SMOLLM2_INSTRUCT, embedded_model_path
     from llm_inproc.paths import default_cache_dir
-    from llm_inproc.server_build import find_llama_server
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="gemma,smollm2", help="comma-separated: gemma, smollm2")

@@ -56,7 +56,7 @@ def main() -> None:
     args = ap.parse_args()
     model = args.model
     if model is None:
-        from llm_inproc.embedded import GEMMA_BASE, embedded_model_path
+        from llm_inproc.models.embedded import GEMMA_BASE, embedded_model_path
         from llm_inproc.paths import default_cache_dir
 
         model = str(embedded_model_path(GEMMA_BASE, default_cache_dir()))

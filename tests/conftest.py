@@ -35,7 +35,7 @@ def cache_dir() -> Path:
 @pytest.fixture(scope="session")
 def model_path(cache_dir: Path) -> Path:
     """Gemma 3 270M (the raw-encoding base model), assembled once from its PyPI package."""
-    from llm_inproc.embedded import GEMMA_BASE, embedded_model_path
+    from llm_inproc.models.embedded import GEMMA_BASE, embedded_model_path
 
     path = embedded_model_path(GEMMA_BASE, cache_dir)
     assert path is not None, "install the demo extra: pip install -e '.[dev]'"
@@ -45,7 +45,7 @@ def model_path(cache_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def chat_model_path(cache_dir: Path) -> Path:
     """SmolLM2-135M-Instruct (the default chat model), in place in site-packages."""
-    from llm_inproc.embedded import SMOLLM2_INSTRUCT, embedded_model_path
+    from llm_inproc.models.embedded import SMOLLM2_INSTRUCT, embedded_model_path
 
     path = embedded_model_path(SMOLLM2_INSTRUCT, cache_dir)
     assert path is not None, "install the demo extra: pip install -e '.[dev]'"
@@ -56,7 +56,7 @@ def chat_model_path(cache_dir: Path) -> Path:
 def session(cache_dir: Path, model_path: Path) -> Iterator[object]:
     """One real in-process session on Gemma 3 270M (raw encoding), shared by the suite."""
     from llm_inproc import Options, Session
-    from llm_inproc.embedded import GEMMA_BASE
+    from llm_inproc.models.embedded import GEMMA_BASE
 
     with Session(Options(model=GEMMA_BASE.ref, context_length=4096), cache_dir=cache_dir) as s:
         yield s
@@ -76,7 +76,7 @@ def llama_server_binary(cache_dir: Path) -> Path:
     """llama-server built from the llama.cpp sources of the installed llama-cpp-python
     (compiled on the first run, a few minutes; cached after). Never skipped: the
     comparisons against the real server are core tests."""
-    from llm_inproc.server_build import build_llama_server
+    from llm_inproc.build.servers import build_llama_server
 
     return build_llama_server(cache_dir, "cpu").llama_server
 
@@ -86,7 +86,7 @@ def repack_flags(cache_dir: Path, chat_model_path: Path) -> list[str]:
     """llama-server's ``--no-repack`` where this CPU reports AMX but cannot run it (the
     in-process probe's verdict), else nothing: a server started by hand needs it too."""
     from llm_inproc.backends.inproc.repack import resolve_repack
-    from llm_inproc.sysinfo import llama_system_info
+    from llm_inproc.host.sysinfo import llama_system_info
 
     repack, _ = resolve_repack(None, chat_model_path, cache_dir, llama_system_info())
     return [] if repack else ["--no-repack"]

@@ -19,18 +19,18 @@ from typing import Any
 
 import pytest
 
-from llm_inproc.build import installed_llama_cpp_version
-from llm_inproc.errors import InvalidInputError, LLMError
-from llm_inproc.hardware import physical_cores
-from llm_inproc.paths import default_cache_dir
-from llm_inproc.presets import list_presets
-from llm_inproc.server_build import (
+from llm_inproc.build.presets import list_presets
+from llm_inproc.build.python import installed_llama_cpp_version
+from llm_inproc.build.servers import (
     ServerBuild,
     build_llama_server,
     cached_server_build,
     find_llama_server,
     list_server_builds,
 )
+from llm_inproc.errors import InvalidInputError, LLMError
+from llm_inproc.host.hardware import physical_cores
+from llm_inproc.paths import default_cache_dir
 from subproc import child_env, run_cli
 
 # The first build on a machine takes 8-16 minutes on 2 cores, more than the default timeout.

@@ -8,8 +8,8 @@ import pytest
 
 from gguf_tools import copy_with_metadata
 from llm_inproc import Message, Options, Role, Session
-from llm_inproc.chat_template import fallback_encoding, render_chat_template
 from llm_inproc.errors import InvalidInputError
+from llm_inproc.prompting.chat_template import fallback_encoding, render_chat_template
 
 pytestmark = pytest.mark.model
 

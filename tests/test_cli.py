@@ -16,7 +16,7 @@ import pytest
 import llm_inproc
 from llm_inproc import Memory, Role, Sampling
 from llm_inproc.config import DEFAULT_MODEL
-from llm_inproc.embedded import GEMMA_BASE
+from llm_inproc.models.embedded import GEMMA_BASE
 from subproc import child_env, run_cli, run_python
 
 
@@ -529,7 +529,7 @@ def test_parallel_flash_attention_and_repack_flags_reach_llama_cpp(
     chat_model_path: Path, repack_flags: list[str]
 ) -> None:
     from llm_inproc.backends.inproc.repack import build_has_amx
-    from llm_inproc.sysinfo import llama_system_info
+    from llm_inproc.host.sysinfo import llama_system_info
 
     ask = (
         "--context-length",

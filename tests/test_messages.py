@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from llm_inproc import InvalidInputError, Message, Role
-from llm_inproc.messages import render_system_prompt
+from llm_inproc.prompting.messages import render_system_prompt
 
 WHEN = dt.datetime(2006, 1, 2, 15, 4, 5, tzinfo=dt.timezone(dt.timedelta(hours=-7), "MST"))
 MODEL = "hf:a/b/HEAD/c-Q4_K_M"
@@ -44,7 +44,7 @@ def test_system_prompt_template(template: str, expected: str) -> None:
 def test_invalid_template_is_used_as_is_and_logged(
     bad: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="llm_inproc.messages"):
+    with caplog.at_level(logging.WARNING, logger="llm_inproc.prompting.messages"):
         assert render_system_prompt(bad, MODEL, now=WHEN) == bad
     assert "used as is" in caplog.text
 

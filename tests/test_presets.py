@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from llm_inproc.build import python_build_plan
+from llm_inproc.build.presets import PresetFile, cmake_args, find_presets_file, list_presets
+from llm_inproc.build.python import python_build_plan
 from llm_inproc.errors import InvalidInputError
-from llm_inproc.presets import PresetFile, cmake_args, find_presets_file, list_presets
 from subproc import run_cli
 
 REPO = Path(__file__).resolve().parent.parent

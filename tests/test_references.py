@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from llm_inproc.errors import InvalidInputError
-from llm_inproc.references import (
+from llm_inproc.models.references import (
     QUANTIZATIONS,
     ModelRef,
     PackedFileRef,
@@ -331,7 +331,7 @@ def _file_types_of_llama_cpp() -> set[str]:
 
 def test_file_types_match_gguf_and_llama_cpp() -> None:
     """Every llama.cpp file type is accepted, and nothing that is not one is claimed."""
-    from llm_inproc.quantizations import LLAMA_FILE_TYPES
+    from llm_inproc.models.quantizations import LLAMA_FILE_TYPES
 
     gguf_types, llama_types = _file_types_of_gguf(), _file_types_of_llama_cpp()
     assert gguf_types <= LLAMA_FILE_TYPES, "gguf knows file types the table lacks"
@@ -343,7 +343,7 @@ def test_weight_types_match_gguf_and_llama_cpp() -> None:
     import llama_cpp
     from gguf import GGMLQuantizationType
 
-    from llm_inproc.quantizations import GGML_WEIGHT_TYPES
+    from llm_inproc.models.quantizations import GGML_WEIGHT_TYPES
 
     gguf_types = {t.name for t in GGMLQuantizationType}
     # llama-cpp-python's constants lag behind ggml.h (no BF16, TQ1_0, TQ2_0): a subset check.
@@ -357,7 +357,7 @@ def test_weight_types_match_gguf_and_llama_cpp() -> None:
 
 def test_publisher_variants_are_k_quants_of_known_sizes() -> None:
     """``_L``/``_XL`` only decorate K-quants llama.cpp has (Q8_K_XL: unsloth's Q8_0-based)."""
-    from llm_inproc.quantizations import LLAMA_FILE_TYPES, PUBLISHER_VARIANTS
+    from llm_inproc.models.quantizations import LLAMA_FILE_TYPES, PUBLISHER_VARIANTS
 
     for variant in PUBLISHER_VARIANTS:
         base, _, size = variant.rpartition("_")
@@ -366,7 +366,11 @@ def test_publisher_variants_are_k_quants_of_known_sizes() -> None:
 
 
 def test_quantizations_cover_every_table() -> None:
-    from llm_inproc.quantizations import GGML_WEIGHT_TYPES, LLAMA_FILE_TYPES, PUBLISHER_VARIANTS
+    from llm_inproc.models.quantizations import (
+        GGML_WEIGHT_TYPES,
+        LLAMA_FILE_TYPES,
+        PUBLISHER_VARIANTS,
+    )
 
     assert set(QUANTIZATIONS) == LLAMA_FILE_TYPES | GGML_WEIGHT_TYPES | PUBLISHER_VARIANTS
 
@@ -377,7 +381,7 @@ def test_importing_references_stays_cheap() -> None:
     import sys
 
     code = (
-        "import sys, llm_inproc.references, llm_inproc.hub; "
+        "import sys, llm_inproc.models.references, llm_inproc.models.hub; "
         "print(sorted(m for m in ('gguf', 'llama_cpp', 'numpy') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -417,7 +421,7 @@ def test_shard_names_are_llama_cpps() -> None:
 
     import llama_cpp
 
-    from llm_inproc.shards import parse_shard
+    from llm_inproc.models.shards import parse_shard
 
     for number, count in [(1, 1), (1, 3), (2, 3), (12, 12)]:
         buf = ctypes.create_string_buffer(512)

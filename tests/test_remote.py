@@ -33,8 +33,8 @@ from llm_inproc import (
     Session,
 )
 from llm_inproc.backends.base import GenerationRequest, Outcome
-from llm_inproc.embedded import GEMMA_BASE
 from llm_inproc.metrics import TokenPerformance
+from llm_inproc.models.embedded import GEMMA_BASE
 from llm_inproc.sampling import TokenProb
 from servers import Server, env_without_key, free_port, start_ours, started
 
@@ -48,7 +48,7 @@ FLAGS = ("-c", "1024", "-np", "1", "-t", "1", "--metrics")
 
 
 def test_remote_urls_give_the_server_root() -> None:
-    from llm_inproc.backends.http import base_url
+    from llm_inproc.backends.http.backend import base_url
 
     assert base_url("127.0.0.1:8080") == "http://127.0.0.1:8080"
     assert base_url("[::1]:8080") == "http://[::1]:8080"
@@ -57,7 +57,7 @@ def test_remote_urls_give_the_server_root() -> None:
 
 
 def _decode(route: Any, events: list[Any], n_probs: int = 0) -> list[Any]:
-    from llm_inproc.wire_client import StreamDecoder
+    from llm_inproc.backends.http.requests import StreamDecoder
 
     d = StreamDecoder(route, started=time.monotonic(), want_probs=n_probs > 0)
     return [item for e in events for item in d.feed(e)]
@@ -105,7 +105,7 @@ def test_stream_readers_round_trip_the_servers_own_builders() -> None:
 
 
 def test_openai_usage_without_timings_and_a_stream_cut_short() -> None:
-    from llm_inproc.wire_client import StreamDecoder
+    from llm_inproc.backends.http.requests import StreamDecoder
 
     usage = {"prompt_tokens": 9, "completion_tokens": 1, "prompt_tokens_details": {}}
     events = [
@@ -168,7 +168,7 @@ def test_openai_usage_without_timings_and_a_stream_cut_short() -> None:
 def test_server_errors_become_our_errors_with_the_servers_message(
     status: int, body: Any, kind: type[Exception], needle: str
 ) -> None:
-    from llm_inproc.wire_answers import error_from_response
+    from llm_inproc.backends.http.answers import error_from_response
 
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     error = error_from_response(status, raw, "http://h/x")
@@ -177,7 +177,7 @@ def test_server_errors_become_our_errors_with_the_servers_message(
 
 
 def test_request_bodies_in_both_dialects() -> None:
-    from llm_inproc.wire_client import generation_call
+    from llm_inproc.backends.http.requests import generation_call
 
     s = Sampling(max_tokens=5, seed=7, temperature=0, top_k=10, stop=("a", "b", "c"))
     raw = GenerationRequest(sampling=s, prompt="P", stops=("<end>", "a", "b", "c"))

@@ -22,7 +22,7 @@ from llm_inproc.backends.inproc.repack import (
     fingerprint,
     resolve_repack,
 )
-from llm_inproc.sysinfo import llama_system_info
+from llm_inproc.host.sysinfo import llama_system_info
 
 SIGILL = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGILL)"]
 EXIT_OK = [sys.executable, "-c", "import sys"]

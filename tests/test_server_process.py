@@ -54,6 +54,31 @@ def test_api_key(keyed: Server, headers: dict[str, str], status: int) -> None:
 
 
 @pytest.mark.model
+def test_a_browser_preflight_needs_no_key_and_a_refusal_names_the_origin(keyed: Server) -> None:
+    origin = {"Origin": "http://app.example"}
+    pre = request(
+        keyed.port,
+        "OPTIONS",
+        "/v1/chat/completions",
+        headers={
+            **origin,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
+    )
+    assert pre.status == 200
+    assert pre.headers["access-control-allow-origin"] == "http://app.example"
+    assert pre.headers["access-control-allow-credentials"] == "true"
+    assert pre.headers["access-control-allow-headers"] == "authorization, content-type"
+    # The page can read why it was refused, and what it asked for once the key is right.
+    refused = request(keyed.port, "GET", "/v1/models", headers=origin)
+    assert refused.status == 401
+    assert refused.headers["access-control-allow-origin"] == "http://app.example"
+    ok = request(keyed.port, "GET", "/v1/models", headers={**origin, "X-Api-Key": KEY})
+    assert ok.status == 200 and ok.headers["access-control-allow-origin"] == "http://app.example"
+
+
+@pytest.mark.model
 def test_health_is_public_and_the_openai_client_sends_its_key(keyed: Server) -> None:
     import openai
 

@@ -317,7 +317,7 @@ def test_cancel_during_a_long_prompt_is_prompt(model_path: object) -> None:
 def test_turn_start_control_tokens_end_a_reply(session: Session) -> None:
     """A chat model that emits <start_of_turn> (a control token, rendered as nothing) has
     finished its reply; the engine recognises it by its text among the stop markers."""
-    from llm_inproc.encoding import TURN_START_MARKERS
+    from llm_inproc.prompting.encoding import TURN_START_MARKERS
 
     backend = session._backend
     engine = backend._engine  # type: ignore[attr-defined]
@@ -329,7 +329,7 @@ def test_turn_start_control_tokens_end_a_reply(session: Session) -> None:
 
 def test_default_context_is_the_trained_length_capped(model_path: object) -> None:
     from llm_inproc.config import CONTEXT_CAP
-    from llm_inproc.hardware import physical_cores
+    from llm_inproc.host.hardware import physical_cores
 
     with Session(Options(model=str(model_path))) as s:
         info = s.model_info

@@ -17,7 +17,7 @@ import pytest
 from llm_inproc import BackendError, Message, Options, Role, Sampling, Session
 from llm_inproc.backends.inproc.sampler import grammar_for
 from llm_inproc.config import DEFAULT_MODEL
-from llm_inproc.embedded import GEMMA_BASE
+from llm_inproc.models.embedded import GEMMA_BASE
 from subproc import child_env
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(300)]

@@ -18,7 +18,7 @@ import pytest
 
 from fakehub import FakeHub, cli_env, make_gguf
 from llm_inproc.errors import BackendError, InvalidInputError, ModelLoadError, ModelNotFoundError
-from llm_inproc.hub import download_model, list_cached_models
+from llm_inproc.models.hub import download_model, list_cached_models
 from subproc import run_cli
 
 REPO = "someone/split-GGUF"
@@ -300,7 +300,7 @@ def test_real_split_model_downloads_and_loads(
     from huggingface_hub import HfApi
 
     from llm_inproc import KnownLLM, Message, Options, Session, default_config
-    from llm_inproc.resolve import resolve_model
+    from llm_inproc.models.resolve import resolve_model
 
     repo = "someone/gemma-split-GGUF"
     names = {f"Q4_K_M/{p.name}": p for p in gemma_shards}

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 from .config import DEFAULT_MODEL, Config, KnownLLM, Options, default_config, load_config
-from .encoding import PromptEncoding
 from .errors import (
     BackendError,
     BusyError,
@@ -24,9 +23,10 @@ from .errors import (
     SessionClosedError,
 )
 from .memory import Conversation, Memory
-from .messages import Message, Role
 from .metrics import Metrics, TokenPerformance
-from .references import ModelRef, PackedFileRef, PackedRepoRef, make_packed_file_ref
+from .models.references import ModelRef, PackedFileRef, PackedRepoRef, make_packed_file_ref
+from .prompting.encoding import PromptEncoding
+from .prompting.messages import Message, Role
 from .reply import Reply
 from .sampling import Sampling, TokenProb
 from .session import Session

@@ -19,9 +19,9 @@ from typing import IO, Any
 
 import yaml
 
-from .encoding import PromptEncoding
 from .errors import InvalidInputError
-from .references import PackedFileRef, PackedRepoRef
+from .models.references import PackedFileRef, PackedRepoRef
+from .prompting.encoding import PromptEncoding
 from .sampling import Sampling
 
 __all__ = [

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from .errors import InvalidInputError, MemoryFileNotFoundError
-from .messages import Message, Role
+from .prompting.messages import Message, Role
 
 __all__ = ["Conversation", "Memory"]
 

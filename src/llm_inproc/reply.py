@@ -17,9 +17,9 @@ from typing import Any
 
 from .backends.base import FinishReason, Outcome, RawItem
 from .backends.stream import RawStream
-from .encoding import ReplyCleaner
 from .errors import RequestTimeoutError
 from .metrics import TokenPerformance
+from .prompting.encoding import ReplyCleaner
 from .sampling import TokenProb
 
 __all__ = ["AsyncReplyStream", "Reply", "ReplyStream"]

@@ -12,13 +12,13 @@ from typing import Any
 from .backends import open_backend
 from .backends.base import Backend, GenerationRequest, ModelInfo
 from .config import KnownLLM, Options, default_config, find_known_llm
-from .encoding import PromptEncoding
 from .errors import InvalidInputError, SessionClosedError
-from .messages import Message
 from .metrics import Metrics
-from .references import PackedFileRef
+from .models.references import PackedFileRef
+from .prompting.encoding import PromptEncoding
+from .prompting.messages import Message
+from .prompting.request_builder import build_request
 from .reply import AsyncReplyStream, Reply, ReplyStream
-from .request_builder import build_request
 from .sampling import Sampling
 
 __all__ = ["Session"]
@@ -70,7 +70,7 @@ class Session:
         self._closed = False
 
     def _start_backend(self) -> Backend:
-        from .chat_template import fallback_encoding
+        from .prompting.chat_template import fallback_encoding
 
         backend, path = open_backend(self.options, self.model, self.cache_dir, lambda: self.hf)
         if path is not None:

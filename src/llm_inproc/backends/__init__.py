@@ -19,7 +19,7 @@ def open_backend(
     """Start the backend ``options`` asks for; also return the local model file, if any."""
     kind = options.resolved_backend()
     if kind == "inproc":
-        from ..resolve import resolve_model
+        from ..models.resolve import resolve_model
         from .inproc import InprocBackend
 
         path = resolve_model(model, cache_dir, hf=hf)
@@ -36,12 +36,12 @@ def open_backend(
         )
         return backend, path
     if kind == "remote":
-        from .http import RemoteBackend, api_key_from, base_url
+        from .http.backend import RemoteBackend, api_key_from, base_url
 
         remote = RemoteBackend(base_url(options.remote), api_key=api_key_from(options.api_key))
         return remote, None
     if kind in ("llama-server", "python"):
-        from ..resolve import resolve_model
+        from ..models.resolve import resolve_model
         from .spawn import SpawnedBackend
 
         path = resolve_model(model, cache_dir, hf=hf)

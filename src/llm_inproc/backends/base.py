@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from ..messages import Message
 from ..metrics import Metrics, TokenPerformance
+from ..prompting.messages import Message
 from ..sampling import Sampling, TokenProb
 
 if TYPE_CHECKING:

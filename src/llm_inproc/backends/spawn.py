@@ -1,6 +1,6 @@
 """Spawned backends: a ``llama-server`` binary, or our own server, in a child process.
 
-``backend="llama-server"`` runs the binary found by :func:`..server_build.find_llama_server`;
+``backend="llama-server"`` runs the binary found by :func:`..build.servers.find_llama_server`;
 ``backend="python"`` (or ``model="python"``) runs ``python -m llm_inproc.server``. Either
 gets the session's model, context, threads, GPU layers and parallel slots, listens on a
 free loopback port with a fresh random API key, and logs to ``<cache>/logs``. The
@@ -22,12 +22,12 @@ from pathlib import Path
 
 from ..config import CONTEXT_CAP, Options
 from ..errors import BackendError
-from ..gguf_header import read_gguf_header
-from ..hardware import physical_cores
+from ..host.hardware import physical_cores
 from ..metrics import Metrics
+from ..models.gguf_header import read_gguf_header
 from .base import GenerationRequest
 from .child import ChildServer, free_port
-from .http import API_KEY_ENV, RemoteBackend
+from .http.backend import API_KEY_ENV, RemoteBackend
 from .stream import RawStream
 
 __all__ = ["SpawnedBackend"]
@@ -66,7 +66,7 @@ def _threads(options: Options) -> int:
 
 
 def _llama_server_command(path: Path, options: Options, port: int, cache_dir: Path) -> list[str]:
-    from ..server_build import find_llama_server
+    from ..build.servers import find_llama_server
 
     binary = find_llama_server(cache_dir)
     if binary is None:
@@ -98,7 +98,7 @@ def _repack(path: Path, options: Options, cache_dir: Path) -> bool:
     """Whether a spawned llama-server may repack: the in-process verdict for this CPU."""
     if options.repack is not None:
         return options.repack
-    from ..sysinfo import llama_system_info
+    from ..host.sysinfo import llama_system_info
     from .inproc.repack import resolve_repack
 
     return resolve_repack(None, path, cache_dir, llama_system_info())[0]

@@ -44,7 +44,7 @@ class BenchResult:
 def measure_session(session: Session, *, tokens: int = 128, runs: int = 3) -> BenchResult:
     """Generate ``tokens`` greedily ``runs`` times, each on a fresh prompt; rates from the
     session's metrics, plus a client-side wall clock over the streamed pieces."""
-    from ..messages import Message, Role
+    from ..prompting.messages import Message, Role
 
     session.prompt([Message(Role.USER, "warm up")], max_tokens=4, temperature=0)
     gen: list[float] = []

@@ -88,7 +88,7 @@ def add_parser(sub: Any) -> None:
 
 
 def _binaries(args: argparse.Namespace, cache: Path) -> tuple[Path | None, Path | None]:
-    from ..server_build import find_llama_server
+    from ..build.servers import find_llama_server
 
     server = args.llama_server
     if server is None:
@@ -109,11 +109,11 @@ def _own_argv() -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from ..bench.suite import SuiteConfig, run_suite
-    from ..embedded import GEMMA_BASE, SMOLLM2_INSTRUCT, embedded_model_path
     from ..errors import InvalidInputError
-    from ..hardware import physical_cores
+    from ..host.hardware import physical_cores
+    from ..models.embedded import GEMMA_BASE, SMOLLM2_INSTRUCT, embedded_model_path
+    from ..models.resolve import resolve_model
     from ..paths import default_cache_dir
-    from ..resolve import resolve_model
 
     q = args.quick
     tokens = args.tokens if args.tokens is not None else 16 if q else 128
@@ -225,6 +225,6 @@ def _repack(args: argparse.Namespace, model: Path, cache: Path) -> bool:
     if getattr(args, "repack", None) is not None:
         return bool(args.repack)
     from ..backends.inproc.repack import resolve_repack
-    from ..sysinfo import llama_system_info
+    from ..host.sysinfo import llama_system_info
 
     return resolve_repack(None, model, cache, llama_system_info())[0]

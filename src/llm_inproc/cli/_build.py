@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..presets import DEFAULT_PRESET
+from ..build.presets import DEFAULT_PRESET
 from . import add_cache_dir_flag
 
 __all__ = ["add_parser", "run"]
@@ -55,7 +55,9 @@ def _progress(line: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import build, presets, server_build
+    from ..build import presets
+    from ..build import python as build
+    from ..build import servers as server_build
     from ..paths import resolve_cache_dir
 
     if args.list:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..messages import Message, Role
+from ..prompting.messages import Message, Role
 from . import add_common_model_flags
 from ._common import add_sampling_flags, sampling_kwargs, session_from_args
 

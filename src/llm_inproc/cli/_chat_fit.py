@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from ..messages import Message, Role
+from ..prompting.messages import Message, Role
 
 __all__ = ["fit_history", "reply_reserve"]
 

@@ -16,7 +16,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ContextOverflowError
-from ..messages import Message, Role
+from ..prompting.messages import Message, Role
 from ._chat_fit import fit_history, reply_reserve
 from ._common import stream_to_stdout
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..errors import InvalidInputError
 from ..memory import Conversation, Memory
-from ..messages import Message, Role
+from ..prompting.messages import Message, Role
 
 __all__ = ["ChatStore", "channel_key", "move_aside"]
 

@@ -67,8 +67,8 @@ def format_info(info: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from ..config import DEFAULT_MODEL
+    from ..host.sysinfo import system_info
     from ..paths import resolve_cache_dir
-    from ..sysinfo import system_info
     from ._common import chosen_model
 
     cache_dir = resolve_cache_dir(args.cache_dir)

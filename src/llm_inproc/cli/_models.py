@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from . import MODEL_ENV, add_cache_dir_flag, add_config_flag
 
 if TYPE_CHECKING:
-    from ..hub import CachedModel
+    from ..models.hub import CachedModel
 
 __all__ = ["add_parser", "format_models", "format_size", "is_model", "mark_default", "run"]
 
@@ -86,8 +86,8 @@ def format_models(models: Sequence[CachedModel], default: str = "") -> str:
 def run(args: argparse.Namespace) -> int:
     """List the models assembled from packages and downloaded from the Hub."""
     from ..config import DEFAULT_MODEL
+    from ..models.resolve import list_models
     from ..paths import resolve_cache_dir
-    from ..resolve import list_models
     from ._common import chosen_model
 
     default = chosen_model(args)[0] or DEFAULT_MODEL

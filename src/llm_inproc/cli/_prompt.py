@@ -42,7 +42,7 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import InvalidInputError
-    from ..messages import Message, Role
+    from ..prompting.messages import Message, Role
     from ..session import Session
 
     # Bad flags, files and config are reported before stdin is read or the model loads.

@@ -33,8 +33,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def run(args: argparse.Namespace) -> int:
     """Pull ``args.ref``: an installed package's copy if there is one, else the Hub's latest."""
     from ..errors import InvalidInputError
+    from ..models.resolve import resolve_model
     from ..paths import resolve_cache_dir
-    from ..resolve import resolve_model
 
     if not args.ref.startswith("hf:"):
         raise InvalidInputError(

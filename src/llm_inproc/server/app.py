@@ -17,7 +17,7 @@ from ..wire import error_body
 from . import generation, info
 from .errors import ApiError, translate
 from .flags import ServerSettings
-from .gate import Gate
+from .gate import Gate, add_cors
 from .state import ServerState
 
 __all__ = ["create_app"]
@@ -84,4 +84,5 @@ def create_app(settings: ServerSettings, load: Callable[[], Session]) -> Starlet
     )
     app.state.llm = state
     app.add_middleware(Gate, state=state)
+    add_cors(app)
     return app

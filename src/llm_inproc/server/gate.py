@@ -1,9 +1,9 @@
 """What every request passes before its route: CORS, the API key, and the loading check.
 
-A plain ASGI middleware, so streamed responses pass through untouched. ``/health`` is
+Plain ASGI middlewares, so streamed responses pass through untouched. ``/health`` is
 public (it reports loading itself); CORS preflights are answered without a key, as
-llama-server answers them; every other path needs the key when one is set, and the
-loaded model.
+llama-server answers them (Starlette's ``CORSMiddleware``, outermost); every other path
+needs the key when one is set, and the loaded model.
 """
 
 from __future__ import annotations
@@ -12,12 +12,14 @@ import hmac
 import json
 from collections.abc import Iterable
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.applications import Starlette
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..wire import error_body
 from .state import ServerState
 
-__all__ = ["PUBLIC_PATHS", "Gate", "key_matches"]
+__all__ = ["PUBLIC_PATHS", "Gate", "add_cors", "key_matches"]
 
 PUBLIC_PATHS = frozenset({"/health", "/v1/health"})
 
@@ -50,50 +52,35 @@ class Gate:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        origin = headers.get(b"origin")
         path = scope["path"]
-        if scope["method"] == "OPTIONS" and b"access-control-request-method" in headers:
-            await self._preflight(send, origin, headers)
-            return
         if self.keys and path not in PUBLIC_PATHS and not key_matches(self.keys, headers):
-            await _json(send, 401, error_body(401, "Invalid API Key"), origin)
+            await _json(send, 401, error_body(401, "Invalid API Key"))
             return
         if path not in PUBLIC_PATHS and self.state.session is None:
             err = self.state.not_ready()
-            await _json(send, err.status, err.body(), origin)
+            await _json(send, err.status, err.body())
             return
-
-        async def send_with_cors(message: Message) -> None:
-            if origin is not None and message["type"] == "http.response.start":
-                message["headers"] = [
-                    *message.get("headers", []),
-                    (b"access-control-allow-origin", origin),
-                ]
-            await send(message)
-
-        await self.app(scope, receive, send_with_cors)
-
-    async def _preflight(
-        self, send: Send, origin: bytes | None, headers: dict[bytes, bytes]
-    ) -> None:
-        out = [
-            (b"access-control-allow-origin", origin or b"*"),
-            (b"access-control-allow-methods", b"GET, POST, OPTIONS"),
-            (b"access-control-allow-headers", headers.get(b"access-control-request-headers", b"*")),
-            (b"access-control-max-age", b"600"),
-            (b"content-length", b"0"),
-        ]
-        if origin is not None:
-            out.append((b"access-control-allow-credentials", b"true"))
-        await send({"type": "http.response.start", "status": 200, "headers": out})
-        await send({"type": "http.response.body", "body": b""})
+        await self.app(scope, receive, send)
 
 
-async def _json(send: Send, status: int, body: object, origin: bytes | None) -> None:
+def add_cors(app: Starlette) -> None:
+    """CORS as llama-server answers it: any origin, echoed back, with credentials, so a
+    page on another host (a web UI, a notebook) can call the API. Added last, so it is
+    outside the :class:`Gate`: preflights are answered without a key, and refusals carry
+    the header."""
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origin_regex=r".*",
+        allow_methods=["GET", "POST"],
+        allow_headers=["*"],
+        allow_credentials=True,
+        max_age=600,
+    )
+
+
+async def _json(send: Send, status: int, body: object) -> None:
     data = json.dumps(body, separators=(",", ":")).encode()
     headers = [(b"content-type", b"application/json; charset=utf-8")]
     headers.append((b"content-length", str(len(data)).encode()))
-    if origin is not None:
-        headers.append((b"access-control-allow-origin", origin))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": data})

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..messages import Message, Role
+from ..prompting.messages import Message, Role
 from ..sampling import Sampling
 from .errors import invalid
 

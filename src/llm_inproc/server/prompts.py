@@ -1,6 +1,6 @@
 """``/completion``'s prompt as a :class:`GenerationRequest` (raw text, or token ids mixed
 with text), and llama-server's tokenization switches. Chat messages go through the
-Session's own builder (:mod:`llm_inproc.request_builder`)."""
+Session's own builder (:mod:`llm_inproc.prompting.request_builder`)."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ..errors import LLMError
-from ..request_builder import check_template
+from ..prompting.request_builder import check_template
 from ..session import Session
 from .flags import ServerSettings, add_server_flags, settings_from_args, unsupported
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ...errors import InvalidInputError
-from ...hardware import physical_cores
+from ...host.hardware import physical_cores
 from ...metrics import Metrics
 from ...paths import default_cache_dir
 from ..base import GenerationRequest, ModelInfo

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ...chat_template import render_chat_template
 from ...config import CONTEXT_CAP
 from ...errors import (
     ContextOverflowError,
@@ -24,7 +23,8 @@ from ...errors import (
     ModelNotFoundError,
     SessionClosedError,
 )
-from ...messages import Message
+from ...prompting.chat_template import render_chat_template
+from ...prompting.messages import Message
 from ._llama import capture, lib
 
 __all__ = ["Context", "Model", "check_gguf"]

@@ -183,7 +183,7 @@ class RepackProbe:
 def _probe_model(model: Path) -> Path:
     """The small embedded model when it is installed (its Q4_1 weights take the AMX
     kernels, and it loads in a moment), else the model about to be loaded."""
-    from ...embedded import SMOLLM2_INSTRUCT, installed_file
+    from ...models.embedded import SMOLLM2_INSTRUCT, installed_file
 
     return installed_file(SMOLLM2_INSTRUCT) or model
 

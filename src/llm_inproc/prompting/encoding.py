@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from .errors import InvalidInputError
+from ..errors import InvalidInputError
 from .messages import Message, Role
 
 __all__ = [

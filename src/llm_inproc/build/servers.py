@@ -30,9 +30,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .build import DIST_NAME, BuildLog, OutputCallback, installed_llama_cpp_version
-from .errors import InvalidInputError, LLMError
-from .hardware import usable_cpus
+from .python import DIST_NAME, BuildLog, OutputCallback, installed_llama_cpp_version
+from ..errors import InvalidInputError, LLMError
+from ..host.hardware import usable_cpus
 from .presets import DEFAULT_PRESET, load_presets
 
 __all__ = [

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .backends.base import GenerationRequest
+from ..backends.base import GenerationRequest
+from ..errors import InvalidInputError
+from ..sampling import Sampling
 from .chat_template import fallback_encoding, render_chat_template
 from .encoding import END_OF_TURN_MARKERS, TURN_START_MARKERS, PromptEncoding, check_order
-from .errors import InvalidInputError
 from .messages import Message, Role, render_system_prompt
-from .sampling import Sampling
 
 __all__ = ["NAMED_TEMPLATES", "build_request", "check_template"]
 

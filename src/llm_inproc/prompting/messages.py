@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
-from .errors import InvalidInputError
+from ..errors import InvalidInputError
 
 __all__ = ["Message", "Role", "render_system_prompt"]
 

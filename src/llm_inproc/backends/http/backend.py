@@ -4,8 +4,8 @@
 ``/props`` once: a server that answers speaks llama-server's API (raw prompts through
 ``/completion``, tokenizer routes, every sampler); one that does not is treated as
 OpenAI-only (``/v1/completions`` and ``/v1/chat/completions``, from ``/v1/models``).
-Requests are always streamed; bodies and stream parsing live in :mod:`..wire_client`,
-the I/O in :mod:`.http_io`.
+Requests are always streamed; bodies and stream parsing live in :mod:`.requests`,
+the I/O in :mod:`.io`.
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ from typing import Any
 
 import httpx2
 
-from ..errors import BackendError, LLMError, SessionClosedError
-from ..metrics import Metrics
-from ..wire import SSEDecoder
-from ..wire_answers import error_from_response, info_from_models, info_from_props, model_name
-from ..wire_client import Call, Dialect, StreamDecoder, generation_call
-from .base import GenerationRequest, RawItem
-from .http_io import EventLoopThread
-from .stream import RawStream
+from ...errors import BackendError, LLMError, SessionClosedError
+from ...metrics import Metrics
+from ...wire import SSEDecoder
+from ..base import GenerationRequest, RawItem
+from ..stream import RawStream
+from .answers import error_from_response, info_from_models, info_from_props, model_name
+from .io import EventLoopThread
+from .requests import Call, Dialect, StreamDecoder, generation_call
 
 __all__ = ["API_KEY_ENV", "RemoteBackend", "base_url"]
 

@@ -14,10 +14,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .build import installed_llama_cpp_version
-from .errors import LLMError
+from ..build.python import installed_llama_cpp_version
+from ..build.servers import list_server_builds
+from ..errors import LLMError
 from .hardware import physical_cores
-from .server_build import list_server_builds
 
 __all__ = ["DEVICE_TYPES", "llama_cpp_devices", "llama_system_info", "system_info"]
 
@@ -123,7 +123,7 @@ def llama_cpp_devices() -> list[dict[str, Any]]:
 
 def _cached_models(cache_dir: Path) -> list[dict[str, Any]] | None:
     """The models ``llm-inproc models`` lists (embedded, then Hub), None if unreadable."""
-    from .resolve import list_models
+    from ..models.resolve import list_models
 
     try:
         models = list_models(cache_dir)
@@ -135,7 +135,7 @@ def _cached_models(cache_dir: Path) -> list[dict[str, Any]] | None:
 
 def _repack_info(cache_dir: Path, text: str) -> dict[str, Any]:
     """Whether sessions repack weights by default here, and why (the probe's cached verdict)."""
-    from .backends.inproc.repack import RepackProbe, build_has_amx, fingerprint
+    from ..backends.inproc.repack import RepackProbe, build_has_amx, fingerprint
 
     if not text:
         return {"auto": None, "reason": "llama_cpp cannot be imported"}

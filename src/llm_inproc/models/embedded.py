@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from ..errors import ModelLoadError
 from .checksums import file_digest, is_verified, mark_verified
-from .errors import ModelLoadError
 
 if TYPE_CHECKING:
     from .hub import CachedModel

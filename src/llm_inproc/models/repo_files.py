@@ -7,7 +7,7 @@ not, are decided before any download starts.
 
 from __future__ import annotations
 
-from .errors import ModelNotFoundError
+from ..errors import ModelNotFoundError
 from .quantizations import quantization_rank, split_quantization
 from .references import PackedFileRef
 from .shards import Shard, first_shards, parse_shard, strip_shard

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import ModelLoadError
+from ..errors import ModelLoadError
 
 __all__ = ["GGUFHeader", "read_gguf_header"]
 

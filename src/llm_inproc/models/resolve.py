@@ -11,8 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import InvalidInputError, LLMError, ModelNotFoundError
 from .embedded import embedded_model_path, find_embedded
-from .errors import InvalidInputError, LLMError, ModelNotFoundError
 from .references import PackedFileRef
 
 if TYPE_CHECKING:

@@ -5,6 +5,12 @@ Every request of an HTTP backend runs as one task on it, over one ``httpx2.Async
 :class:`~.stream.RawStream`, which a thread or an asyncio task on any loop takes from:
 the reading loop is written once, for threads and asyncio alike. Cancelling a task closes
 its HTTP response, which is how the server learns to stop generating.
+
+Why not anyio's ``BlockingPortal``, which does the same: measured on the 2-core VM, a
+round trip through ``portal.call`` took 112-136 µs against 35-63 µs through
+``run_coroutine_threadsafe`` here, ``anyio.from_thread`` adds ~57 ms of imports to a
+session that only needs the stdlib loop, and the portal has no plain callback
+(:meth:`soon`, which cancelling a stream uses) short of spawning a task for it.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from ..errors import SessionClosedError
+from ...errors import SessionClosedError
 
 __all__ = ["EventLoopThread"]
 

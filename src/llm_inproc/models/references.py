@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .errors import InvalidInputError
+from ..errors import InvalidInputError
 from .quantizations import QUANTIZATIONS, split_quantization
 from .shards import parse_shard
 

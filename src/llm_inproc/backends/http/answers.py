@@ -10,9 +10,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from .backends.base import ModelInfo
-from .errors import BackendError, BusyError, ContextOverflowError, InvalidInputError, LLMError
-from .wire import EXCEPTION_STATUS
+from ...errors import BackendError, BusyError, ContextOverflowError, InvalidInputError, LLMError
+from ...wire import EXCEPTION_STATUS
+from ..base import ModelInfo
 
 __all__ = ["error_from_response", "info_from_models", "info_from_props", "model_name"]
 

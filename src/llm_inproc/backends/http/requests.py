@@ -18,12 +18,12 @@ from dataclasses import dataclass, fields
 from datetime import timedelta
 from typing import Any, Literal
 
-from .backends.base import FinishReason, GenerationRequest, Outcome, RawItem
-from .errors import BackendError, InvalidInputError
-from .messages import Role
-from .metrics import TokenPerformance
-from .sampling import Sampling, TokenProb
-from .wire_answers import error_from_response
+from ...errors import BackendError, InvalidInputError
+from ...metrics import TokenPerformance
+from ...prompting.messages import Role
+from ...sampling import Sampling, TokenProb
+from ..base import FinishReason, GenerationRequest, Outcome, RawItem
+from .answers import error_from_response
 
 __all__ = ["Call", "Dialect", "StreamDecoder", "generation_call"]
 

@@ -6,7 +6,7 @@ the in-process backend, ``llama-server`` and ``llama-bench`` compare like with l
 
 - ``python`` (here): reinstall that llama-cpp-python version from source with
   ``CMAKE_ARGS`` set to the preset's flags.
-- ``llama-server``: see :mod:`.server_build`.
+- ``llama-server``: see :mod:`.servers`.
 
 Each step's output goes to a log file (and to ``on_output`` if given); a failed
 step raises :class:`~llm_inproc.errors.LLMError` naming the step and the log.
@@ -26,7 +26,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import IO
 
-from .errors import LLMError
+from ..errors import LLMError
 from .presets import DEFAULT_PRESET, load_presets
 
 __all__ = [

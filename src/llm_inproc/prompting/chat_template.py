@@ -1,6 +1,6 @@
 """The chat-template prompt path: the GGUF's own Jinja template, or a format by architecture.
 
-Used when a model has no raw :class:`~llm_inproc.encoding.PromptEncoding` in the
+Used when a model has no raw :class:`~llm_inproc.prompting.encoding.PromptEncoding` in the
 catalogue. Templates run in Jinja's sandbox: they come from downloaded files.
 """
 
@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
+from ..errors import InvalidInputError
 from .encoding import PromptEncoding
-from .errors import InvalidInputError
 from .messages import Message, Role
 
 __all__ = ["fallback_encoding", "render_chat_template"]

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidInputError
+from ..errors import InvalidInputError
 
 __all__ = [
     "DEFAULT_PRESET",
@@ -176,7 +176,7 @@ def _expand(text: str, preset: str, where: str) -> str:
 
 def find_presets_file() -> Path:
     """The presets file: the copy inside the package, else the checkout's top level."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent  # the llm_inproc package
     for candidate in (here / _FILENAME, here.parent.parent / _FILENAME):
         if candidate.is_file():
             return candidate

@@ -34,8 +34,8 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import BackendError, LLMError, ModelLoadError, ModelNotFoundError
 from .checksums import file_digest, forget_verified, is_verified, mark_verified
-from .errors import BackendError, LLMError, ModelLoadError, ModelNotFoundError
 from .hub_cache import CachedModel, cached_files, hf_cache_dir, list_cached_models
 from .references import PackedFileRef
 from .repo_files import files_to_fetch

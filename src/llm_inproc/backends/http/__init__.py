@@ -1,0 +1,1 @@
+"""The remote backend and the client's half of the wire format."""

@@ -1,0 +1,1 @@
+"""Where models come from: a local file, an installed package, or the Hugging Face Hub."""
