@@ -122,7 +122,7 @@ def test_seeded_draws_are_llama_servers_draws(
         replies = {}
         for hero, temperature, sampling in chains:
             story = [Message(Role.USER, f"Tell me about a {hero} who likes tea.")]
-            kw = {"max_tokens": 40, "temperature": temperature, "seed": 7, "sampling": sampling}
+            kw = {"max_tokens": 24, "temperature": temperature, "seed": 7, "sampling": sampling}
             theirs = server.complete(story, **kw)
             replies[hero] = ours = inproc.complete(story, **kw)
             assert ours.generated.count > 8, (hero, ours)

@@ -9,7 +9,6 @@ the public path and loaded by llama.cpp from the first shard. The behaviour of s
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from fakehub import FakeHub, cli_env, make_gguf
+from gguf_tools import split_gguf
 from llm_inproc.errors import BackendError, InvalidInputError, ModelLoadError, ModelNotFoundError
 from llm_inproc.models.hub import download_model, list_cached_models
 from subproc import run_cli
@@ -250,40 +250,6 @@ def test_cli_pull_then_offline_with_hf_hub_offline(hub: FakeHub, cache: Path) ->
 
 
 # -- a real split model, loaded by llama.cpp ---------------------------------------------
-
-
-def split_gguf(src: Path, dst: Path, shards: int) -> list[Path]:
-    """Write ``src`` as ``shards`` files ``<dst stem>-0000N-of-0000M.gguf``, as gguf-split does.
-
-    gguf-py's writer splits by tensor count and records ``split.no``/``split.count`` in
-    every shard; the metadata goes into the first.
-    """
-    from gguf import GGUFReader, GGUFValueType, GGUFWriter
-
-    reader = GGUFReader(src)
-    arch = reader.get_field("general.architecture")
-    assert arch is not None
-    writer = GGUFWriter(
-        dst,
-        arch=arch.contents(),
-        endianess=reader.endianess,
-        split_max_tensors=math.ceil(len(reader.tensors) / shards),
-    )
-    for field in reader.fields.values():
-        if field.name.startswith(("GGUF.", "split.")) or field.name == "general.architecture":
-            continue
-        vtype = field.types[0]
-        sub = field.types[-1] if vtype == GGUFValueType.ARRAY else None
-        writer.add_key_value(field.name, field.contents(), vtype, sub_type=sub)
-    for t in reader.tensors:
-        writer.add_tensor(t.name, t.data, raw_shape=t.data.shape, raw_dtype=t.tensor_type)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    paths = writer.format_shard_names(dst)
-    assert len(paths) == shards
-    return paths
 
 
 @pytest.fixture(scope="module")
