@@ -93,3 +93,23 @@ def test_missing_peers_are_skipped_with_how_to_get_them(tmp_path: Path, model_pa
     assert set(series) == {"context 512, prompt 16", "context 512, prompt 64"}
     for v in series.values():
         assert all(math.isfinite(x) and x > 0 for k in ("gen_rate", "prompt_rate") for x in v[k])
+
+
+@pytest.mark.model
+def test_a_worker_that_died_is_named_with_its_status(model_path: Path) -> None:
+    """Writing to a dead worker is the worker's failure, never a silent end of the bench
+    (a BrokenPipeError would read as "the reader of our output went away")."""
+    import signal
+
+    from llm_inproc.bench.peers import PeerError, WorkerPeer
+
+    cfg = {"model": str(model_path), "threads": 1, "ctx": 256, "repack": False}
+    peer = WorkerPeer("ours", "ours", cfg)
+    try:
+        peer.wait_ready()
+        peer.proc.send_signal(signal.SIGKILL)
+        peer.proc.wait(30)
+        with pytest.raises(PeerError, match=r"ours exited with status -9"):
+            peer.peak_rss_kib()
+    finally:
+        peer.close()

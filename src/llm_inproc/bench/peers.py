@@ -108,8 +108,15 @@ class WorkerPeer(Peer):
     def _call(self, **cmd: Any) -> dict[str, Any]:
         assert self.proc.stdin is not None
         with self._lock:
-            self.proc.stdin.write((json.dumps(cmd) + "\n").encode())
-            self.proc.stdin.flush()
+            try:
+                self.proc.stdin.write((json.dumps(cmd) + "\n").encode())
+                self.proc.stdin.flush()
+            except OSError:  # the worker died: say so (a BrokenPipeError would read as
+                # "the reader of our output went away" and end the bench silently)
+                self.proc.wait(10)
+                raise PeerError(
+                    f"{self.name} exited with status {self.proc.returncode}: {_tail(self._log)}"
+                ) from None
             return self._read()
 
     def complete(self, tokens: Sequence[int], n: int) -> Sample:
