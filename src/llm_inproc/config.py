@@ -27,8 +27,10 @@ from .sampling import Sampling
 __all__ = [
     "BACKENDS",
     "CONTEXT_CAP",
+    "DEFAULT_CACHE_RAM",
     "DEFAULT_MODEL",
     "DEFAULT_PARALLEL",
+    "KV_CACHE_TYPES",
     "Config",
     "KnownLLM",
     "Options",
@@ -53,6 +55,16 @@ CONTEXT_CAP = 8192
 """``context_length=0`` means the model's trained length, capped at this many tokens."""
 
 BACKENDS: tuple[str, ...] = ("inproc", "python", "llama-server", "remote")
+
+DEFAULT_CACHE_RAM = 8192
+"""MiB of host memory for the prompt cache by default (llama-server's ``--cache-ram``)."""
+
+KV_CACHE_TYPES: tuple[str, ...] = (
+    "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"
+)  # fmt: skip
+"""The KV cache types llama-server's ``-ctk``/``-ctv`` accept."""
+
+UNQUANTIZED_KV = frozenset({"f32", "f16", "bf16"})
 """Values of :attr:`Options.backend` besides ``""`` (inferred)."""
 
 _NO_UPSTREAM = PackedRepoRef("")
@@ -180,6 +192,17 @@ class Options:
     """Weight repacking for the CPU's fast kernels: None (auto) repacks unless a one-time
     probe finds that this CPU reports AMX but cannot run it (some VMs kill the process with
     SIGILL); True or False forces it. Passed on to a spawned llama-server."""
+    cache_ram: int = DEFAULT_CACHE_RAM
+    """MiB of host memory for conversations moved out of the slots (llama-server's
+    ``--cache-ram``): a request that continues one evaluates only its new tokens, even
+    with many more conversations than slots; -1 no limit, 0 off (idle conversations then
+    stay in their slots' cells until a slot is needed)."""
+    cache_type_k: str = "f16"
+    """Type of the KV cache's keys, as llama-server's ``-ctk``: f32, f16, bf16, q8_0, q4_0,
+    q4_1, iq4_nl, q5_0, q5_1. Quantized types take less memory per token of context."""
+    cache_type_v: str = "f16"
+    """Type of the values (``-ctv``); a quantized one needs flash attention, which auto
+    (``flash_attention=None``) then turns on."""
     backend: str = ""
     """``"inproc"``, ``"python"``, ``"llama-server"``, ``"remote"``; empty infers it."""
     max_pending: int = 64
@@ -194,7 +217,20 @@ class Options:
     def _validate(self, where: str) -> None:
         for name in ("remote", "api_key", "model", "backend"):
             _check_type(f"{where}{name}", getattr(self, name), str)
-        for name in ("context_length", "gpu_layers", "parallel", "max_pending"):
+        for name in ("cache_type_k", "cache_type_v"):
+            _check_type(f"{where}{name}", getattr(self, name), str)
+            if getattr(self, name) not in KV_CACHE_TYPES:
+                raise InvalidInputError(
+                    f"{where}{name}: unknown KV cache type {getattr(self, name)!r}; use one of "
+                    f"{', '.join(KV_CACHE_TYPES)}"
+                )
+        if self.cache_type_v not in UNQUANTIZED_KV and self.flash_attention is False:
+            raise InvalidInputError(
+                f"{where}cache_type_v: {self.cache_type_v} (a quantized V cache) needs flash "
+                "attention, which flash_attention=False turns off; set flash_attention to true "
+                "or null (auto), or use an f16 V cache"
+            )
+        for name in ("context_length", "gpu_layers", "parallel", "max_pending", "cache_ram"):
             _check_type(f"{where}{name}", getattr(self, name), int)
         _check_type(f"{where}threads", self.threads, int, nullable=True)
         if self.flash_attention is not None and not isinstance(self.flash_attention, bool):
@@ -231,6 +267,11 @@ class Options:
             raise InvalidInputError(
                 f"{where}parallel: {self.parallel} is invalid; use 1 to {MAX_PARALLEL} "
                 "requests generated at once"
+            )
+        if self.cache_ram < -1:
+            raise InvalidInputError(
+                f"{where}cache_ram: {self.cache_ram} is invalid; use MiB of host memory, "
+                "-1 for no limit or 0 to turn the prompt cache off"
             )
         if self.max_pending < 0:
             raise InvalidInputError(

@@ -72,15 +72,19 @@ class Metrics:
     """Requests being processed right now."""
     requests_pending: int = 0
     """Requests waiting for a free slot."""
+    prompt_cache_bytes: int = 0
+    """Host memory holding conversations moved out of the slots (``Options.cache_ram``)."""
+    prompt_cache_tokens: int = 0
+    """Tokens of those conversations."""
 
     @classmethod
     def from_prometheus(cls, text: str) -> Metrics:
         """Parse a Prometheus text exposition page such as llama-server's ``/metrics``.
 
-        Only the ``llamacpp:*`` series listed in :data:`_SERIES` are read; others
-        are ignored, missing ones read 0, and non-finite values (``NaN``,
-        ``+Inf``) read 0. When a series appears more than once (several label
-        sets), the last sample wins.
+        Only the series listed in :data:`_SERIES` (``llamacpp:*`` and our
+        ``llminproc:*``) are read; others are ignored, missing ones read 0, and
+        non-finite values (``NaN``, ``+Inf``) read 0. When a series appears more
+        than once (several label sets), the last sample wins.
         """
         if not isinstance(text, str):
             raise InvalidInputError(
@@ -132,6 +136,8 @@ class Metrics:
             kv_cache_tokens=int(get("kv_cache_tokens")),
             requests_processing=int(get("requests_processing")),
             requests_pending=int(get("requests_pending")),
+            prompt_cache_bytes=int(get("prompt_cache_bytes")),
+            prompt_cache_tokens=int(get("prompt_cache_tokens")),
         )
 
 
@@ -173,6 +179,13 @@ _SERIES: dict[str, _Series] = {
     ),
     "llamacpp:requests_deferred": _Series(
         "requests_pending", "gauge", "count", "Number of requests deferred."
+    ),
+    # Ours (llama-server reports no such thing):
+    "llminproc:prompt_cache_bytes": _Series(
+        "prompt_cache_bytes", "gauge", "count", "Host memory of conversations out of the slots."
+    ),
+    "llminproc:prompt_cache_tokens": _Series(
+        "prompt_cache_tokens", "gauge", "count", "Tokens of conversations out of the slots."
     ),
 }
 

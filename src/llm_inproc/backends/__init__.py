@@ -33,6 +33,9 @@ def open_backend(
             repack=options.repack,
             cache_dir=cache_dir,
             max_pending=options.max_pending,
+            cache_ram=options.cache_ram,
+            cache_type_k=options.cache_type_k,
+            cache_type_v=options.cache_type_v,
         )
         return backend, path
     if kind == "remote":

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..config import CONTEXT_CAP, Options
+from ..config import CONTEXT_CAP, UNQUANTIZED_KV, Options
 from ..errors import BackendError
 from ..host.hardware import physical_cores
 from ..metrics import Metrics
@@ -76,8 +76,14 @@ def _llama_server_command(path: Path, options: Options, port: int, cache_dir: Pa
         )
     header = read_gguf_header(path)
     n_ctx = options.context_length or min(header.context_length or CONTEXT_CAP, CONTEXT_CAP)
-    # Flash attention stays off unless asked for: replies then match the in-process ones.
-    flash = "on" if options.flash_attention else "off"
+    # Flash attention stays off unless asked for (or needed by a quantized V cache), as
+    # in-process: replies then match the in-process ones.
+    quantized_v = options.cache_type_v not in UNQUANTIZED_KV
+    flash = (
+        "on"
+        if options.flash_attention or (options.flash_attention is None and quantized_v)
+        else "off"
+    )
     cmd = [
         str(binary),
         *("-m", str(path), "--host", "127.0.0.1", "--port", str(port)),
@@ -91,7 +97,19 @@ def _llama_server_command(path: Path, options: Options, port: int, cache_dir: Pa
         cmd.append("--swa-full")  # a full-size sliding-window cache, as in-process
     if not _repack(path, options, cache_dir) and _supports(str(binary), "--no-repack"):
         cmd.append("--no-repack")  # the CPU reports AMX but cannot run it
-    return cmd
+    if _supports(str(binary), "--cache-ram"):
+        cmd += ["--cache-ram", str(options.cache_ram)]
+    return cmd + _cache_types(options)
+
+
+def _cache_types(options: Options) -> list[str]:
+    """``-ctk``/``-ctv`` where they differ from the default f16 (both servers take them)."""
+    out = []
+    if options.cache_type_k != "f16":
+        out += ["-ctk", options.cache_type_k]
+    if options.cache_type_v != "f16":
+        out += ["-ctv", options.cache_type_v]
+    return out
 
 
 def _repack(path: Path, options: Options, cache_dir: Path) -> bool:
@@ -118,7 +136,7 @@ def _python_command(path: Path, options: Options, port: int, cache_dir: Path) ->
         cmd += ["-fa", "on" if options.flash_attention else "off"]
     if options.repack is not None:
         cmd.append("--repack" if options.repack else "--no-repack")
-    return cmd
+    return [*cmd, "--cache-ram", str(options.cache_ram), *_cache_types(options)]
 
 
 def _child_env(kind: str, key: str) -> dict[str, str]:

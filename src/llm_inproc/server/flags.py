@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import Options
+from ..config import DEFAULT_CACHE_RAM, KV_CACHE_TYPES, Options
 from ..errors import InvalidInputError
 from ..sampling import Sampling
 from .parse import Defaults
@@ -125,6 +125,32 @@ def add_server_flags(p: argparse.ArgumentParser) -> None:
         help="do not repack weights (as llama-server's -nr)",
     )
     m.add_argument(
+        "-cram",
+        "--cache-ram",
+        dest="cache_ram",
+        type=int,
+        default=None,
+        help="MiB of host memory for conversations moved out of the slots, so a returning "
+        f"user's next turn evaluates only the new text (default: {DEFAULT_CACHE_RAM}, -1 no "
+        "limit, 0 off)",
+    )
+    m.add_argument(
+        "-ctk",
+        "--cache-type-k",
+        dest="cache_type_k",
+        choices=KV_CACHE_TYPES,
+        default=None,
+        help="KV cache type of the keys (default: f16)",
+    )
+    m.add_argument(
+        "-ctv",
+        "--cache-type-v",
+        dest="cache_type_v",
+        choices=KV_CACHE_TYPES,
+        default=None,
+        help="KV cache type of the values (default: f16; a quantized type needs flash attention)",
+    )
+    m.add_argument(
         "--max-pending", type=int, default=None, help="requests that may wait (default: 64)"
     )
     m.add_argument(
@@ -204,6 +230,9 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         opts.max_pending = args.max_pending
     opts.flash_attention = {"on": True, "off": False, "auto": None}[args.flash_attention]
     opts.repack = args.repack
+    for name in ("cache_ram", "cache_type_k", "cache_type_v"):
+        if getattr(args, name) is not None:
+            setattr(opts, name, getattr(args, name))
     opts.validate()
     if not 0 <= args.port <= 65535:
         raise InvalidInputError(f"--port {args.port} is not a TCP port; use 1 to 65535")

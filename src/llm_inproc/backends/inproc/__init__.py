@@ -15,6 +15,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from ...config import DEFAULT_CACHE_RAM, UNQUANTIZED_KV
 from ...errors import InvalidInputError
 from ...host.hardware import physical_cores
 from ...metrics import Metrics
@@ -50,6 +51,9 @@ class InprocBackend:
         flash_attention: bool | None = None,
         repack: bool | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
+        cache_ram: int = DEFAULT_CACHE_RAM,
+        cache_type_k: str = "f16",
+        cache_type_v: str = "f16",
     ) -> None:
         self.path = Path(path)
         threads = clamp_threads(threads, physical_cores())
@@ -60,10 +64,21 @@ class InprocBackend:
         with signals_blocked():  # for any thread llama.cpp starts while loading
             self._model = model = Model(self.path, gpu_layers, repack=repack)
             try:
-                # Auto: on where layers run on a GPU (a large win there), off on the CPU.
-                flash = model.offloaded > 0 if flash_attention is None else flash_attention
+                # Auto: on where layers run on a GPU (a large win there), off on the CPU,
+                # unless the V cache is quantized, which needs it.
+                flash = flash_attention
+                if flash is None:
+                    flash = model.offloaded > 0 or cache_type_v not in UNQUANTIZED_KV
                 n_ctx = model.context_size(context_length)
-                ctx = Context(model, n_ctx, threads, parallel, flash_attention=flash)
+                ctx = Context(
+                    model,
+                    n_ctx,
+                    threads,
+                    parallel,
+                    flash_attention=flash,
+                    cache_type_k=cache_type_k,
+                    cache_type_v=cache_type_v,
+                )
             except BaseException:
                 model.free()
                 raise
@@ -82,7 +97,8 @@ class InprocBackend:
             repack=repack,
         )
         self._n_ctx = ctx.n_ctx
-        self._engine = Engine(model, ctx, max_pending)
+        limit = None if cache_ram == -1 else cache_ram * 2**20
+        self._engine = Engine(model, ctx, max_pending, cache_limit=limit)
 
     # -- prompts -----------------------------------------------------------------------------
 
@@ -148,6 +164,8 @@ class InprocBackend:
             kv_cache_tokens=kv,
             requests_processing=engine.processing,
             requests_pending=engine.pending,
+            prompt_cache_bytes=engine.cache_bytes,
+            prompt_cache_tokens=engine.cache_tokens,
         )
 
     def close(self) -> None:

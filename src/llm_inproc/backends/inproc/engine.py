@@ -27,6 +27,7 @@ from ._llama import capture, signals_blocked
 from .admission import Admission
 from .logprobs import token_probs
 from .model import Context, Model
+from .prompt_cache import CachedPrompt, PromptCache
 from .request import Request
 from .slot import Slot, SlotState, choose_slot, common_prefix, plan_batch
 
@@ -59,7 +60,9 @@ class Engine:
     seconds without any (see there why).
     """
 
-    def __init__(self, model: Model, ctx: Context, max_pending: int) -> None:
+    def __init__(
+        self, model: Model, ctx: Context, max_pending: int, cache_limit: int | None = 0
+    ) -> None:
         self.ll = ll = model.ll
         self.model, self.ctx = model, ctx
         self.slots = [Slot(seq) for seq in range(ctx.parallel)]
@@ -82,6 +85,8 @@ class Engine:
         self._abort_cb = ll.ggml_abort_callback(self._should_abort)
         self._no_abort = ll.ggml_abort_callback()  # NULL: no callback
         self._thread: threading.Thread | None = None
+        self.cache = PromptCache(cache_limit) if cache_limit != 0 else None
+        """Conversations out of the slots, in host memory (None: ``cache_ram=0``)."""
 
     # -- consumer side (any thread) ------------------------------------------------------
 
@@ -96,6 +101,14 @@ class Engine:
     @property
     def kv_tokens(self) -> int:
         return sum(len(s.cached) for s in self.slots)
+
+    @property
+    def cache_bytes(self) -> int:
+        return self.cache.bytes if self.cache is not None else 0
+
+    @property
+    def cache_tokens(self) -> int:
+        return self.cache.n_tokens if self.cache is not None else 0
 
     def submit(self, req: Request) -> None:
         with self._cond:
@@ -188,10 +201,56 @@ class Engine:
             slot = choose_slot(free, req.tokens)
             free.remove(slot)
             self._start(slot, req)
+        self._offload_idle()
+
+    def _offload_idle(self) -> None:
+        """Idle conversations stay in the shared cells only while nothing else runs: beside
+        a running request they would cost it (attention spans every used cell), so they
+        move to host memory, from where their next turn restores them."""
+        if self.cache is None or not self._active:
+            return
+        for slot in self.slots:
+            if not slot.busy and slot.cached:
+                self._save(slot)
+                self._clear(slot)
+
+    def _save(self, slot: Slot) -> None:
+        """Copy the slot's conversation to host memory (its cells stay as they are)."""
+        assert self.cache is not None
+        ll, ctx = self.ll, self.ctx.ptr
+        size = int(ll.llama_state_seq_get_size(ctx, slot.seq))
+        if not slot.cached or not self.cache.fits(size):
+            return
+        buf = (ctypes.c_uint8 * size)()
+        if ll.llama_state_seq_get_data(ctx, buf, size, slot.seq) == size:
+            self.cache.put(slot.cached, buf)
+
+    def _clear(self, slot: Slot) -> None:
+        self.ll.llama_memory_seq_rm(self.ctx.mem, slot.seq, -1, -1)
+        slot.forget()
+
+    def _restore(self, slot: Slot, entry: CachedPrompt) -> bool:
+        """Load a kept conversation into the (cleared) slot; False if llama.cpp refused."""
+        assert self.cache is not None
+        self._clear(slot)
+        self.cache.take(entry)
+        data = entry.data
+        if self.ll.llama_state_seq_set_data(self.ctx.ptr, data, len(data), slot.seq) == 0:
+            logger.warning("llama.cpp refused a cached conversation; evaluating it again")
+            self._clear(slot)
+            return False
+        slot.cached = list(entry.tokens)
+        return True
 
     def _start(self, slot: Slot, req: Request) -> None:
         tokens = req.tokens
         common = common_prefix(slot.cached, tokens)
+        if self.cache is not None:
+            found = self.cache.best(tokens, better_than=common)
+            if common < len(slot.cached) or found is not None:
+                self._save(slot)  # what the slot gives up stays findable
+            if found is not None:
+                common = found[1] if self._restore(slot, found[0]) else 0
         if common == len(tokens):
             common -= 1  # evaluate the last token again to get fresh logits
         if common < len(slot.cached) and not self.ll.llama_memory_seq_rm(
@@ -291,9 +350,9 @@ class Engine:
         left, end the request holding the most cells (its reply is cut: ``length``)."""
         idle = sorted((s for s in self.slots if not s.busy and s.cached), key=lambda s: s.last_used)
         if idle:
-            slot = idle[0]
-            self.ll.llama_memory_seq_rm(self.ctx.mem, slot.seq, -1, -1)
-            slot.forget()
+            if self.cache is not None:
+                self._save(idle[0])
+            self._clear(idle[0])
             return
         biggest = max(self._active, key=lambda s: len(s.cached))
         logger.info("the context is full; ending the request in slot %d", biggest.seq)
@@ -374,6 +433,7 @@ class Engine:
         self.prompt += prompt
         self.generated += generated
         req = self._release(slot)
+        self._offload_idle()
         req.push(
             Outcome(
                 reason,
@@ -401,6 +461,8 @@ class Engine:
     def _free(self) -> None:
         for slot in self.slots:
             slot.forget()
+        if self.cache is not None:
+            self.cache.clear()
         self.ll.llama_batch_free(self._batch)
         self.ctx.free()
         self.model.free()

@@ -189,14 +189,31 @@ class Model:
                 self.ptr = None
 
 
+GGML_TYPES = {
+    "f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8,
+    "iq4_nl": 20, "bf16": 30,
+}  # fmt: skip
+"""ggml's type ids (``enum ggml_type``) of the KV cache types llama-server accepts."""
+
+
 class Context:
     """A ``llama_context`` for ``parallel`` sequences sharing one unified KV cache."""
 
     def __init__(
-        self, model: Model, n_ctx: int, threads: int, parallel: int, *, flash_attention: bool
+        self,
+        model: Model,
+        n_ctx: int,
+        threads: int,
+        parallel: int,
+        *,
+        flash_attention: bool,
+        cache_type_k: str = "f16",
+        cache_type_v: str = "f16",
     ) -> None:
         ll = self.ll = model.ll
         cparams = ll.llama_context_default_params()
+        cparams.type_k = GGML_TYPES[cache_type_k]
+        cparams.type_v = GGML_TYPES[cache_type_v]
         cparams.n_ctx = n_ctx
         cparams.n_batch = min(_N_BATCH, n_ctx)
         cparams.n_ubatch = min(_N_BATCH, n_ctx)
@@ -216,8 +233,9 @@ class Context:
         if not ptr:
             raise ModelLoadError(
                 f"llama.cpp could not create a context of {n_ctx} tokens for "
-                f"{str(model.path)!r}: {said.reason('no reason given')}. "
-                "Try a smaller context_length"
+                f"{str(model.path)!r} (KV cache {cache_type_k}/{cache_type_v}): "
+                f"{said.reason('no reason given')}. Try a smaller context_length, or the "
+                "default f16 cache types"
             )
         self.ptr: Any = ptr
         self.mem = ll.llama_get_memory(ptr)
@@ -227,6 +245,7 @@ class Context:
         self.n_batch = int(min(ll.llama_n_batch(ptr), ll.llama_n_ubatch(ptr)))
         self.parallel = int(ll.llama_n_seq_max(ptr))
         self.flash_attention = flash_attention
+        self.cache_types = (cache_type_k, cache_type_v)
 
     def free(self) -> None:
         if self.ptr is not None:
