@@ -10,7 +10,7 @@ from types import TracebackType
 from typing import Any
 
 from .backends import open_backend
-from .backends.base import Backend, GenerationRequest, ModelInfo
+from .backends.base import Backend, ConversationStore, GenerationRequest, ModelInfo, SlotFile
 from .config import KnownLLM, Options, default_config, find_known_llm
 from .errors import InvalidInputError, SessionClosedError
 from .metrics import Metrics
@@ -317,6 +317,46 @@ class Session:
         if self._closed:
             raise SessionClosedError("the session is closed; create a new Session")
         return self._backend.metrics()
+
+    # -- conversations on disk -----------------------------------------------------------------
+
+    def save_conversations(self, path: str | os.PathLike[str]) -> int:
+        """Write the KV state of every conversation this session holds (its idle slots and
+        its prompt cache) to ``path``, atomically; how many. After a restart,
+        :meth:`load_conversations` brings them back, so a bot's long system prompt and its
+        users' histories are not evaluated again. In-process sessions only."""
+        return self._store("save_conversations").save_conversations(path)
+
+    def load_conversations(self, path: str | os.PathLike[str]) -> int:
+        """Put the conversations saved in ``path`` into the prompt cache, from where a request
+        that continues one restores it; how many. A file saved by another model, KV cache
+        type or llama.cpp version, or a damaged one, raises :class:`InvalidInputError` and
+        changes nothing."""
+        return self._store("load_conversations").load_conversations(path)
+
+    def save_slot(self, slot: int, path: str | os.PathLike[str]) -> SlotFile:
+        """Write idle slot ``slot``'s conversation to ``path`` (llama-server's slot save)."""
+        return self._store("save_slot").save_slot(slot, path)
+
+    def restore_slot(self, slot: int, path: str | os.PathLike[str]) -> SlotFile:
+        """Load a conversation saved by :meth:`save_slot` into idle slot ``slot``; a file
+        that does not fit leaves the slot unchanged."""
+        return self._store("restore_slot").restore_slot(slot, path)
+
+    def erase_slot(self, slot: int) -> int:
+        """Clear idle slot ``slot``'s cells; the tokens they held."""
+        return self._store("erase_slot").erase_slot(slot)
+
+    def _store(self, what: str) -> ConversationStore:
+        if self._closed:
+            raise SessionClosedError("the session is closed; create a new Session")
+        store = self._backend.conversations
+        if store is None:
+            raise InvalidInputError(
+                f"{what} needs the model in this process; the {self._backend.name!r} backend "
+                "keeps its conversations in the server (llama-server: POST /slots/ID?action=save)"
+            )
+        return store
 
     def close(self) -> None:
         """Free the model; requests still running end with :class:`SessionClosedError`."""

@@ -8,6 +8,7 @@ same way for every backend, in threads and in asyncio alike.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -22,11 +23,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Backend",
+    "ConversationStore",
     "FinishReason",
     "GenerationRequest",
     "ModelInfo",
     "Outcome",
     "RawItem",
+    "SlotFile",
 ]
 
 FinishReason = Literal["stop", "length", "cancelled"]
@@ -98,6 +101,35 @@ class Outcome:
 RawItem = str | Outcome
 
 
+@dataclass(frozen=True)
+class SlotFile:
+    """What a slot action moved: tokens and bytes (llama-server's ``n_saved``/``n_written``
+    and ``n_restored``/``n_read``)."""
+
+    tokens: int
+    bytes: int
+
+
+class ConversationStore(Protocol):
+    """Conversations' KV states to and from disk (in-process backends only)."""
+
+    def save_conversations(self, path: str | os.PathLike[str]) -> int:
+        """Write every conversation held (slots and prompt cache); how many."""
+        ...
+
+    def load_conversations(self, path: str | os.PathLike[str]) -> int:
+        """Put the conversations of a file into the prompt cache; how many."""
+        ...
+
+    def save_slot(self, slot: int, path: str | os.PathLike[str]) -> SlotFile: ...
+
+    def restore_slot(self, slot: int, path: str | os.PathLike[str]) -> SlotFile: ...
+
+    def erase_slot(self, slot: int) -> int:
+        """Clear an idle slot's cells; the tokens they held."""
+        ...
+
+
 class Backend(Protocol):
     """Runs generation for a Session."""
 
@@ -114,6 +146,11 @@ class Backend(Protocol):
     @property
     def served_model(self) -> str | None:
         """The model a server says it runs (alias, path or id); None in-process."""
+        ...
+
+    @property
+    def conversations(self) -> ConversationStore | None:
+        """Saving and loading conversations' KV states; None where the backend cannot."""
         ...
 
     def render(self, request: GenerationRequest) -> str:

@@ -153,6 +153,7 @@ class SpawnedBackend:
     ``"python"``."""
 
     in_process = False
+    conversations = None
 
     def __init__(
         self,

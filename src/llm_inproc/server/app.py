@@ -61,6 +61,7 @@ def create_app(settings: ServerSettings, load: Callable[[], Session]) -> Starlet
         Route("/metrics", info.metrics, methods=get),
         Route("/props", info.props, methods=get),
         Route("/slots", info.slots, methods=get),
+        Route("/slots/{id_slot}", info.slot_action, methods=["POST"]),
         Route("/models", info.models, methods=get),
         Route("/v1/models", info.models, methods=get),
         Route("/completion", generation.completion, methods=post),

@@ -33,6 +33,8 @@ class ServerSettings:
     """The model name shown in responses and ``/v1/models`` (default: the ``-m`` value)."""
     metrics: bool = False
     slots: bool = True
+    slot_save_path: str = ""
+    """Directory for ``POST /slots/{id}?action=save|restore`` files; empty: actions off."""
     chat_template: str = ""
     """A Jinja template or a format name (chatml, gemma, llama3, phi3) overriding the model's."""
     defaults: Defaults = field(default_factory=Defaults)
@@ -151,6 +153,13 @@ def add_server_flags(p: argparse.ArgumentParser) -> None:
         help="KV cache type of the values (default: f16; a quantized type needs flash attention)",
     )
     m.add_argument(
+        "--slot-save-path",
+        default="",
+        metavar="DIR",
+        help="directory where POST /slots/ID?action=save|restore keeps slots' conversations "
+        "(default: off)",
+    )
+    m.add_argument(
         "--max-pending", type=int, default=None, help="requests that may wait (default: 64)"
     )
     m.add_argument(
@@ -215,6 +224,17 @@ def add_server_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _save_dir(path: str) -> str:
+    """``--slot-save-path``, created if missing (llama-server creates it too)."""
+    if not path:
+        return ""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise InvalidInputError(f"--slot-save-path {path!r} cannot be created: {e}") from None
+    return path
+
+
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     """Settings from parsed flags (the API key falls back to the environment)."""
     opts = Options(model=args.model or "")
@@ -249,6 +269,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         alias=args.alias,
         metrics=args.metrics,
         slots=args.slots,
+        slot_save_path=_save_dir(args.slot_save_path),
         chat_template=args.chat_template,
         defaults=Defaults(n_predict=args.n_predict, temperature=args.temp, seed=args.seed),
     )

@@ -4,6 +4,8 @@ tokenizer and template helpers (``/tokenize``, ``/detokenize``, ``/apply-templat
 from __future__ import annotations
 
 import dataclasses
+import time
+from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
@@ -24,6 +26,7 @@ __all__ = [
     "metrics",
     "models",
     "props",
+    "slot_action",
     "slots",
     "tokenize_route",
 ]
@@ -115,6 +118,73 @@ async def slots(request: Request) -> Response:
     if request.query_params.get("fail_on_no_slot") and m.requests_processing >= n:
         raise ApiError(503, "no slot available", "unavailable_error")
     return JSONResponse([_slot(state, i, i < m.requests_processing) for i in range(n)])
+
+
+async def slot_action(request: Request) -> Response:
+    """``POST /slots/{id}?action=save|restore|erase``, as llama-server: slots' conversations
+    to and from files in ``--slot-save-path``."""
+    state = _state(request)
+    directory = state.settings.slot_save_path
+    if not directory:
+        raise ApiError(
+            501,
+            "This server does not support slots action. Start it with `--slot-save-path`",
+            "not_supported_error",
+        )
+    try:
+        slot = int(request.path_params["id_slot"])
+    except ValueError:
+        raise invalid("Invalid slot ID") from None
+    action = request.query_params.get("action", "")
+    if action not in ("save", "restore", "erase"):
+        raise invalid("Invalid action")
+    session = state.ready()
+    if action == "erase":
+        n = await anyio.to_thread.run_sync(session.erase_slot, slot)
+        return JSONResponse({"id_slot": slot, "n_erased": n})
+    body = parse_json(await request.body())
+    filename = body.get("filename")
+    if not isinstance(filename, str) or not valid_filename(filename):
+        raise invalid("Invalid filename")
+    path = Path(directory) / filename
+    t0 = time.perf_counter()
+    if action == "save":
+        done = await anyio.to_thread.run_sync(session.save_slot, slot, path)
+        ms = round((time.perf_counter() - t0) * 1000, 3)
+        return JSONResponse(
+            {
+                "id_slot": slot,
+                "filename": filename,
+                "n_saved": done.tokens,
+                "n_written": done.bytes,
+                "timings": {"save_ms": ms},
+            }
+        )
+    if not path.is_file():
+        raise invalid(f"Slot file {filename!r} not found in --slot-save-path")
+    done = await anyio.to_thread.run_sync(session.restore_slot, slot, path)
+    ms = round((time.perf_counter() - t0) * 1000, 3)
+    return JSONResponse(
+        {
+            "id_slot": slot,
+            "filename": filename,
+            "n_restored": done.tokens,
+            "n_read": done.bytes,
+            "timings": {"restore_ms": ms},
+        }
+    )
+
+
+def valid_filename(name: str) -> bool:
+    """A plain file name inside the save directory (llama.cpp's ``fs_validate_filename``,
+    without subdirectories): no separators, no ``..``, no control characters."""
+    return (
+        0 < len(name.encode()) <= 255
+        and name not in (".", "..")
+        and not name.startswith(".")
+        and not any(c in name for c in '/\\:*?"<>|')
+        and all(ord(c) >= 32 and ord(c) != 127 for c in name)
+    )
 
 
 async def models(request: Request) -> Response:

@@ -157,6 +157,7 @@ class RemoteBackend:
         """The model the server runs, as it names it."""
 
     in_process = False
+    conversations = None
 
     # -- generation --------------------------------------------------------------------------
 

@@ -14,13 +14,14 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ...config import DEFAULT_CACHE_RAM, UNQUANTIZED_KV
 from ...errors import InvalidInputError
 from ...host.hardware import physical_cores
 from ...metrics import Metrics
 from ...paths import default_cache_dir
-from ..base import GenerationRequest, ModelInfo
+from ..base import ConversationStore, GenerationRequest, ModelInfo, SlotFile
 from ..stream import RawStream
 from ._llama import lib, signals_blocked
 from .engine import Engine
@@ -28,6 +29,7 @@ from .model import Context, Model, check_gguf, check_prompt_fits, clamp_threads
 from .repack import resolve_repack
 from .request import Request
 from .sampler import build_sampler
+from .state_file import read_states, write_states
 
 __all__ = ["InprocBackend"]
 
@@ -38,6 +40,10 @@ class InprocBackend:
     name = "inproc"
     in_process = True
     served_model = None
+
+    @property
+    def conversations(self) -> ConversationStore:
+        return self
 
     def __init__(
         self,
@@ -167,6 +173,51 @@ class InprocBackend:
             prompt_cache_bytes=engine.cache_bytes,
             prompt_cache_tokens=engine.cache_tokens,
         )
+
+    # -- conversations on disk ----------------------------------------------------------------
+
+    def _identity(self) -> dict[str, Any]:
+        """What a saved KV state is only valid for: this model, KV layout and llama.cpp."""
+        import llama_cpp
+
+        m, ll = self._model, self._model.ll
+        return {
+            "architecture": m.architecture,
+            "description": m.description,
+            "n_params": int(ll.llama_model_n_params(m.ptr)),
+            "model_bytes": int(ll.llama_model_size(m.ptr)),
+            "n_vocab": m.n_vocab,
+            "n_layers": m.n_layers,
+            "cache_types": list(self._engine.ctx.cache_types),
+            "llama_cpp_python": llama_cpp.__version__,
+        }
+
+    def save_conversations(self, path: str | os.PathLike[str]) -> int:
+        states = self._engine.call(self._engine.states)
+        write_states(path, self._identity(), states)
+        return len(states)
+
+    def load_conversations(self, path: str | os.PathLike[str]) -> int:
+        states = read_states(path, self._identity())
+        return self._engine.call(lambda: self._engine.keep(states))
+
+    def save_slot(self, slot: int, path: str | os.PathLike[str]) -> SlotFile:
+        tokens, data = self._engine.call(lambda: self._engine.slot_state(slot))
+        return SlotFile(len(tokens), write_states(path, self._identity(), [(tokens, data)]))
+
+    def restore_slot(self, slot: int, path: str | os.PathLike[str]) -> SlotFile:
+        states = read_states(path, self._identity())
+        if len(states) != 1:
+            raise InvalidInputError(
+                f"{path} holds {len(states)} conversations, not one slot's; load it with "
+                "Session.load_conversations"
+            )
+        tokens, data = states[0]
+        self._engine.call(lambda: self._engine.restore_slot(slot, tokens, data))
+        return SlotFile(len(tokens), len(data))
+
+    def erase_slot(self, slot: int) -> int:
+        return self._engine.call(lambda: self._engine.erase_slot(slot))
 
     def close(self) -> None:
         self._engine.close()

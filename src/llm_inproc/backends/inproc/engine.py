@@ -10,16 +10,19 @@ read their output channels, so nothing in the context is shared between threads.
 
 from __future__ import annotations
 
+import concurrent.futures
 import ctypes
 import enum
 import logging
 import threading
 import time
+from collections.abc import Callable, Sequence, Sized
 from datetime import timedelta
+from typing import Any, TypeVar
 
 import numpy as np
 
-from ...errors import LLMError, SessionClosedError
+from ...errors import BusyError, InvalidInputError, LLMError, SessionClosedError
 from ...metrics import TokenPerformance
 from ...sampling import TokenProb
 from ..base import FinishReason, Outcome
@@ -34,6 +37,7 @@ from .slot import Slot, SlotState, choose_slot, common_prefix, plan_batch
 __all__ = ["Engine"]
 
 GENERATING, PROMPT = SlotState.GENERATING, SlotState.PROMPT
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +89,7 @@ class Engine:
         self._abort_cb = ll.ggml_abort_callback(self._should_abort)
         self._no_abort = ll.ggml_abort_callback()  # NULL: no callback
         self._thread: threading.Thread | None = None
+        self._calls: list[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = []
         self.cache = PromptCache(cache_limit) if cache_limit != 0 else None
         """Conversations out of the slots, in host memory (None: ``cache_ram=0``)."""
 
@@ -119,6 +124,29 @@ class Engine:
             if self._thread is None:
                 self._start_thread()
             self._cond.notify()
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the engine thread between two steps (the only thread that may
+        touch the context) and return its result."""
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        with self._cond:
+            if self._closing:
+                raise SessionClosedError("the session is closed; create a new Session")
+            self._calls.append((fn, future))
+            if self._thread is None:
+                self._start_thread()
+            self._cond.notify()
+        return future.result()
+
+    def _run_calls(self) -> None:
+        with self._cond:
+            calls, self._calls = self._calls, []
+        for fn, future in calls:
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn())
+                except BaseException as e:
+                    future.set_exception(e)
 
     def _start_thread(self) -> None:
         """Start the engine thread (called with the lock held)."""
@@ -161,6 +189,8 @@ class Engine:
             self._said = said
             try:
                 while (next_ := self._wait_for_work()) is _Next.STEP:
+                    if self._calls:
+                        self._run_calls()
                     self._step()
                 if next_ is _Next.IDLE:
                     return  # the context stays; the next request starts a thread
@@ -177,9 +207,9 @@ class Engine:
 
     def _wait_for_work(self) -> _Next:
         with self._cond:
-            while not self._closing and not self._active and not self._admission:
+            while not (self._closing or self._active or self._admission or self._calls):
                 if not self._cond.wait(_IDLE_EXIT) and not (
-                    self._closing or self._active or self._admission
+                    self._closing or self._active or self._admission or self._calls
                 ):
                     self._thread = None
                     return _Next.IDLE
@@ -217,30 +247,99 @@ class Engine:
     def _save(self, slot: Slot) -> None:
         """Copy the slot's conversation to host memory (its cells stay as they are)."""
         assert self.cache is not None
+        if slot.cached and (data := self._copy_out(slot, self.cache.fits)) is not None:
+            self.cache.put(slot.cached, data)
+
+    def _copy_out(self, slot: Slot, fits: Callable[[int], bool] = lambda n: True) -> Any:
+        """llama.cpp's bytes for the slot's cells (a ctypes array), or None."""
         ll, ctx = self.ll, self.ctx.ptr
         size = int(ll.llama_state_seq_get_size(ctx, slot.seq))
-        if not slot.cached or not self.cache.fits(size):
-            return
+        if not fits(size):
+            return None
         buf = (ctypes.c_uint8 * size)()
-        if ll.llama_state_seq_get_data(ctx, buf, size, slot.seq) == size:
-            self.cache.put(slot.cached, buf)
+        return buf if ll.llama_state_seq_get_data(ctx, buf, size, slot.seq) == size else None
+
+    def _copy_in(self, slot: Slot, tokens: Sequence[int], data: Any) -> bool:
+        """Load a state into the slot's (cleared) cells; False if llama.cpp refused it."""
+        self._clear(slot)
+        if self.ll.llama_state_seq_set_data(self.ctx.ptr, data, len(data), slot.seq) == 0:
+            self._clear(slot)
+            return False
+        slot.cached = list(tokens)
+        return True
+
+    # -- conversations in and out (run through call()) ----------------------------------------
+
+    def states(self) -> list[tuple[list[int], Sized]]:
+        """Every conversation held: idle slots' cells and the prompt cache's states."""
+        out = [
+            (list(s.cached), data)
+            for s in self.slots
+            if not s.busy and s.cached and (data := self._copy_out(s)) is not None
+        ]
+        if self.cache is not None:
+            out += [(list(e.tokens), e.data) for e in self.cache.entries()]
+        return out
+
+    def keep(self, states: Sequence[tuple[Sequence[int], Sized]]) -> int:
+        """Put states read back from disk into the prompt cache; how many were kept."""
+        if self.cache is None:
+            raise InvalidInputError(
+                "this session has no prompt cache (cache_ram=0); create it with cache_ram "
+                "above 0 (MiB) or -1 to load saved conversations"
+            )
+        for tokens, data in states:
+            self.cache.put(tokens, data)
+        return len(states)
+
+    def slot_state(self, seq: int) -> tuple[list[int], Sized]:
+        slot = self._idle_slot(seq)
+        data = self._copy_out(slot) if slot.cached else None
+        if data is None:
+            raise InvalidInputError(f"slot {seq} holds no conversation to save")
+        return list(slot.cached), data
+
+    def restore_slot(self, seq: int, tokens: Sequence[int], data: Sized) -> None:
+        """Load a state into slot ``seq``; if llama.cpp refuses it, the slot is unchanged."""
+        slot = self._idle_slot(seq)
+        before = (list(slot.cached), self._copy_out(slot)) if slot.cached else None
+        if self._copy_in(slot, tokens, data):
+            return
+        if before is not None and before[1] is not None:
+            self._copy_in(slot, *before)
+        raise InvalidInputError(
+            "llama.cpp refused the saved state (damaged, or saved with another context "
+            "layout); the slot is unchanged"
+        )
+
+    def erase_slot(self, seq: int) -> int:
+        slot = self._idle_slot(seq)
+        n = len(slot.cached)
+        self._clear(slot)
+        return n
+
+    def _idle_slot(self, seq: int) -> Slot:
+        if not 0 <= seq < len(self.slots):
+            raise InvalidInputError(
+                f"slot {seq} does not exist; this session has slots 0 to {len(self.slots) - 1}"
+            )
+        slot = self.slots[seq]
+        if slot.busy:
+            raise BusyError(f"slot {seq} is busy with a request; try again when it is idle")
+        return slot
 
     def _clear(self, slot: Slot) -> None:
         self.ll.llama_memory_seq_rm(self.ctx.mem, slot.seq, -1, -1)
         slot.forget()
 
     def _restore(self, slot: Slot, entry: CachedPrompt) -> bool:
-        """Load a kept conversation into the (cleared) slot; False if llama.cpp refused."""
+        """Load a kept conversation into the slot; False if llama.cpp refused it."""
         assert self.cache is not None
-        self._clear(slot)
         self.cache.take(entry)
-        data = entry.data
-        if self.ll.llama_state_seq_set_data(self.ctx.ptr, data, len(data), slot.seq) == 0:
-            logger.warning("llama.cpp refused a cached conversation; evaluating it again")
-            self._clear(slot)
-            return False
-        slot.cached = list(entry.tokens)
-        return True
+        if self._copy_in(slot, entry.tokens, entry.data):
+            return True
+        logger.warning("llama.cpp refused a cached conversation; evaluating it again")
+        return False
 
     def _start(self, slot: Slot, req: Request) -> None:
         tokens = req.tokens
@@ -454,6 +553,10 @@ class Engine:
         with self._cond:
             self._closing = True
             waiting = self._admission.drain()
+            calls, self._calls = self._calls, []
+        for _, future in calls:
+            if future.set_running_or_notify_cancel():
+                future.set_exception(error)
         for req in waiting:
             self.free_sampler(req)
             req.push(error)

@@ -49,6 +49,10 @@ class PromptCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def entries(self) -> list[CachedPrompt]:
+        """The kept states, least recently used first."""
+        return sorted(self._entries, key=lambda e: e.used)
+
     def fits(self, size: int) -> bool:
         """Whether a state of ``size`` bytes may be kept at all."""
         return self.limit is None or size <= self.limit
