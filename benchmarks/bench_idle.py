@@ -42,12 +42,12 @@ def main() -> None:
     model = str(embedded_model_path(GEMMA_BASE, default_cache_dir()) or Path(GEMMA_BASE.ref))
     common = {"model": model, "threads": args.threads, "flash_attention": False}
     cases = {
-        "parallel=1": Options(**common, parallel=1, context_length=4096),  # type: ignore[arg-type]
-        "parallel=4, idle in host memory": Options(**common, parallel=4, context_length=4096),  # type: ignore[arg-type]
+        "parallel=1": Options(**common, parallel=1, context_length=8192),  # type: ignore[arg-type]
+        "parallel=4, idle in host memory": Options(**common, parallel=4, context_length=8192),  # type: ignore[arg-type]
         "parallel=4, idle in the cells (cache_ram=0)": Options(
             **common,  # type: ignore[arg-type]
             parallel=4,
-            context_length=4096,
+            context_length=8192,
             cache_ram=0,
         ),
     }

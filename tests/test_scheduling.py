@@ -67,6 +67,18 @@ def test_without_a_shared_prefix_the_least_recently_used_slot_is_taken() -> None
     assert choose_slot([a, b, c], [1, 2, 3]) is b
 
 
+def test_a_few_shared_tokens_do_not_cost_another_conversation_its_slot() -> None:
+    other = slot(0, [1, 2, *range(100, 200)], last_used=5.0)  # another user's, 102 tokens
+    empty = slot(1, [], last_used=0.0)
+    prompt = [1, 2, *range(300, 350)]  # shares only a BOS and one token with it
+    assert choose_slot([other, empty], prompt) is empty
+    # A whole cached conversation is always worth continuing, however long the new turn.
+    mine = slot(2, [1, 2, 3], last_used=1.0)
+    assert choose_slot([other, empty, mine], [1, 2, 3, *range(500, 600)]) is mine
+    # A shared system prompt of 10 % of the prompt or more is.
+    assert choose_slot([other, empty], [1, 2, *range(100, 106), *range(900, 940)]) is other
+
+
 def busy(seq: int, state: SlotState, pending: int = 0) -> Slot:
     s = Slot(seq)
     s.state, s.pending = state, list(range(pending))

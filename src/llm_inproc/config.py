@@ -65,6 +65,9 @@ KV_CACHE_TYPES: tuple[str, ...] = (
 """The KV cache types llama-server's ``-ctk``/``-ctv`` accept."""
 
 UNQUANTIZED_KV = frozenset({"f32", "f16", "bf16"})
+
+SPEC_TYPES: tuple[str, ...] = ("", "none", "ngram-simple")
+"""``Options.speculative`` values: llama-server's ``--spec-type`` names we implement."""
 """Values of :attr:`Options.backend` besides ``""`` (inferred)."""
 
 _NO_UPSTREAM = PackedRepoRef("")
@@ -203,6 +206,16 @@ class Options:
     cache_type_v: str = "f16"
     """Type of the values (``-ctv``); a quantized one needs flash attention, which auto
     (``flash_attention=None``) then turns on."""
+    speculative: str = ""
+    """Speculative decoding without a draft model: ``"ngram-simple"`` drafts what followed
+    the reply's last ``spec_ngram_size_n`` tokens earlier in the prompt or reply, and
+    verifies the draft in one step (a large win when replies copy their prompt: rewrites,
+    code edits); empty or ``"none"``: off. Used while one or two replies generate, and
+    turned off for a reply whose drafts are mostly refused. Replies are unchanged."""
+    spec_ngram_size_n: int = 12
+    """Tokens looked up for a draft (llama-server's ``--spec-ngram-simple-size-n``)."""
+    spec_ngram_size_m: int = 16
+    """Most tokens drafted per step (``--spec-ngram-simple-size-m``)."""
     backend: str = ""
     """``"inproc"``, ``"python"``, ``"llama-server"``, ``"remote"``; empty infers it."""
     max_pending: int = 64
@@ -230,6 +243,17 @@ class Options:
                 "attention, which flash_attention=False turns off; set flash_attention to true "
                 "or null (auto), or use an f16 V cache"
             )
+        _check_type(f"{where}speculative", self.speculative, str)
+        if self.speculative not in SPEC_TYPES:
+            raise InvalidInputError(
+                f"{where}speculative: unknown type {self.speculative!r}; use "
+                f"{', '.join(repr(t) for t in SPEC_TYPES if t)}, or leave it empty for none"
+            )
+        for name, low in (("spec_ngram_size_n", 1), ("spec_ngram_size_m", 1)):
+            value = getattr(self, name)
+            _check_type(f"{where}{name}", value, int)
+            if not low <= value <= 256:
+                raise InvalidInputError(f"{where}{name}: {value} is invalid; use 1 to 256")
         for name in ("context_length", "gpu_layers", "parallel", "max_pending", "cache_ram"):
             _check_type(f"{where}{name}", getattr(self, name), int)
         _check_type(f"{where}threads", self.threads, int, nullable=True)

@@ -45,6 +45,10 @@ class Reply:
     logprobs: tuple[TokenProb, ...] | None = None
     """Per generated token: its probability and the ``Sampling.n_probs`` most likely
     alternatives, when ``n_probs`` > 0; otherwise None."""
+    drafted: int = 0
+    """Tokens drafted by speculative decoding (``Options.speculative``); 0 without it."""
+    draft_accepted: int = 0
+    """Of those, the ones the model agreed with: each saved a step."""
 
 
 class _Assembly:
@@ -88,6 +92,8 @@ def _reply(text: str, reason: FinishReason, outcome: Outcome) -> Reply:
         generated=outcome.generated,
         time_to_first_token=outcome.time_to_first_token,
         logprobs=outcome.logprobs,
+        drafted=outcome.drafted,
+        draft_accepted=outcome.draft_accepted,
     )
 
 

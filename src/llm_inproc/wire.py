@@ -167,6 +167,8 @@ class Cost:
     """Prompt tokens evaluated (not taken from the cache) and their time."""
     cached_tokens: int
     generated: TokenPerformance
+    drafted: int = 0
+    draft_accepted: int = 0
 
 
 def _ms(d: timedelta) -> float:
@@ -187,6 +189,11 @@ def timings(cost: Cost) -> dict[str, Any]:
         "predicted_ms": g_ms,
         "predicted_per_token_ms": g_ms / g.count if g.count else 0.0,
         "predicted_per_second": g.rate(),
+        **(
+            {"draft_n": cost.drafted, "draft_n_accepted": cost.draft_accepted}
+            if cost.drafted
+            else {}
+        ),
     }
 
 

@@ -36,6 +36,9 @@ def open_backend(
             cache_ram=options.cache_ram,
             cache_type_k=options.cache_type_k,
             cache_type_v=options.cache_type_v,
+            speculative=(options.spec_ngram_size_n, options.spec_ngram_size_m)
+            if options.speculative == "ngram-simple"
+            else None,
         )
         return backend, path
     if kind == "remote":

@@ -96,6 +96,10 @@ class Outcome:
     """From the request's arrival (queueing included) to its first generated token."""
     logprobs: tuple[TokenProb, ...] | None = None
     """Per generated token, when ``Sampling.n_probs`` > 0."""
+    drafted: int = 0
+    """Tokens drafted by speculative decoding (llama-server's ``draft_n``)."""
+    draft_accepted: int = 0
+    """Drafted tokens the model agreed with (``draft_n_accepted``)."""
 
 
 RawItem = str | Outcome

@@ -99,7 +99,18 @@ def _llama_server_command(path: Path, options: Options, port: int, cache_dir: Pa
         cmd.append("--no-repack")  # the CPU reports AMX but cannot run it
     if _supports(str(binary), "--cache-ram"):
         cmd += ["--cache-ram", str(options.cache_ram)]
-    return cmd + _cache_types(options)
+    return cmd + _cache_types(options) + _speculative(options)
+
+
+def _speculative(options: Options) -> list[str]:
+    """``--spec-type`` and its n-gram sizes, as both servers spell them."""
+    if options.speculative != "ngram-simple":
+        return []
+    return [
+        *("--spec-type", "ngram-simple"),
+        *("--spec-ngram-simple-size-n", str(options.spec_ngram_size_n)),
+        *("--spec-ngram-simple-size-m", str(options.spec_ngram_size_m)),
+    ]
 
 
 def _cache_types(options: Options) -> list[str]:
@@ -136,7 +147,12 @@ def _python_command(path: Path, options: Options, port: int, cache_dir: Path) ->
         cmd += ["-fa", "on" if options.flash_attention else "off"]
     if options.repack is not None:
         cmd.append("--repack" if options.repack else "--no-repack")
-    return [*cmd, "--cache-ram", str(options.cache_ram), *_cache_types(options)]
+    return [
+        *cmd,
+        *("--cache-ram", str(options.cache_ram)),
+        *_cache_types(options),
+        *_speculative(options),
+    ]
 
 
 def _child_env(kind: str, key: str) -> dict[str, str]:

@@ -153,6 +153,27 @@ def add_server_flags(p: argparse.ArgumentParser) -> None:
         help="KV cache type of the values (default: f16; a quantized type needs flash attention)",
     )
     m.add_argument(
+        "--spec-type",
+        dest="speculative",
+        choices=("none", "ngram-simple"),
+        default=None,
+        help="speculative decoding without a draft model (default: none)",
+    )
+    m.add_argument(
+        "--spec-ngram-simple-size-n",
+        dest="spec_ngram_size_n",
+        type=int,
+        default=None,
+        help="tokens looked up for an ngram-simple draft (default: 12)",
+    )
+    m.add_argument(
+        "--spec-ngram-simple-size-m",
+        dest="spec_ngram_size_m",
+        type=int,
+        default=None,
+        help="most tokens drafted per step (default: 16)",
+    )
+    m.add_argument(
         "--slot-save-path",
         default="",
         metavar="DIR",
@@ -250,7 +271,14 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         opts.max_pending = args.max_pending
     opts.flash_attention = {"on": True, "off": False, "auto": None}[args.flash_attention]
     opts.repack = args.repack
-    for name in ("cache_ram", "cache_type_k", "cache_type_v"):
+    for name in (
+        "cache_ram",
+        "cache_type_k",
+        "cache_type_v",
+        "speculative",
+        "spec_ngram_size_n",
+        "spec_ngram_size_m",
+    ):
         if getattr(args, name) is not None:
             setattr(opts, name, getattr(args, name))
     opts.validate()

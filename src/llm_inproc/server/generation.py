@@ -58,7 +58,14 @@ def _state(request: Request) -> ServerState:
 
 
 def cost_of(reply: Reply) -> wire.Cost:
-    return wire.Cost(reply.finish_reason, reply.prompt, reply.cached_tokens, reply.generated)
+    return wire.Cost(
+        reply.finish_reason,
+        reply.prompt,
+        reply.cached_tokens,
+        reply.generated,
+        reply.drafted,
+        reply.draft_accepted,
+    )
 
 
 def _total(dones: Sequence[_Done]) -> wire.Cost:
@@ -71,6 +78,8 @@ def _total(dones: Sequence[_Done]) -> wire.Cost:
             out.prompt + c.prompt,
             out.cached_tokens + c.cached_tokens,
             out.generated + c.generated,
+            out.drafted + c.drafted,
+            out.draft_accepted + c.draft_accepted,
         )
     return out
 

@@ -338,6 +338,8 @@ class StreamDecoder:
                 ),
                 time_to_first_token=ttft,
                 logprobs=probs,
+                drafted=int(t.get("draft_n") or 0),
+                draft_accepted=int(t.get("draft_n_accepted") or 0),
             )
         u = self._usage or {}
         details = u.get("prompt_tokens_details")

@@ -60,6 +60,7 @@ class InprocBackend:
         cache_ram: int = DEFAULT_CACHE_RAM,
         cache_type_k: str = "f16",
         cache_type_v: str = "f16",
+        speculative: tuple[int, int] | None = None,
     ) -> None:
         self.path = Path(path)
         threads = clamp_threads(threads, physical_cores())
@@ -104,7 +105,7 @@ class InprocBackend:
         )
         self._n_ctx = ctx.n_ctx
         limit = None if cache_ram == -1 else cache_ram * 2**20
-        self._engine = Engine(model, ctx, max_pending, cache_limit=limit)
+        self._engine = Engine(model, ctx, max_pending, cache_limit=limit, speculative=speculative)
 
     # -- prompts -----------------------------------------------------------------------------
 

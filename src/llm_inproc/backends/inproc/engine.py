@@ -30,11 +30,12 @@ from ._llama import capture, signals_blocked
 from .admission import Admission
 from .logprobs import token_probs
 from .model import Context, Model
+from .ngram import NgramDrafter
 from .prompt_cache import CachedPrompt, PromptCache
 from .request import Request
 from .slot import Slot, SlotState, choose_slot, common_prefix, plan_batch
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "drafting_pays"]
 
 GENERATING, PROMPT = SlotState.GENERATING, SlotState.PROMPT
 T = TypeVar("T")
@@ -44,6 +45,22 @@ logger = logging.getLogger(__name__)
 _DECODE_NO_KV_SLOT = 1
 _DECODE_ABORTED = 2
 _CLOSE_WAIT = 30.0
+_SPEC_MAX_SLOTS = 2
+_SPEC_PROBATION = 32
+"""Drafted tokens after which a reply's acceptance rate is judged."""
+_SPEC_MIN_RATE = 0.15
+"""Below this share of drafted tokens accepted, drafting costs more than it saves and is
+turned off for the rest of the reply. Break-even measured with llama-bench on Gemma 3 270M,
+2 threads: a step with 9 or 17 tokens costs 2.0x or 2.9x a step with one, so 8 or 16
+drafts must yield about one or two accepted tokens (12 %) to pay (benchmarks/RESULTS.md)."""
+
+
+def drafting_pays(drafted: int, accepted: int) -> bool:
+    """Whether a reply keeps drafting: always during its first drafts, then while enough
+    of them are accepted."""
+    return drafted < _SPEC_PROBATION or accepted >= _SPEC_MIN_RATE * drafted
+
+
 _IDLE_EXIT = 1.0
 """Seconds without work after which the engine thread ends (the next request starts a new
 one). An idle thread keeps its OpenMP workers, and libgomp shortens its spin-waits for
@@ -65,7 +82,12 @@ class Engine:
     """
 
     def __init__(
-        self, model: Model, ctx: Context, max_pending: int, cache_limit: int | None = 0
+        self,
+        model: Model,
+        ctx: Context,
+        max_pending: int,
+        cache_limit: int | None = 0,
+        speculative: tuple[int, int] | None = None,
     ) -> None:
         self.ll = ll = model.ll
         self.model, self.ctx = model, ctx
@@ -90,6 +112,8 @@ class Engine:
         self._no_abort = ll.ggml_abort_callback()  # NULL: no callback
         self._thread: threading.Thread | None = None
         self._calls: list[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = []
+        self.speculative = speculative
+        """(n-gram size, most tokens drafted per step) when drafting; None: off."""
         self.cache = PromptCache(cache_limit) if cache_limit != 0 else None
         """Conversations out of the slots, in host memory (None: ``cache_ram=0``)."""
 
@@ -362,6 +386,9 @@ class Engine:
         if sampling.max_tokens:
             budget = min(budget, sampling.max_tokens)
         slot.start(req, common, budget)
+        if self.speculative is not None:
+            slot.drafter = NgramDrafter(*self.speculative)
+            slot.drafter.extend(tokens)
         self._active.append(slot)
 
     def _step(self) -> None:
@@ -372,14 +399,19 @@ class Engine:
         tok, pos, logits, seq_ids = self._tok, self._pos, self._logits, self._seq_id
         n = 0
         outputs: list[tuple[Slot, int]] = []
-        generating, chunks = plan_batch(self._active, self.ctx.n_batch)
+        drafts = self._drafts() if self.speculative is not None else {}
+        extra = sum(len(d) for d in drafts.values())
+        generating, chunks = plan_batch(self._active, self.ctx.n_batch - extra)
         for slot in generating:
-            tok[n] = slot.next_token
-            pos[n] = len(slot.cached)
-            logits[n] = 1
-            seq_ids[n][0] = slot.seq
-            outputs.append((slot, n))
-            n += 1
+            # The next token, then any drafted ones after it, each with its logits.
+            p0 = len(slot.cached)
+            for i, t in enumerate((slot.next_token, *drafts.get(slot, ()))):
+                tok[n] = t
+                pos[n] = p0 + i
+                logits[n] = 1
+                seq_ids[n][0] = slot.seq
+                n += 1
+            outputs.append((slot, n - 1 - len(drafts.get(slot, ()))))
         for slot, k in chunks:
             p0 = len(slot.cached)
             tok[n : n + k] = slot.pending[:k]
@@ -403,10 +435,60 @@ class Engine:
         for slot, idx in outputs:
             if slot.first_at == 0.0:
                 slot.first_at = now
-            token = slot.sampler.sample(ctx, idx)
-            if slot.probs is not None:
-                slot.probs.append(self._probs(idx, token, slot.req))
+            if slot in drafts:
+                self._verify(slot, idx, drafts[slot])
+            else:
+                self._emit(slot, self._draw(slot, ctx, idx))
+
+    def _draw(self, slot: Slot, ctx: Any, idx: int) -> int:
+        token: int = slot.sampler.sample(ctx, idx)
+        if slot.probs is not None:
+            slot.probs.append(self._probs(idx, token, slot.req))
+        return token
+
+    # -- speculative decoding ---------------------------------------------------------------
+
+    def _drafts(self) -> dict[Slot, list[int]]:
+        """Draft tokens for the generating slots whose drafter is on: only while at most
+        two slots generate (with more, the batch already keeps the CPU busy and verifying
+        drafts would slow every stream), and never past the reply's budget or the context."""
+        generating = [s for s in self._active if s.state is GENERATING]
+        if len(generating) > _SPEC_MAX_SLOTS:
+            return {}
+        out = {}
+        for slot in generating:
+            if slot.drafter is None:
+                continue
+            room = min(slot.budget - slot.n_gen - 1, self.ctx.n_ctx - len(slot.cached) - 2)
+            draft = slot.drafter.draft()[: max(0, room)]
+            if draft:
+                out[slot] = draft
+        return out
+
+    def _verify(self, slot: Slot, idx: int, draft: list[int]) -> None:
+        """Sample at the next token's logits, then at each drafted token's while the draws
+        agree with the draft: every agreeing draft token is already in the cells, so one
+        step yields several tokens. Each draw is the sampler's own at the right position,
+        so replies are what plain decoding gives (exactly so at temperature 0)."""
+        ctx = self.ctx.ptr
+        accepted = 0
+        slot.drafted += len(draft)  # (before a draw can end the reply: _finish trims)
+        for i in range(len(draft) + 1):
+            token = self._draw(slot, ctx, idx + i)
             self._emit(slot, token)
+            if slot.state is not GENERATING or i == len(draft) or token != draft[i]:
+                break
+            slot.token_evaluated()  # the draft token, evaluated in this step
+            accepted += 1
+        if accepted < len(draft) and slot.state is GENERATING:
+            self._trim(slot)  # the refused drafts' cells
+        slot.accepted += accepted
+        if not drafting_pays(slot.drafted, slot.accepted):
+            slot.drafter = None  # drafting does not pay for this reply: plain decoding
+
+    def _trim(self, slot: Slot) -> None:
+        """Drop the cells past the slot's tokens (drafts it did not accept)."""
+        self.ll.llama_memory_seq_rm(self.ctx.mem, slot.seq, len(slot.cached), -1)
 
     def _decode(self, n: int, chunks: list[tuple[Slot, int]]) -> bool:
         """Evaluate the batch; False when nothing was evaluated (the step is retried)."""
@@ -481,6 +563,8 @@ class Engine:
             self._finish(slot, "length")
         else:
             slot.sampled(token)
+            if slot.drafter is not None:
+                slot.drafter.extend((token,))
 
     def _probs(self, idx: int, token: int, req: Request | None) -> TokenProb:
         """The chosen token's probability and the most likely ones, from the raw logits."""
@@ -529,6 +613,11 @@ class Engine:
             slot.evaluated, timedelta(seconds=(first or now) - slot.prompt_started)
         )
         generated = TokenPerformance(slot.n_gen, timedelta(seconds=now - first if first else 0))
+        if slot.drafted:
+            self._trim(slot)  # refused drafts must not outlive the reply in its cells
+            logger.debug(
+                "slot %d: %d of %d drafted tokens accepted", slot.seq, slot.accepted, slot.drafted
+            )
         self.prompt += prompt
         self.generated += generated
         req = self._release(slot)
@@ -541,6 +630,8 @@ class Engine:
                 generated=generated,
                 time_to_first_token=timedelta(seconds=first - req.arrived if first else 0),
                 logprobs=tuple(slot.probs) if slot.probs is not None else None,
+                drafted=slot.drafted,
+                draft_accepted=slot.accepted,
             )
         )
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ...sampling import TokenProb
+from .ngram import NgramDrafter
 from .request import Request
 
 __all__ = ["Slot", "SlotState", "choose_slot", "common_prefix", "plan_batch"]
@@ -48,9 +49,12 @@ class Slot:
     """
 
     __slots__ = (
+        "accepted",
         "budget",
         "cached",
         "decoder",
+        "drafted",
+        "drafter",
         "evaluated",
         "first_at",
         "last_used",
@@ -78,6 +82,10 @@ class Slot:
         """Prompt tokens still to evaluate."""
         self.next_token = -1
         """The sampled token to evaluate next step (while generating)."""
+        self.drafter: NgramDrafter | None = None
+        """Drafts tokens for speculative decoding; None: off (or turned off: it did not pay)."""
+        self.drafted = 0
+        self.accepted = 0
         self.n_gen = 0
         self.budget = 0
         self.reused = 0
@@ -108,6 +116,8 @@ class Slot:
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.prompt_started = time.perf_counter()
         self.first_at = 0.0
+        self.drafter = None
+        self.drafted = self.accepted = 0
 
     def chunk_evaluated(self, k: int) -> None:
         """The next ``k`` prompt tokens are now in the cells."""
@@ -136,6 +146,7 @@ class Slot:
         self.sampler = None
         self.pending = []
         self.next_token = -1
+        self.drafter = None
         self.last_used = time.perf_counter()
         return req
 
@@ -144,14 +155,22 @@ class Slot:
         self.cached.clear()
 
 
-def choose_slot(free: Sequence[Slot], tokens: Sequence[int]) -> Slot:
-    """The free slot whose cache shares the longest prefix with ``tokens``.
+MIN_SIMILARITY = 0.1
+"""A slot holding another conversation is reused only when it shares at least this
+fraction of the new prompt (llama-server's ``--slot-prompt-similarity``): a few common
+tokens (a BOS, a greeting) are not worth giving up a whole conversation for."""
 
-    With no useful prefix anywhere, the least recently used slot, so that the caches
-    of recent conversations stay for their next turn.
+
+def choose_slot(free: Sequence[Slot], tokens: Sequence[int]) -> Slot:
+    """The free slot whose cache shares the longest prefix with ``tokens``, if that prefix
+    is useful: the slot's whole conversation, or :data:`MIN_SIMILARITY` of the prompt.
+
+    Otherwise the least recently used slot (an empty one first), so that the caches of
+    recent conversations stay for their next turn.
     """
     best = max(free, key=lambda s: (common_prefix(s.cached, tokens), -s.last_used))
-    if common_prefix(best.cached, tokens) == 0:
+    n = common_prefix(best.cached, tokens)
+    if n == 0 or (n < len(best.cached) and n < MIN_SIMILARITY * len(tokens)):
         best = min(free, key=lambda s: s.last_used)
     return best
 

@@ -1,0 +1,128 @@
+"""Speculative decoding without a draft model (``Options.speculative="ngram-simple"``):
+drafts from n-grams of the prompt and reply, verified in one batch, same replies."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from llm_inproc import InvalidInputError, Message, Options, Reply, Role, Sampling, Session
+from llm_inproc.backends.base import GenerationRequest
+from llm_inproc.backends.inproc.engine import drafting_pays
+from llm_inproc.backends.inproc.ngram import NgramDrafter
+from llm_inproc.models.embedded import GEMMA_BASE
+from servers import Server, request, start_ours
+
+pytestmark = pytest.mark.timeout(300)
+
+TEXT = (
+    "The lighthouse keeper walked up the stairs every evening at six. He lit the lamp, "
+    "cleaned the glass, and wrote the weather in his log. Ships passed in the night, and "
+    "their captains knew the light by its rhythm: three short flashes and one long."
+)
+REWRITE = [Message(Role.USER, "Fix the typos and repeat this text exactly:\n\n" + TEXT)]
+FREE = [Message(Role.USER, "Write a short poem about the sea.")]
+
+
+def test_a_draft_is_what_followed_the_last_n_tokens_last_time() -> None:
+    d = NgramDrafter(n=2, max_draft=3)
+    d.extend([1, 2, 3, 4, 5, 9, 1, 2])
+    assert d.draft() == [3, 4, 5]
+    d.extend([3, 4, 7, 8, 1, 2])  # (1, 2) occurred again since: its latest follower wins
+    assert d.draft() == [3, 4, 7]
+    d.extend([6])
+    assert d.draft() == []  # (2, 6) never occurred before
+    short = NgramDrafter(n=3, max_draft=8)
+    short.extend([5, 6, 7, 5, 6])
+    assert short.draft() == []
+    short.extend([7])
+    assert short.draft() == [5, 6, 7]  # never past the end of the sequence
+
+
+def test_drafting_stops_for_a_reply_whose_drafts_are_refused() -> None:
+    assert drafting_pays(16, 0)  # still on probation
+    assert drafting_pays(40, 10) and not drafting_pays(40, 5)
+    assert not drafting_pays(100, 10) and drafting_pays(100, 15)
+
+
+def test_speculative_options_are_checked() -> None:
+    with pytest.raises(InvalidInputError, match=r"speculative: unknown type 'ngram-magic'"):
+        Options(speculative="ngram-magic").validate()
+    with pytest.raises(InvalidInputError, match=r"spec_ngram_size_n: 0 is invalid"):
+        Options(speculative="ngram-simple", spec_ngram_size_n=0).validate()
+    opts = Options(speculative="ngram-simple", spec_ngram_size_n=8, spec_ngram_size_m=24)
+    assert Options.from_dict(opts.to_dict()) == opts
+
+
+@pytest.fixture(scope="module")
+def sessions(cache_dir: Path, model_path: Path) -> Iterator[tuple[Session, Session]]:
+    common = {"model": GEMMA_BASE.ref, "context_length": 2048, "parallel": 2}
+    with (
+        Session(Options(**common), cache_dir=cache_dir) as plain,  # type: ignore[arg-type]
+        Session(Options(**common, speculative="ngram-simple"), cache_dir=cache_dir) as spec,  # type: ignore[arg-type]
+    ):
+        yield plain, spec
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("task", [REWRITE, FREE], ids=["rewrite", "free-form"])
+def test_greedy_replies_are_the_same_with_and_without_drafts(
+    sessions: tuple[Session, Session], task: list[Message]
+) -> None:
+    plain, spec = sessions
+    a = plain.complete(task, max_tokens=80, temperature=0)
+    b = spec.complete(task, max_tokens=80, temperature=0)
+    assert a.drafted == 0
+    assert b.text == a.text
+    assert b.generated.count == a.generated.count and b.finish_reason == a.finish_reason
+    if task is REWRITE:  # the reply copies its prompt: drafts are made and mostly taken
+        assert b.drafted > 0 and b.draft_accepted >= b.drafted // 2, (b.drafted, b.draft_accepted)
+
+
+@pytest.mark.model
+def test_drafts_do_not_outlive_their_reply_in_the_cache(sessions: tuple[Session, Session]) -> None:
+    """A reply that drafted leaves only its own tokens in the cells (refused drafts are
+    dropped). The next request continues exactly those tokens, so nothing is trimmed
+    before it: it matches a session that never drafted, which it would not with stale
+    draft cells attended to."""
+    plain, spec = sessions
+    prompt = spec.tokenize(spec.render(spec.chat_request(REWRITE, Sampling())))
+
+    def run(s: Session, tokens: list[int], n: int) -> Reply:
+        req = GenerationRequest(
+            tokens=tuple(tokens), sampling=Sampling(temperature=0, max_tokens=n, n_probs=1)
+        )
+        with s.generate(req) as stream:
+            for _ in stream:
+                pass
+        assert stream.reply is not None
+        return stream.reply
+
+    cut = run(spec, prompt, 23)
+    assert cut.drafted > 0
+    assert cut.logprobs is not None
+    ids = [t.id for t in cut.logprobs]
+    more = [*prompt, *ids, *spec.tokenize(" Then", special=False)]
+    mine, theirs = run(spec, more, 12), run(plain, more, 12)
+    assert mine.cached_tokens == len(prompt) + len(ids) - 1  # all of it reused
+    assert mine.text == theirs.text
+
+
+@pytest.mark.model
+def test_the_server_takes_spec_type_and_reports_drafts(model_path: Path, tmp_path: Path) -> None:
+    with start_ours(
+        model_path, tmp_path / "server.log", "-c", "1024", "--spec-type", "ngram-simple"
+    ) as s:
+        answer = _completion(s, f"Repeat exactly: {TEXT}\n\n{TEXT[:40]}")
+    timings = answer["timings"]
+    assert timings["draft_n"] > 0 and 0 < timings["draft_n_accepted"] <= timings["draft_n"]
+
+
+def _completion(server: Server, prompt: str) -> dict[str, object]:
+    body = {"prompt": prompt, "n_predict": 40, "temperature": 0}
+    answer = request(server.port, "POST", "/completion", body)
+    assert answer.status == 200, answer.text
+    out: dict[str, object] = answer.json()
+    return out
