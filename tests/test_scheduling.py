@@ -75,8 +75,12 @@ def test_a_few_shared_tokens_do_not_cost_another_conversation_its_slot() -> None
     # A whole cached conversation is always worth continuing, however long the new turn.
     mine = slot(2, [1, 2, 3], last_used=1.0)
     assert choose_slot([other, empty, mine], [1, 2, 3, *range(500, 600)]) is mine
-    # A shared system prompt of 10 % of the prompt or more is.
-    assert choose_slot([other, empty], [1, 2, *range(100, 106), *range(900, 940)]) is other
+    # A shared system prompt of 10 % of the prompt is, when no slot is empty or when it is
+    # at least half of what the slot holds.
+    system = [1, 2, *range(100, 106), *range(900, 940)]
+    assert choose_slot([other, empty], system) is empty
+    assert choose_slot([other], system) is other
+    assert choose_slot([other, empty], [1, 2, *range(100, 160), 7]) is other
 
 
 def busy(seq: int, state: SlotState, pending: int = 0) -> Slot:

@@ -356,10 +356,14 @@ class Engine:
         self.ll.llama_memory_seq_rm(self.ctx.mem, slot.seq, -1, -1)
         slot.forget()
 
-    def _restore(self, slot: Slot, entry: CachedPrompt) -> bool:
-        """Load a kept conversation into the slot; False if llama.cpp refused it."""
+    def _restore(self, slot: Slot, entry: CachedPrompt, shared: int) -> bool:
+        """Load a kept conversation into the slot; False if llama.cpp refused it.
+
+        A conversation that goes on moves into the slot; one whose prefix only is shared
+        (another user's, for the same system prompt) stays kept for its own next turn."""
         assert self.cache is not None
-        self.cache.take(entry)
+        if shared == len(entry.tokens):
+            self.cache.take(entry)
         if self._copy_in(slot, entry.tokens, entry.data):
             return True
         logger.warning("llama.cpp refused a cached conversation; evaluating it again")
@@ -373,7 +377,7 @@ class Engine:
             if common < len(slot.cached) or found is not None:
                 self._save(slot)  # what the slot gives up stays findable
             if found is not None:
-                common = found[1] if self._restore(slot, found[0]) else 0
+                common = found[1] if self._restore(slot, *found) else 0
         if common == len(tokens):
             common -= 1  # evaluate the last token again to get fresh logits
         if common < len(slot.cached) and not self.ll.llama_memory_seq_rm(

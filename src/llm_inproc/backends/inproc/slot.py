@@ -163,15 +163,20 @@ tokens (a BOS, a greeting) are not worth giving up a whole conversation for."""
 
 def choose_slot(free: Sequence[Slot], tokens: Sequence[int]) -> Slot:
     """The free slot whose cache shares the longest prefix with ``tokens``, if that prefix
-    is useful: the slot's whole conversation, or :data:`MIN_SIMILARITY` of the prompt.
+    is useful: the slot's whole conversation; or :data:`MIN_SIMILARITY` of the prompt and,
+    while an empty slot exists, at least half of what the slot holds.
 
-    Otherwise the least recently used slot (an empty one first), so that the caches of
+    Otherwise an empty slot, else the least recently used one, so that the caches of
     recent conversations stay for their next turn.
     """
     best = max(free, key=lambda s: (common_prefix(s.cached, tokens), -s.last_used))
     n = common_prefix(best.cached, tokens)
-    if n == 0 or (n < len(best.cached) and n < MIN_SIMILARITY * len(tokens)):
-        best = min(free, key=lambda s: s.last_used)
+    if n == len(best.cached) and n > 0:
+        return best  # its whole conversation goes on: nothing is lost
+    empty = [s for s in free if not s.cached]
+    if n < MIN_SIMILARITY * len(tokens) or (empty and 2 * n < len(best.cached)):
+        # Not worth giving another conversation up for (an empty slot loses nothing).
+        return empty[0] if empty else min(free, key=lambda s: s.last_used)
     return best
 
 
