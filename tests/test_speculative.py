@@ -82,32 +82,35 @@ def test_greedy_replies_are_the_same_with_and_without_drafts(
 
 
 @pytest.mark.model
-def test_drafts_do_not_outlive_their_reply_in_the_cache(sessions: tuple[Session, Session]) -> None:
+def test_drafts_do_not_outlive_their_reply_in_the_cache(cache_dir: Path, model_path: Path) -> None:
     """A reply that drafted leaves only its own tokens in the cells (refused drafts are
     dropped). The next request continues exactly those tokens, so nothing is trimmed
     before it: it matches a session that never drafted, which it would not with stale
     draft cells attended to."""
-    plain, spec = sessions
-    prompt = spec.tokenize(spec.render(spec.chat_request(REWRITE, Sampling())))
-
-    def run(s: Session, tokens: list[int], n: int) -> Reply:
-        req = GenerationRequest(
-            tokens=tuple(tokens), sampling=Sampling(temperature=0, max_tokens=n, n_probs=1)
-        )
-        with s.generate(req) as stream:
-            for _ in stream:
-                pass
-        assert stream.reply is not None
-        return stream.reply
-
-    cut = run(spec, prompt, 23)
-    assert cut.drafted > 0
-    assert cut.logprobs is not None
-    ids = [t.id for t in cut.logprobs]
-    more = [*prompt, *ids, *spec.tokenize(" Then", special=False)]
-    mine, theirs = run(spec, more, 12), run(plain, more, 12)
+    common = {"model": GEMMA_BASE.ref, "context_length": 1024, "parallel": 1}
+    with (
+        Session(Options(**common, speculative="ngram-simple"), cache_dir=cache_dir) as spec,  # type: ignore[arg-type]
+        Session(Options(**common), cache_dir=cache_dir) as plain,  # type: ignore[arg-type]
+    ):
+        prompt = spec.tokenize(spec.render(spec.chat_request(REWRITE, Sampling())))
+        cut = _run(spec, prompt, 23)
+        assert cut.drafted > 0 and cut.logprobs is not None
+        ids = [t.id for t in cut.logprobs]
+        more = [*prompt, *ids, *spec.tokenize(" Then", special=False)]
+        mine, theirs = _run(spec, more, 12), _run(plain, more, 12)
     assert mine.cached_tokens == len(prompt) + len(ids) - 1  # all of it reused
     assert mine.text == theirs.text
+
+
+def _run(s: Session, tokens: list[int], n: int) -> Reply:
+    req = GenerationRequest(
+        tokens=tuple(tokens), sampling=Sampling(temperature=0, max_tokens=n, n_probs=1)
+    )
+    with s.generate(req) as stream:
+        for _ in stream:
+            pass
+    assert stream.reply is not None
+    return stream.reply
 
 
 @pytest.mark.model
