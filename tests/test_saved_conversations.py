@@ -179,3 +179,21 @@ def test_a_remote_session_says_where_its_conversations_are(saving: Server, tmp_p
     ):
         remote.save_conversations(tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_the_state_file_format_round_trips_and_refuses_unwritable_places(tmp_path: Path) -> None:
+    from llm_inproc.backends.inproc.state_file import read_states, write_states
+
+    me = {"model": "m", "n": 1}
+    path = tmp_path / "s.kv"
+    n = write_states(path, me, [([1, 2, 3], b"abc"), ([4], b"")])
+    assert path.stat().st_size == n
+    states = read_states(path, me)
+    assert [(t, bytes(d)) for t, d in states] == [([1, 2, 3], b"abc"), ([4], b"")]
+    with pytest.raises(InvalidInputError, match=r"differs in n: 1 there, 2 here"):
+        read_states(path, {"model": "m", "n": 2})
+    with pytest.raises(InvalidInputError, match=r"cannot write .*: .*check that .* exists"):
+        write_states(tmp_path / "no" / "such" / "s.kv", me, [])
+    with pytest.raises(InvalidInputError, match=r"cannot write"):
+        write_states(tmp_path, me, [])  # a directory: nothing half-written is left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.kv"]

@@ -42,7 +42,13 @@ def write_states(
     }
     head = MAGIC + json.dumps(header, separators=(",", ":")).encode() + b"\n"
     directory = target.parent if str(target.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    except OSError as e:
+        raise InvalidInputError(
+            f"cannot write {target}: {e.strerror or e}; check that {directory} exists and is "
+            "writable"
+        ) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(head)
@@ -51,9 +57,11 @@ def write_states(
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError):  # a full disk, a path that is a directory
+            raise InvalidInputError(f"cannot write {target}: {e.strerror or e}") from None
         raise
     return len(head) + sum(len(d) for _, d in states)
 
@@ -101,4 +109,6 @@ def read_states(
         raise InvalidInputError(f"{where} does not exist") from None
     except IsADirectoryError:
         raise InvalidInputError(f"{where} is a directory, not a state file") from None
+    except OSError as e:
+        raise InvalidInputError(f"cannot read {where}: {e.strerror or e}") from None
     return out
