@@ -81,6 +81,8 @@ def test_a_few_shared_tokens_do_not_cost_another_conversation_its_slot() -> None
     assert choose_slot([other, empty], system) is empty
     assert choose_slot([other], system) is other
     assert choose_slot([other, empty], [1, 2, *range(100, 160), 7]) is other
+    # A prompt the slot's conversation starts with (a regenerated reply) reuses it whole.
+    assert choose_slot([other, empty], [1, 2, *range(100, 110)]) is other
 
 
 def busy(seq: int, state: SlotState, pending: int = 0) -> Slot:

@@ -164,7 +164,8 @@ tokens (a BOS, a greeting) are not worth giving up a whole conversation for."""
 def choose_slot(free: Sequence[Slot], tokens: Sequence[int]) -> Slot:
     """The free slot whose cache shares the longest prefix with ``tokens``, if that prefix
     is useful: the slot's whole conversation; or :data:`MIN_SIMILARITY` of the prompt and,
-    while an empty slot exists, at least half of what the slot holds.
+    while an empty slot exists, half of the prompt or of what the slot holds (a prompt
+    that repeats the start of a conversation, as a regenerated reply does, reuses it).
 
     Otherwise an empty slot, else the least recently used one, so that the caches of
     recent conversations stay for their next turn.
@@ -174,7 +175,8 @@ def choose_slot(free: Sequence[Slot], tokens: Sequence[int]) -> Slot:
     if n == len(best.cached) and n > 0:
         return best  # its whole conversation goes on: nothing is lost
     empty = [s for s in free if not s.cached]
-    if n < MIN_SIMILARITY * len(tokens) or (empty and 2 * n < len(best.cached)):
+    small = 2 * n < len(tokens) and 2 * n < len(best.cached)
+    if n < MIN_SIMILARITY * len(tokens) or (empty and small):
         # Not worth giving another conversation up for (an empty slot loses nothing).
         return empty[0] if empty else min(free, key=lambda s: s.last_used)
     return best
