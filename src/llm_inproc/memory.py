@@ -11,6 +11,10 @@ Times are RFC 3339 (nanoseconds accepted, truncated to microseconds). Roles are
 integers: system 0, user 1, assistant 2, available_tools 3, tool_call 4,
 tool_call_result 5. Empty values (role 0, empty strings and lists) are omitted
 as Go's ``omitempty`` does, and omitted or null values read as empty.
+
+Tool turns add two keys the reference never wrote (so its files still load): a
+``tool_call`` turn's calls ``"t":[{"i":id,"n":name,"a":arguments JSON text}]`` and a
+``tool_call_result`` turn's ``"i"``, the id of the call it answers.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import IO, Any
 
 from .errors import InvalidInputError, MemoryFileNotFoundError
 from .prompting.messages import Message, Role
+from .tools.types import ToolCall
 
 __all__ = ["Conversation", "Memory"]
 
@@ -244,6 +249,10 @@ def _encode_message(message: Message) -> dict[str, Any]:
         encoded["r"] = code
     if message.content:
         encoded["c"] = str(message.content)
+    if message.tool_calls:
+        encoded["t"] = [{"i": c.id, "n": c.name, "a": c.raw} for c in message.tool_calls]
+    if message.tool_call_id:
+        encoded["i"] = message.tool_call_id
     return encoded
 
 
@@ -344,7 +353,7 @@ def _parse(text: object) -> dict[tuple[str, str], Conversation]:
 
 
 def _parse_message(raw: object, where: str) -> Message:
-    item = _object(raw, where, {"r", "c"})
+    item = _object(raw, where, {"r", "c", "t", "i"})
     code = item.get("r")
     if code is None:
         code = 0
@@ -354,7 +363,36 @@ def _parse_message(raw: object, where: str) -> Message:
     if role is None:
         known = ", ".join(f"{c} ({r.value})" for r, c in _ROLE_CODES.items())
         raise _bad(f"{where}.r", f"unknown role {code}; known roles: {known}")
-    return Message(role, _string(item.get("c"), f"{where}.c"))
+    calls = [
+        _parse_call(c, f"{where}.t[{j}]") for j, c in enumerate(_array(item.get("t"), f"{where}.t"))
+    ]
+    call_id = _string(item.get("i"), f"{where}.i")
+    try:
+        return Message(
+            role, _string(item.get("c"), f"{where}.c"), tool_calls=calls, tool_call_id=call_id
+        )
+    except InvalidInputError as e:
+        raise _bad(where, str(e)) from None
+
+
+def _parse_call(raw: object, where: str) -> ToolCall:
+    item = _object(raw, where, {"i", "n", "a"})
+    text = _string(item.get("a"), f"{where}.a") or "{}"
+    try:
+        arguments = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise _bad(f"{where}.a", f"the arguments are not JSON ({e.msg})") from None
+    if not isinstance(arguments, dict):
+        raise _bad(f"{where}.a", "the arguments must be a JSON object")
+    try:
+        return ToolCall(
+            _string(item.get("i"), f"{where}.i"),
+            _string(item.get("n"), f"{where}.n"),
+            arguments,
+            text,
+        )
+    except InvalidInputError as e:
+        raise _bad(where, str(e)) from None
 
 
 class _ConstantError(ValueError):

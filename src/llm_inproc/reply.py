@@ -15,12 +15,13 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any
 
-from .backends.base import FinishReason, Outcome, RawItem
+from .backends.base import FinishReason, GenerationRequest, Outcome, RawItem
 from .backends.stream import RawStream
 from .errors import RequestTimeoutError
 from .metrics import TokenPerformance
 from .prompting.encoding import ReplyCleaner
 from .sampling import TokenProb
+from .tools.types import ToolCall
 
 __all__ = ["AsyncReplyStream", "Reply", "ReplyStream"]
 
@@ -33,7 +34,8 @@ class Reply:
     """The reply, cleaned of end-of-turn markers and stripped of surrounding whitespace."""
     finish_reason: FinishReason
     """``"stop"``: the model ended its turn (or a stop marker); ``"length"``: the
-    ``max_tokens`` budget or the context ran out; ``"cancelled"``: the caller stopped it."""
+    ``max_tokens`` budget or the context ran out; ``"cancelled"``: the caller stopped it;
+    ``"tool_calls"``: the model called tools (:attr:`tool_calls`)."""
     prompt: TokenPerformance = field(default_factory=TokenPerformance)
     """Prompt tokens evaluated for this request and the time they took."""
     cached_tokens: int = 0
@@ -49,17 +51,23 @@ class Reply:
     """Tokens drafted by speculative decoding (``Options.speculative``); 0 without it."""
     draft_accepted: int = 0
     """Of those, the ones the model agreed with: each saved a step."""
+    tool_calls: tuple[ToolCall, ...] = ()
+    """The tools the model called, when the request offered ``tools=``; :attr:`text` is
+    then only what it wrote for the user beside them (often empty)."""
 
 
 class _Assembly:
-    """Cleans raw pieces as they come and builds the Reply from the final Outcome."""
+    """Cleans raw pieces as they come and builds the Reply from the final Outcome; with a
+    tool format, keeps call markup out of the text and reads the calls at the end."""
 
-    __slots__ = ("_cancel", "_cleaner", "_parts", "reply")
+    __slots__ = ("_cancel", "_cleaner", "_parts", "_tools", "reply")
 
-    def __init__(self, stops: tuple[str, ...], cancel: Any) -> None:
-        self._cleaner = ReplyCleaner(stops)
+    def __init__(self, request: GenerationRequest, cancel: Any) -> None:
+        self._cleaner = ReplyCleaner(request.stops)
         self._cancel = cancel
         self._parts: list[str] = []
+        fmt, tools = request.tool_format, request.tools
+        self._tools = fmt.stream(tools) if fmt is not None and tools is not None else None
         self.reply: Reply | None = None
 
     @property
@@ -74,18 +82,30 @@ class _Assembly:
             text = "" if was_stopped else cleaner.feed(item)
             if cleaner.stopped and not was_stopped:
                 self._cancel()  # a stop marker in the text: no need to generate more
+            if self._tools is not None and text:
+                text = self._tools.feed(text)
         else:
             text = cleaner.finish()
             reason: FinishReason = "stop" if cleaner.stopped else item.finish_reason
-            self.reply = _reply("".join(self._parts) + text, reason, item)
+            calls = item.tool_calls
+            if self._tools is not None:
+                if text:
+                    text = self._tools.feed(text)
+                content, calls = self._tools.finish()
+                self.reply = _reply(content, reason, item, calls)
+            else:
+                self.reply = _reply("".join(self._parts) + text, reason, item, calls)
         if text:
             self._parts.append(text)
         return text
 
 
-def _reply(text: str, reason: FinishReason, outcome: Outcome) -> Reply:
+def _reply(text: str, reason: FinishReason, outcome: Outcome, calls: tuple[ToolCall, ...]) -> Reply:
+    if calls and reason == "stop":
+        reason = "tool_calls"
     return Reply(
         text=text.strip(),
+        tool_calls=calls,
         finish_reason=reason,
         prompt=outcome.prompt,
         cached_tokens=outcome.cached_tokens,
@@ -121,9 +141,9 @@ class ReplyStream(Iterator[str]):
     stops generation at the next step.
     """
 
-    def __init__(self, raw: RawStream, stops: tuple[str, ...], timeout: float | None) -> None:
+    def __init__(self, raw: RawStream, request: GenerationRequest, timeout: float | None) -> None:
         self._raw = raw
-        self._asm = _Assembly(stops, raw.cancel)
+        self._asm = _Assembly(request, raw.cancel)
         self._deadline = _Deadline(timeout)
         self._done = False
         # A stream dropped without close() must not keep the model generating for nobody.
@@ -181,9 +201,9 @@ class ReplyStream(Iterator[str]):
 class AsyncReplyStream(AsyncIterator[str]):
     """:class:`ReplyStream` for asyncio: cancelling the consuming task stops generation."""
 
-    def __init__(self, raw: RawStream, stops: tuple[str, ...], timeout: float | None) -> None:
+    def __init__(self, raw: RawStream, request: GenerationRequest, timeout: float | None) -> None:
         self._raw = raw
-        self._asm = _Assembly(stops, raw.cancel)
+        self._asm = _Assembly(request, raw.cancel)
         self._deadline = _Deadline(timeout)
         self._done = False
         weakref.finalize(self, raw.cancel)

@@ -278,7 +278,7 @@ class Session:
         if self._closed:
             raise SessionClosedError("the session is closed; create a new Session")
         _check_timeout(timeout)
-        return ReplyStream(self._backend.submit(request), request.stops, timeout)
+        return ReplyStream(self._backend.submit(request), request, timeout)
 
     def agenerate(
         self, request: GenerationRequest, *, timeout: float | None = None
@@ -287,7 +287,7 @@ class Session:
         if self._closed:
             raise SessionClosedError("the session is closed; create a new Session")
         _check_timeout(timeout)
-        return AsyncReplyStream(self._backend.submit(request), request.stops, timeout)
+        return AsyncReplyStream(self._backend.submit(request), request, timeout)
 
     def render(self, request: GenerationRequest) -> str:
         """The prompt text the model sees for ``request``."""

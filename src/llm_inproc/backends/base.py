@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING, Literal, Protocol
 from ..metrics import Metrics, TokenPerformance
 from ..prompting.messages import Message
 from ..sampling import Sampling, TokenProb
+from ..tools.types import Constraint, ToolCall, ToolRequest
 
 if TYPE_CHECKING:
+    from ..tools.formats import ToolFormat
     from .stream import RawStream
 
 __all__ = [
@@ -32,7 +34,7 @@ __all__ = [
     "SlotFile",
 ]
 
-FinishReason = Literal["stop", "length", "cancelled"]
+FinishReason = Literal["stop", "length", "cancelled", "tool_calls"]
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,13 @@ class GenerationRequest:
     """Token ids to evaluate as they are (no template, no BOS added)."""
     stops: tuple[str, ...] = ()
     """Text that ends the reply (never shown to the caller)."""
+    tools: ToolRequest | None = None
+    """The tools offered: rendered into the chat template (in-process) or sent on (HTTP)."""
+    tool_format: ToolFormat | None = None
+    """How the model writes calls, when this process reads them from the text (None where
+    a server parses them and the outcome carries them)."""
+    constraint: Constraint | None = None
+    """The grammar the sampler enforces for the tools (in-process only)."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +109,9 @@ class Outcome:
     """Tokens drafted by speculative decoding (llama-server's ``draft_n``)."""
     draft_accepted: int = 0
     """Drafted tokens the model agreed with (``draft_n_accepted``)."""
+    tool_calls: tuple[ToolCall, ...] = ()
+    """Calls a server parsed from the reply (HTTP backends); in-process the Session reads
+    them from the text."""
 
 
 RawItem = str | Outcome

@@ -30,10 +30,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .python import DIST_NAME, BuildLog, OutputCallback, installed_llama_cpp_version
 from ..errors import InvalidInputError, LLMError
 from ..host.hardware import usable_cpus
 from .presets import DEFAULT_PRESET, load_presets
+from .python import DIST_NAME, BuildLog, OutputCallback, installed_llama_cpp_version
 
 __all__ = [
     "ServerBuild",

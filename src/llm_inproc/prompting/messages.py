@@ -5,10 +5,15 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
+from typing import TYPE_CHECKING
 
 from ..errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from ..tools.types import ToolCall
 
 __all__ = ["Message", "Role", "render_system_prompt"]
 
@@ -31,14 +36,30 @@ class Role(str, Enum):
 
 @dataclass(init=False)
 class Message:
-    """One turn of a conversation."""
+    """One turn of a conversation.
+
+    Tools add two kinds of turn: the model's calls (``Role.TOOL_CALL``, with
+    :attr:`tool_calls`; ``content`` is any text the model wrote beside them) and a tool's
+    result (``Role.TOOL_CALL_RESULT``, with :attr:`tool_call_id` naming the call it answers).
+    """
 
     role: Role
     """The author; a :class:`Role` (its string value is accepted and converted)."""
     content: str
     """The text of the turn."""
+    tool_calls: tuple[ToolCall, ...]
+    """The calls of a ``TOOL_CALL`` turn (an assistant turn that called tools)."""
+    tool_call_id: str
+    """For a ``TOOL_CALL_RESULT`` turn: the id of the call it answers."""
 
-    def __init__(self, role: Role | str, content: str) -> None:
+    def __init__(
+        self,
+        role: Role | str,
+        content: str,
+        *,
+        tool_calls: Iterable[ToolCall] = (),
+        tool_call_id: str = "",
+    ) -> None:
         try:
             self.role = Role(role)
         except ValueError:
@@ -49,6 +70,30 @@ class Message:
                 f"message content must be a string, not {type(content).__name__}"
             )
         self.content = content
+        from ..tools.types import ToolCall
+
+        calls = tuple(tool_calls)
+        if any(not isinstance(c, ToolCall) for c in calls):
+            raise InvalidInputError("tool_calls must be ToolCall values")
+        if calls and self.role is not Role.TOOL_CALL:
+            raise InvalidInputError(
+                f"only a 'tool_call' message carries tool_calls, not a {self.role.value!r} one"
+            )
+        if not isinstance(tool_call_id, str):
+            raise InvalidInputError("tool_call_id must be a string")
+        if tool_call_id and self.role is not Role.TOOL_CALL_RESULT:
+            raise InvalidInputError(
+                f"only a 'tool_call_result' message answers a call (tool_call_id), "
+                f"not a {self.role.value!r} one"
+            )
+        self.tool_calls = calls
+        self.tool_call_id = tool_call_id
+
+    @classmethod
+    def result(cls, call: ToolCall | str, content: str) -> Message:
+        """The result of a tool call, to append after the model's ``TOOL_CALL`` turn."""
+        call_id = call if isinstance(call, str) else call.id
+        return cls(Role.TOOL_CALL_RESULT, content, tool_call_id=call_id)
 
 
 # Go's text/template syntax, restricted to the two fields the reference exposes.
