@@ -30,6 +30,7 @@ from .prompting.messages import Message, Role
 from .reply import Reply
 from .sampling import Sampling, TokenProb
 from .session import Session
+from .tools.types import Tool, ToolCall
 
 __version__ = "0.1.0"
 
@@ -62,6 +63,8 @@ __all__ = [
     "SessionClosedError",
     "TokenPerformance",
     "TokenProb",
+    "Tool",
+    "ToolCall",
     "default_config",
     "load_config",
     "make_packed_file_ref",

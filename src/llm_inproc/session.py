@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -20,6 +20,7 @@ from .prompting.messages import Message
 from .prompting.request_builder import build_request
 from .reply import AsyncReplyStream, Reply, ReplyStream
 from .sampling import Sampling
+from .tools.types import ToolChoice, ToolRequest, tool_request
 
 __all__ = ["Session"]
 
@@ -102,12 +103,40 @@ class Session:
         temperature: float | None,
         sampling: Sampling | None,
         timeout: float | None,
+        tools: ToolRequest | None = None,
     ) -> GenerationRequest:
         if self._closed:
             raise SessionClosedError("the session is closed; create a new Session")
         sampling = self._sampling(sampling, max_tokens, seed, temperature)
         _check_timeout(timeout)
-        return build_request(messages, sampling, model=self.model, encoding=self.encoding)
+        return self._build(messages, sampling, tools)
+
+    def _build(
+        self,
+        messages: Sequence[Message],
+        sampling: Sampling,
+        tools: ToolRequest | None,
+        template: str = "",
+    ) -> GenerationRequest:
+        local = self._backend.in_process
+        request = build_request(
+            messages,
+            sampling,
+            model=self.model,
+            encoding=self.encoding,
+            template=template,
+            tools=tools,
+            chat_template=self.model_info.chat_template if local else None,
+            local=local,
+        )
+        fmt = request.tool_format
+        if fmt is not None and request.tools is not None:
+            # Whether the reply starts inside a thinking block depends on the prompt's end.
+            after = fmt.after_prompt(self.render(request))
+            if after is not fmt:
+                constraint = after.constraint(request.tools)
+                request = dataclasses.replace(request, tool_format=after, constraint=constraint)
+        return request
 
     def _sampling(
         self,
@@ -134,12 +163,21 @@ class Session:
         temperature: float | None = None,
         sampling: Sampling | None = None,
         timeout: float | None = None,
+        tools: Iterable[Any] | None = None,
+        tool_choice: ToolChoice | Mapping[str, Any] | None = None,
+        parallel_tool_calls: bool | None = None,
     ) -> str:
         """The model's reply, stripped of surrounding whitespace.
 
         ``max_tokens``, ``seed`` and ``temperature`` left out (None) are what ``sampling``
         says, else ``Options.sampling``, else llama-server's defaults: no token limit, a
         random seed, temperature 0.8.
+
+        ``tools`` (``Tool`` values, OpenAI tool dicts or plain functions) are offered to the
+        model; ``tool_choice`` is ``"auto"`` (default), ``"none"``, ``"required"`` or a tool's
+        name, and ``parallel_tool_calls`` allows several calls in one reply (default False,
+        as llama-server). The calls are on :meth:`complete`'s ``Reply.tool_calls``; to have
+        Python functions run for you, use :meth:`run_tools`.
         """
         return self.complete(
             messages,
@@ -148,6 +186,9 @@ class Session:
             temperature=temperature,
             sampling=sampling,
             timeout=timeout,
+            tools=tools,
+            tool_choice=tool_choice,
+            parallel_tool_calls=parallel_tool_calls,
         ).text
 
     def complete(
@@ -159,6 +200,9 @@ class Session:
         temperature: float | None = None,
         sampling: Sampling | None = None,
         timeout: float | None = None,
+        tools: Iterable[Any] | None = None,
+        tool_choice: ToolChoice | Mapping[str, Any] | None = None,
+        parallel_tool_calls: bool | None = None,
     ) -> Reply:
         """The model's reply with what it cost (tokens, times, why it ended)."""
         stream = self.prompt_streaming(
@@ -168,6 +212,9 @@ class Session:
             temperature=temperature,
             sampling=sampling,
             timeout=timeout,
+            tools=tools,
+            tool_choice=tool_choice,
+            parallel_tool_calls=parallel_tool_calls,
         )
         with stream:
             for _ in stream:
@@ -184,12 +231,23 @@ class Session:
         temperature: float | None = None,
         sampling: Sampling | None = None,
         timeout: float | None = None,
+        tools: Iterable[Any] | None = None,
+        tool_choice: ToolChoice | Mapping[str, Any] | None = None,
+        parallel_tool_calls: bool | None = None,
     ) -> ReplyStream:
         """Yield the reply as it is generated; closing the iterator stops generation.
 
         Once exhausted, its ``.reply`` is the :class:`Reply`.
         """
-        request = self._request(messages, max_tokens, seed, temperature, sampling, timeout)
+        request = self._request(
+            messages,
+            max_tokens,
+            seed,
+            temperature,
+            sampling,
+            timeout,
+            tool_request(tools, tool_choice, parallel_tool_calls),
+        )
         return self.generate(request, timeout=timeout)
 
     async def aprompt(
@@ -201,6 +259,9 @@ class Session:
         temperature: float | None = None,
         sampling: Sampling | None = None,
         timeout: float | None = None,
+        tools: Iterable[Any] | None = None,
+        tool_choice: ToolChoice | Mapping[str, Any] | None = None,
+        parallel_tool_calls: bool | None = None,
     ) -> str:
         """:meth:`prompt` for asyncio; cancelling the task stops generation."""
         reply = await self.acomplete(
@@ -210,6 +271,9 @@ class Session:
             temperature=temperature,
             sampling=sampling,
             timeout=timeout,
+            tools=tools,
+            tool_choice=tool_choice,
+            parallel_tool_calls=parallel_tool_calls,
         )
         return reply.text
 
@@ -222,6 +286,9 @@ class Session:
         temperature: float | None = None,
         sampling: Sampling | None = None,
         timeout: float | None = None,
+        tools: Iterable[Any] | None = None,
+        tool_choice: ToolChoice | Mapping[str, Any] | None = None,
+        parallel_tool_calls: bool | None = None,
     ) -> Reply:
         """:meth:`complete` for asyncio; cancelling the task stops generation."""
         stream = self.aprompt_streaming(
@@ -231,6 +298,9 @@ class Session:
             temperature=temperature,
             sampling=sampling,
             timeout=timeout,
+            tools=tools,
+            tool_choice=tool_choice,
+            parallel_tool_calls=parallel_tool_calls,
         )
         async with stream:
             async for _ in stream:
@@ -247,30 +317,120 @@ class Session:
         temperature: float | None = None,
         sampling: Sampling | None = None,
         timeout: float | None = None,
+        tools: Iterable[Any] | None = None,
+        tool_choice: ToolChoice | Mapping[str, Any] | None = None,
+        parallel_tool_calls: bool | None = None,
     ) -> AsyncReplyStream:
         """:meth:`prompt_streaming` for asyncio (call it inside a running event loop);
         cancelling the consuming task or closing the iterator stops generation."""
-        request = self._request(messages, max_tokens, seed, temperature, sampling, timeout)
+        request = self._request(
+            messages,
+            max_tokens,
+            seed,
+            temperature,
+            sampling,
+            timeout,
+            tool_request(tools, tool_choice, parallel_tool_calls),
+        )
         return self.agenerate(request, timeout=timeout)
 
-    def count_tokens(self, messages: Sequence[Message]) -> int:
-        """How many context tokens the prompt for ``messages`` takes."""
-        return self._backend.count_tokens(self._request(messages, None, None, None, None, None))
+    def count_tokens(
+        self, messages: Sequence[Message], *, tools: Iterable[Any] | None = None
+    ) -> int:
+        """How many context tokens the prompt for ``messages`` (and ``tools``) takes."""
+        request = self._request(messages, None, None, None, None, None, tool_request(tools))
+        return self._backend.count_tokens(request)
+
+    # -- tools -------------------------------------------------------------------------------
+
+    def run_tools(
+        self,
+        messages: list[Message],
+        tools: Iterable[Any],
+        *,
+        max_rounds: int = 8,
+        tool_choice: ToolChoice | Mapping[str, Any] | None = None,
+        parallel_tool_calls: bool | None = None,
+        max_tokens: int | None = None,
+        seed: int | None = None,
+        temperature: float | None = None,
+        sampling: Sampling | None = None,
+        timeout: float | None = None,
+    ) -> Reply:
+        """Let the model use Python functions until it answers in text.
+
+        Asks with ``tools`` (functions, or Tools made from them), runs the calls the model
+        makes, appends its call turn and each result to ``messages`` and asks again; the
+        final answer is appended too and returned. ``tool_choice`` applies to the first
+        round, later ones are ``"auto"``, and after ``max_rounds`` rounds of calls the model
+        is asked without tools. A tool that raises (or gets bad arguments) does not stop the
+        loop: the model reads the error as the call's result. ``timeout`` is per round.
+        """
+        from .tools.loop import run_tools
+
+        return run_tools(
+            self,
+            messages,
+            tools,
+            max_rounds=max_rounds,
+            tool_choice=tool_choice,
+            parallel_tool_calls=parallel_tool_calls,
+            max_tokens=max_tokens,
+            seed=seed,
+            temperature=temperature,
+            sampling=sampling,
+            timeout=timeout,
+        )
+
+    async def arun_tools(
+        self,
+        messages: list[Message],
+        tools: Iterable[Any],
+        *,
+        max_rounds: int = 8,
+        tool_choice: ToolChoice | Mapping[str, Any] | None = None,
+        parallel_tool_calls: bool | None = None,
+        max_tokens: int | None = None,
+        seed: int | None = None,
+        temperature: float | None = None,
+        sampling: Sampling | None = None,
+        timeout: float | None = None,
+    ) -> Reply:
+        """:meth:`run_tools` for asyncio: plain functions run in a worker thread,
+        ``async def`` tools are awaited."""
+        from .tools.loop import arun_tools
+
+        return await arun_tools(
+            self,
+            messages,
+            tools,
+            max_rounds=max_rounds,
+            tool_choice=tool_choice,
+            parallel_tool_calls=parallel_tool_calls,
+            max_tokens=max_tokens,
+            seed=seed,
+            temperature=temperature,
+            sampling=sampling,
+            timeout=timeout,
+        )
 
     # -- prepared requests (what a server needs) --------------------------------------------
 
     def chat_request(
-        self, messages: Sequence[Message], sampling: Sampling, *, template: str = ""
+        self,
+        messages: Sequence[Message],
+        sampling: Sampling,
+        *,
+        template: str = "",
+        tools: ToolRequest | None = None,
     ) -> GenerationRequest:
         """The request :meth:`prompt` would make for ``messages`` (encoding or chat template,
-        system-prompt template, stop markers), to pass to :meth:`generate`; ``template``
-        overrides the model's chat template (a format name or a Jinja template)."""
+        system-prompt template, stop markers, tools), to pass to :meth:`generate`;
+        ``template`` overrides the model's chat template (a format name or a Jinja template)."""
         if self._closed:
             raise SessionClosedError("the session is closed; create a new Session")
         sampling = self._sampling(sampling, None, None, None)
-        return build_request(
-            messages, sampling, model=self.model, encoding=self.encoding, template=template
-        )
+        return self._build(messages, sampling, tools, template)
 
     def generate(self, request: GenerationRequest, *, timeout: float | None = None) -> ReplyStream:
         """Start a prepared request (raw text, token ids, or :meth:`chat_request`); the

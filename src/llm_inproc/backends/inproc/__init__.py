@@ -119,7 +119,7 @@ class InprocBackend:
         elif request.prompt is not None:
             tokens = self._model.tokenize(request.prompt)
         else:
-            tokens = self._model.tokenize(self._model.render(request.messages))
+            tokens = self._model.tokenize(self.render(request))
         if not tokens:
             raise InvalidInputError("the prompt is empty; give the model some text")
         return tokens
@@ -127,7 +127,7 @@ class InprocBackend:
     def submit(self, request: GenerationRequest) -> RawStream:
         tokens = self._tokens(request)
         check_prompt_fits(len(tokens), self._n_ctx)
-        sampler = build_sampler(self._model, request.sampling)
+        sampler = build_sampler(self._model, request.sampling, request.constraint)
         sampler.prime(tokens)
         stream = RawStream()
         req = Request(request, tokens, stream.put, sampler)
@@ -144,7 +144,8 @@ class InprocBackend:
         """The prompt text the model sees for ``request``."""
         if request.prompt is not None:
             return request.prompt
-        return self._model.render(request.messages)
+        tools = request.tools.offered if request.tools is not None else ()
+        return self._model.render(request.messages, tools)
 
     def count_tokens(self, request: GenerationRequest) -> int:
         return len(self._tokens(request))

@@ -558,6 +558,11 @@ class Engine:
                 slot.probs.pop()
             self._finish(slot, "stop")  # a control token such as <start_of_turn>
             return
+        if not piece and req.request.tool_format is not None:
+            # Tool-call markers are control tokens in many models ([TOOL_CALLS],
+            # <|python_tag|>): the reply's parser must see them, as llama-server's
+            # preserved tokens.
+            piece = self._piece(token, special=True)
         slot.n_gen += 1
         if piece:
             text = slot.decoder.decode(piece)

@@ -25,6 +25,7 @@ from ...errors import (
 )
 from ...prompting.chat_template import render_chat_template
 from ...prompting.messages import Message
+from ...tools.types import Tool
 from ._llama import capture, lib
 
 __all__ = ["Context", "Model", "check_gguf"]
@@ -171,8 +172,9 @@ class Model:
         text = self.ll.llama_vocab_get_text(self.vocab, token)
         return text.decode("utf-8", errors="replace") if text else ""
 
-    def render(self, messages: Sequence[Message]) -> str:
-        """The prompt text for ``messages`` through the model's own chat template."""
+    def render(self, messages: Sequence[Message], tools: Sequence[Tool] = ()) -> str:
+        """The prompt text for ``messages`` (and ``tools``) through the model's own chat
+        template."""
         if not self.chat_template:
             raise InvalidInputError("this model has no chat template; use a raw prompt encoding")
         return render_chat_template(
@@ -180,6 +182,7 @@ class Model:
             messages,
             bos_token=self.token_text(self.bos),
             eos_token=self.token_text(self.eos),
+            tools=tools,
         )
 
     def free(self) -> None:

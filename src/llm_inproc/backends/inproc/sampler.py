@@ -26,10 +26,11 @@ import numpy as np
 
 from ...errors import InvalidInputError
 from ...sampling import Sampling
+from ...tools.types import Constraint
 from ._llama import capture
 from .model import Model
 
-__all__ = ["ArgmaxSampler", "NativeSampler", "build_sampler", "grammar_for"]
+__all__ = ["ArgmaxSampler", "LazyGrammar", "NativeSampler", "build_sampler", "grammar_for"]
 
 # llama.cpp adds biases to logits; -inf must stay -inf, the largest finite float would not.
 _BAN = -math.inf
@@ -88,6 +89,78 @@ def _parser_says(ll: Any, model: Model, grammar: str) -> str:
     return " ".join(lines[:3])
 
 
+class LazyGrammar:
+    """A grammar that wakes on a trigger, for ``tool_choice="auto"``.
+
+    llama.cpp has lazy grammars, but when the text of the token that fires the trigger
+    runs on into something the grammar refuses, its accept throws a C++ exception, which
+    through ctypes aborts the whole process. Here the trigger is looked for in Python, the
+    text from it is checked token by token against a fresh grammar before any accept (a
+    refused token is no call: the reply stays free text), and only then does the grammar
+    take over, through the same check-then-accept as every constrained step.
+    """
+
+    __slots__ = ("_grammar", "_ll", "_model", "_patterns", "_piece", "_text", "done")
+
+    def __init__(self, ll: Any, model: Model, grammar: str, triggers: Sequence[str]) -> None:
+        import re
+
+        self._ll = ll
+        self._model = model
+        self._grammar = grammar
+        self._patterns = [re.compile(t) for t in triggers]
+        self._text = ""
+        self._piece = ctypes.create_string_buffer(256)
+        self.done = False
+        """The trigger fired (or a fired trigger did not fit the grammar): stop looking."""
+
+    def observe(self, token: int) -> Any:
+        """See one sampled token; the grammar sampler, fed up to this token, once a trigger
+        fires and the text from it fits; else None."""
+        self._text += self._token_text(token)
+        for pattern in self._patterns:
+            m = pattern.search(self._text)
+            if m is None:
+                continue
+            start = next(
+                (m.start(i) for i in range(1, len(m.groups()) + 1) if m.group(i)), m.start()
+            )
+            self.done = True
+            return self._wake(self._text[start:])
+        return None
+
+    def _token_text(self, token: int) -> str:
+        ll, buf = self._ll, self._piece
+        n = ll.llama_token_to_piece(self._model.vocab, token, buf, len(buf), 0, True)
+        if n < 0:
+            buf = self._piece = ctypes.create_string_buffer(-n)
+            n = ll.llama_token_to_piece(self._model.vocab, token, buf, len(buf), 0, True)
+        return buf.raw[:n].decode("utf-8", errors="replace")
+
+    def _wake(self, text: str) -> Any:
+        ll = self._ll
+        g = _grammar_sampler(ll, self._model, self._grammar)
+        cand = ll.llama_token_data()
+        arr = ll.llama_token_data_array(ctypes.pointer(cand), 1, -1, False)
+        for token in self._tokens(text):
+            cand.id, cand.logit, cand.p = token, 0.0, 0.0
+            arr.size, arr.selected, arr.sorted = 1, -1, False
+            ll.llama_sampler_apply(g, ctypes.byref(arr))
+            if cand.logit == -math.inf:
+                ll.llama_sampler_free(g)  # not a call after all: the reply stays text
+                return None
+            ll.llama_sampler_accept(g, token)
+        return g
+
+    def _tokens(self, text: str) -> list[int]:
+        """``text`` as tokens, control tokens parsed, no BOS."""
+        ll, data = self._ll, text.encode("utf-8")
+        cap = len(data) + 16
+        arr = (ll.llama_token * cap)()
+        n = ll.llama_tokenize(self._model.vocab, data, len(data), arr, cap, False, True)
+        return list(arr[: max(0, n)])
+
+
 class NativeSampler:
     """A request's sampler chain, all in llama.cpp.
 
@@ -108,6 +181,7 @@ class NativeSampler:
         "_grammar",
         "_history",
         "_ids",
+        "_lazy",
         "_ll",
         "_n",
         "_sample",
@@ -120,10 +194,12 @@ class NativeSampler:
         chain: Any,
         *,
         grammar: Any = None,
+        lazy: LazyGrammar | None = None,
         n_vocab: int = 0,
         history: Sequence[tuple[Any, int]] = (),
     ) -> None:
         self._ll = ll
+        self._lazy = lazy
         self._sample = ll.llama_sampler_sample
         self._chain = chain
         self._grammar = grammar
@@ -146,6 +222,11 @@ class NativeSampler:
     def sample(self, ctx: Any, idx: int) -> int:
         token: int = self._sample(self._chain, ctx, idx)
         if self._grammar is None:
+            lazy = self._lazy
+            if lazy is not None:
+                self._grammar = lazy.observe(token)
+                if lazy.done:
+                    self._lazy = None
             return token
         ll, cand, arr = self._ll, self._cand, self._arr
         cand.id, cand.logit, cand.p = token, 0.0, 0.0
@@ -219,16 +300,25 @@ def _grammar_sampler(ll: Any, model: Model, grammar: str) -> Any:
     return g
 
 
-def build_sampler(model: Model, s: Sampling) -> NativeSampler | ArgmaxSampler:
-    """The sampler for ``s``; raises :class:`InvalidInputError` for a bad grammar."""
+def build_sampler(
+    model: Model, s: Sampling, constraint: Constraint | None = None
+) -> NativeSampler | ArgmaxSampler:
+    """The sampler for ``s`` (and a tool request's ``constraint``, which takes the place
+    of a grammar); raises :class:`InvalidInputError` for a bad grammar."""
     ll = model.ll
-    grammar = grammar_for(s)
+    grammar = constraint.grammar if constraint is not None else grammar_for(s)
     has_history = s.dry_multiplier > 0 or _penalised(s)
     if s.greedy and not grammar and not has_history:
         return ArgmaxSampler(ll, model.n_vocab, _biases(model, s))
     chains: list[Any] = []
     try:
         history: list[tuple[Any, int]] = []
+        if constraint is not None and constraint.lazy:
+            # Checked now, so a bad grammar fails here and not at the trigger.
+            ll.llama_sampler_free(_grammar_sampler(ll, model, grammar))
+            lazy = LazyGrammar(ll, model, grammar, constraint.triggers)
+            free = _chain(ll, model, s, None, chains, history)
+            return NativeSampler(ll, free, lazy=lazy, n_vocab=model.n_vocab, history=history)
         if grammar and not has_history:
             free = _chain(ll, model, s, None, chains, history)
             g = _grammar_sampler(ll, model, grammar)  # nothing can fail after this
