@@ -70,7 +70,12 @@ def main() -> None:
     ]
     with Session(Options(context_length=4096)) as session:
         reply = session.run_tools(
-            messages, [calculator, clock], tool_choice="required", max_rounds=3, temperature=0
+            messages,
+            [calculator, clock],
+            tool_choice="required",
+            max_rounds=3,
+            temperature=0,
+            max_tokens=96,
         )
     for message in messages[2:]:
         for call in message.tool_calls:

@@ -95,3 +95,22 @@ def test_bot_serves_every_user_at_once_and_remembers_each_conversation(
             assert reused >= first_prompt, (user, rows)
             assert evaluated < reused
     assert f"memory saved to {memory_file}" in out
+
+
+def test_agent_calls_the_calculator_and_answers(chat_model_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "agent.py"), "What is 37 times 91?"],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    calls = [line for line in lines if line.startswith("call    calculator(")]
+    results = [line.removeprefix("result  ") for line in lines if line.startswith("result  ")]
+    answer = [line for line in lines if line.startswith("answer  ")]
+    assert calls and len(results) == len(calls), proc.stdout
+    assert "3367" in results[0], proc.stdout  # the function ran on the model's arguments
+    assert len(answer) == 1 and answer[0].removeprefix("answer  ").strip(), proc.stdout

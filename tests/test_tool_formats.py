@@ -470,7 +470,10 @@ def test_only_generic_has_instructions() -> None:
     assert '"tool_calls"' in FORMATS["generic"].instructions(ToolRequest(TOOLS, parallel=True))
     required = FORMATS["generic"].instructions(ToolRequest(TOOLS, "required"))
     assert '"response"' not in required
-    assert FORMATS["generic"].instructions(ToolRequest(TOOLS, "none")) == ""
+    # "none" reaches the generic format only for a history with calls in its JSON: the
+    # model is told (and held) to answer in kind, with a response and no call.
+    none = FORMATS["generic"].instructions(ToolRequest(TOOLS, "none"))
+    assert '"response"' in none and "tool_call" not in none
 
 
 def test_tools_block() -> None:
@@ -530,9 +533,15 @@ def test_grammar_for_odd_tools(key: str, choice: str, parallel: bool) -> None:
     llama_cpp.llama_sampler_free(sampler)
 
 
-@pytest.mark.parametrize("key", list(FORMATS))
+@pytest.mark.parametrize("key", [k for k in FORMATS if k != "generic"])
 def test_no_grammar_for_none(key: str) -> None:
     assert FORMATS[key].constraint(ToolRequest(TOOLS, "none")) is None
+
+
+def test_generic_none_allows_only_a_response() -> None:
+    constraint = FORMATS["generic"].constraint(ToolRequest(TOOLS, "none"))
+    assert constraint is not None and not constraint.lazy
+    assert "response" in constraint.grammar and "tool" not in constraint.grammar
 
 
 def test_forced_name_and_offered_tools_only() -> None:

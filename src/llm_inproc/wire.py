@@ -14,10 +14,10 @@ import math
 import secrets
 import string
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import (
     BusyError,
@@ -31,12 +31,16 @@ from .errors import (
 from .metrics import TokenPerformance
 from .sampling import TokenProb
 
+if TYPE_CHECKING:
+    from .tools.types import ToolCall
+
 __all__ = [
     "ERROR_TYPES",
     "EXCEPTION_STATUS",
     "SSE_DONE",
     "Cost",
     "SSEDecoder",
+    "ToolCallDeltas",
     "chat_chunk",
     "chat_response",
     "completion_chunk",
@@ -52,6 +56,7 @@ __all__ = [
     "stop_type",
     "timings",
     "token_probs",
+    "tool_call_deltas",
     "usage",
 ]
 
@@ -209,7 +214,8 @@ def usage(cost: Cost) -> dict[str, Any]:
 
 
 def oai_finish_reason(reason: str) -> str:
-    return "length" if reason == "length" else "stop"
+    """OpenAI's ``finish_reason``: ``length``, ``tool_calls``, else ``stop``."""
+    return reason if reason in ("length", "tool_calls") else "stop"
 
 
 def stop_type(reason: str, stopping_word: str = "") -> str:
@@ -402,12 +408,20 @@ def chat_response(
     created: int | None = None,
     logprobs: list[dict[str, Any]] | None = None,
     index: int = 0,
+    tool_calls: Sequence[ToolCall] = (),
 ) -> dict[str, Any]:
-    """``logprobs``: :func:`token_probs`, sent as ``choices[].logprobs.content``."""
+    """``logprobs``: :func:`token_probs`, sent as ``choices[].logprobs.content``.
+
+    With ``tool_calls``, the message carries them (OpenAI's shape, arguments as JSON
+    text) and its ``content`` is null unless the model wrote text beside them."""
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if tool_calls:
+        message["content"] = content if content.strip() else None
+        message["tool_calls"] = [c.to_openai() for c in tool_calls]
     choice: dict[str, Any] = {
         "finish_reason": oai_finish_reason(cost.finish_reason),
         "index": index,
-        "message": {"role": "assistant", "content": content},
+        "message": message,
     }
     if logprobs is not None:
         choice["logprobs"] = {"content": logprobs}
@@ -430,14 +444,18 @@ def chat_chunk(
     cost: Cost | None = None,
     logprobs: list[dict[str, Any]] | None = None,
     index: int = 0,
+    tool_call: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A ``chat.completion.chunk``: the role first, then content deltas, then the finish
-    reason; with ``cost`` alone, the usage chunk (``choices`` empty) of ``include_usage``."""
+    """A ``chat.completion.chunk``: the role first, then content deltas (or ``tool_call``
+    deltas, :func:`tool_call_deltas`), then the finish reason; with ``cost`` alone, the
+    usage chunk (``choices`` empty) of ``include_usage``."""
     body: dict[str, Any] = {"choices": []}
     if cost is None:
         delta: dict[str, Any] = {}
         if role:
             delta = {"role": "assistant", "content": None}
+        elif tool_call is not None:
+            delta = {"tool_calls": [tool_call]}
         elif content is not None:
             delta = {"content": content}
         reason = None if finish_reason is None else oai_finish_reason(finish_reason)
@@ -450,3 +468,72 @@ def chat_chunk(
         body["usage"] = usage(cost)
         body["timings"] = timings(cost)
     return body
+
+
+# -- tool calls in a stream ----------------------------------------------------------------------
+
+
+def tool_call_deltas(calls: Sequence[ToolCall]) -> list[dict[str, Any]]:
+    """The ``delta.tool_calls[]`` entries that stream ``calls``, as llama-server sends them:
+    for each call (keyed by ``index``) first its id, type and name with empty arguments,
+    then the arguments' JSON text."""
+    out: list[dict[str, Any]] = []
+    for i, call in enumerate(calls):
+        head = {"index": i, "id": call.id, "type": "function"}
+        out.append({**head, "function": {"name": call.name, "arguments": ""}})
+        if call.raw:
+            out.append({"index": i, "function": {"arguments": call.raw}})
+    return out
+
+
+class ToolCallDeltas:
+    """Tool calls put back together from a stream's ``delta.tool_calls`` (or taken whole
+    from a ``message.tool_calls``): ids, names and argument fragments gathered by ``index``,
+    as an OpenAI client does."""
+
+    __slots__ = ("_calls",)
+
+    def __init__(self) -> None:
+        self._calls: dict[int, dict[str, str]] = {}
+
+    def feed(self, entries: Any) -> None:
+        """One delta's ``tool_calls`` list (entries without ``index`` count in order)."""
+        if not isinstance(entries, list):
+            return
+        for n, entry in enumerate(entries):
+            if not isinstance(entry, Mapping):
+                continue
+            index = entry.get("index", n)
+            call = self._calls.setdefault(index if isinstance(index, int) else n, {})
+            if isinstance(entry.get("id"), str) and entry["id"]:
+                call["id"] = entry["id"]
+            fn = entry.get("function")
+            if isinstance(fn, Mapping):
+                if isinstance(fn.get("name"), str) and fn["name"]:
+                    call.setdefault("name", fn["name"])  # sent whole, once (or repeated)
+                args = fn.get("arguments")
+                if isinstance(args, Mapping):  # some servers send the object itself
+                    args = _dumps(args)
+                if isinstance(args, str):
+                    call["arguments"] = call.get("arguments", "") + args
+
+    def whole(self, entries: Any) -> None:
+        """A whole answer's ``message.tool_calls`` (replacing anything gathered)."""
+        self._calls = {}
+        if isinstance(entries, list):
+            self.feed([{**e, "index": i} for i, e in enumerate(entries) if isinstance(e, Mapping)])
+
+    def __bool__(self) -> bool:
+        return bool(self._calls)
+
+    def entries(self) -> list[dict[str, Any]]:
+        """The calls in OpenAI's ``tool_calls`` shape, in index order (for
+        :meth:`ToolCall.from_openai <llm_inproc.tools.types.ToolCall.from_openai>`)."""
+        return [
+            {
+                "id": c.get("id", ""),
+                "type": "function",
+                "function": {"name": c.get("name", ""), "arguments": c.get("arguments", "")},
+            }
+            for _, c in sorted(self._calls.items())
+        ]

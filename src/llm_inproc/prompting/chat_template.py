@@ -167,7 +167,7 @@ def render_chat_template(
     if tools:
         extra["tools"] = [t.to_openai() for t in tools]
     if any(m.tool_calls for m in messages) and not _shows_calls(template):
-        messages = [_as_text(m) for m in messages]
+        messages = _as_text(messages)
     try:
         compiled = _compile(template)
         return str(
@@ -205,16 +205,28 @@ def _shows_calls(template: str) -> bool:
     return _PROBE_TOOL in str(shown)
 
 
-def _as_text(m: Message) -> Message:
-    """A call turn as text, for a template that ignores ``tool_calls`` (as minja's polyfill):
-    the JSON the generic tool format answers with."""
-    if not m.tool_calls:
-        return m
-    calls = [{"name": c.name, "arguments": dict(c.arguments), "id": c.id} for c in m.tool_calls]
-    body: dict[str, Any] = {"tool_calls": calls}
-    if m.content:
-        body["content"] = m.content
-    return Message(Role.ASSISTANT, json.dumps(body, ensure_ascii=False, indent=2))
+def _as_text(messages: Sequence[Message]) -> list[Message]:
+    """Tool turns as text, for a template that ignores ``tool_calls`` (as minja's polyfill):
+    a call turn as the JSON the generic tool format answers with, a result as the user
+    telling what the tool returned (small models answer from that, not from a role they
+    never saw in training)."""
+    names: dict[str, str] = {}
+    out: list[Message] = []
+    for m in messages:
+        if m.tool_calls:
+            names.update((c.id, c.name) for c in m.tool_calls)
+            calls = [
+                {"name": c.name, "arguments": dict(c.arguments), "id": c.id} for c in m.tool_calls
+            ]
+            body: dict[str, Any] = {"tool_calls": calls}
+            if m.content:
+                body["content"] = m.content
+            m = Message(Role.ASSISTANT, json.dumps(body, ensure_ascii=False, indent=2))
+        elif m.role is Role.TOOL_CALL_RESULT:
+            name = names.get(m.tool_call_id, "the tool")
+            m = Message(Role.USER, f"The tool {name} returned: {m.content}")
+        out.append(m)
+    return out
 
 
 @lru_cache(maxsize=8)

@@ -72,7 +72,11 @@ def build_request(
         return GenerationRequest(
             sampling, messages=msgs, stops=_stops(_TEMPLATE_MARKERS, sampling), tools=tools
         )
-    if tools is not None and tools.choice == "none":
+    if (
+        tools is not None
+        and tools.choice == "none"
+        and not _generic_with_calls(msgs, template or chat_template, encoding)
+    ):
         tools = None  # not shown to the model at all: it cannot call what it does not see
     if template and template not in NAMED_TEMPLATES:
         req = _tool_fields(tools, msgs, template, None)
@@ -156,3 +160,19 @@ def _plain(messages: Sequence[Message]) -> list[Message]:
 
 def _stops(markers: tuple[str, ...], sampling: Sampling) -> tuple[str, ...]:
     return tuple(dict.fromkeys(markers + sampling.stop))
+
+
+def _generic_with_calls(
+    msgs: Sequence[Message], template: str | None, encoding: PromptEncoding | None
+) -> bool:
+    """Whether a ``tool_choice="none"`` request must still go through the generic JSON
+    format: its history shows calls as that JSON, which the model would copy as text."""
+    from ..tools.formats import GenericFormat, detect_format
+
+    if not any(m.tool_calls for m in msgs):
+        return False
+    if encoding is not None:
+        return not encoding.tool_call_token_start
+    if template in NAMED_TEMPLATES:
+        return True
+    return isinstance(detect_format(template), GenericFormat)

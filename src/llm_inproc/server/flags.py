@@ -195,10 +195,18 @@ def add_server_flags(p: argparse.ArgumentParser) -> None:
         help="a Jinja chat template, or chatml, gemma, llama3, phi3 (default: the GGUF's own)",
     )
     m.add_argument(
+        "--chat-template-file",
+        default="",
+        metavar="FILE",
+        help="a file holding the Jinja chat template to use instead of the GGUF's (as "
+        "llama-server; beats --chat-template) (default: none)",
+    )
+    m.add_argument(
         "--jinja",
         "--no-jinja",
         action="store_true",
-        help="accepted for llama-server compatibility (chat templates always run in Jinja)",
+        help="accepted for llama-server compatibility: chat templates always run in Jinja, "
+        "so tools (tools, tool_choice) always work",
     )
     s = p.add_argument_group("server")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
@@ -256,6 +264,32 @@ def _save_dir(path: str) -> str:
     return path
 
 
+def _chat_template(args: argparse.Namespace) -> str:
+    """``--chat-template-file``'s text (an unreadable or empty file is refused at startup),
+    else ``--chat-template``."""
+    path = args.chat_template_file
+    if not path:
+        return str(args.chat_template)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise InvalidInputError(
+            f"--chat-template-file {path}: no such file; check the path"
+        ) from None
+    except OSError as e:
+        raise InvalidInputError(
+            f"--chat-template-file {path}: cannot read it ({e.strerror or e})"
+        ) from None
+    except UnicodeDecodeError:
+        raise InvalidInputError(f"--chat-template-file {path}: not UTF-8 text") from None
+    if not text.strip():
+        raise InvalidInputError(
+            f"--chat-template-file {path}: the file is empty; it must hold a Jinja chat template"
+        )
+    return text
+
+
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     """Settings from parsed flags (the API key falls back to the environment)."""
     opts = Options(model=args.model or "")
@@ -298,6 +332,6 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         metrics=args.metrics,
         slots=args.slots,
         slot_save_path=_save_dir(args.slot_save_path),
-        chat_template=args.chat_template,
+        chat_template=_chat_template(args),
         defaults=Defaults(n_predict=args.n_predict, temperature=args.temp, seed=args.seed),
     )

@@ -34,6 +34,7 @@ from ..errors import ContextOverflowError
 from ..reply import AsyncReplyStream, Reply
 from ..sampling import TokenProb
 from ..session import Session
+from .chat import parse_messages, parse_tools
 from .errors import ApiError, translate
 from .parse import (
     Generation,
@@ -41,7 +42,6 @@ from .parse import (
     choice_seed,
     parse_generation,
     parse_json,
-    parse_messages,
     parse_prompts,
 )
 from .prompts import completion_request
@@ -278,7 +278,12 @@ class _Chat(_Format):
         return self._chunk(content=text, index=index)
 
     def tail(self, done: _Done) -> list[dict[str, Any]]:
-        out = []
+        """The calls (once the reply is whole: the model's markup is read at its end), the
+        probabilities, then the finish reason."""
+        out = [
+            self._chunk(tool_call=delta, index=done.index)
+            for delta in wire.tool_call_deltas(done.reply.tool_calls)
+        ]
         logprobs = self._logprobs(done)
         if logprobs is not None:
             out.append(self._chunk(content="", logprobs=logprobs, index=done.index))
@@ -296,6 +301,7 @@ class _Chat(_Format):
             created=self.created,
             logprobs=self._logprobs(done),
             index=done.index,
+            tool_calls=done.reply.tool_calls,
         )
 
 
@@ -528,11 +534,12 @@ async def chat_completions(request: Request) -> Response:
     body = parse_json(await request.body())
     session = state.ready()
     messages = parse_messages(body)
+    tools = parse_tools(body)
     gen = parse_generation(body, state.settings.defaults, "chat", session.model_info.parallel)
 
     def make(_: Any) -> GenerationRequest:
         template = state.settings.chat_template
-        return session.chat_request(messages, gen.sampling, template=template)
+        return session.chat_request(messages, gen.sampling, template=template, tools=tools)
 
     choices = await _submit(gen, make, [None], session)
     return await _answer(request, state, choices, gen, _Chat(state, gen))

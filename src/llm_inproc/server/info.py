@@ -14,8 +14,9 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from ..metrics import PROMETHEUS_CONTENT_TYPE
 from ..sampling import Sampling
+from .chat import parse_messages, parse_tools
 from .errors import ApiError, invalid
-from .parse import parse_json, parse_messages
+from .parse import parse_json
 from .prompts import tokenize
 from .state import ServerState
 
@@ -252,9 +253,11 @@ async def apply_template(request: Request) -> Response:
     body = parse_json(await request.body())
     session = state.ready()
     messages = parse_messages(body)
+    tools = parse_tools(body)
 
     def run() -> str:
-        req = session.chat_request(messages, Sampling(), template=state.settings.chat_template)
+        template = state.settings.chat_template
+        req = session.chat_request(messages, Sampling(), template=template, tools=tools)
         return session.render(req)
 
     return JSONResponse({"prompt": await anyio.to_thread.run_sync(run)})

@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..prompting.messages import Message, Role
 from ..sampling import Sampling
 from .errors import invalid
 
@@ -25,7 +24,6 @@ __all__ = [
     "choice_seed",
     "parse_generation",
     "parse_json",
-    "parse_messages",
     "parse_prompts",
 ]
 
@@ -403,59 +401,3 @@ def parse_prompts(body: Mapping[str, Any]) -> list[str | list[int | str]]:
         if not one:  # not token ids (mixed with text or not): several prompts
             return [_one_prompt(p) for p in prompt]
     return [_one_prompt(prompt)]
-
-
-_ROLES = {
-    "system": Role.SYSTEM,
-    "developer": Role.SYSTEM,
-    "user": Role.USER,
-    "tool": Role.TOOL_CALL_RESULT,
-}
-
-
-def _content(i: int, message: Mapping[str, Any]) -> str:
-    content = message.get("content")
-    if content is None:
-        if message.get("role") == "assistant":
-            return ""
-        raise invalid("All non-assistant messages must contain 'content'")
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        texts: list[str] = []
-        for part in content:
-            if not isinstance(part, dict) or part.get("type") != "text":
-                raise invalid(
-                    f"messages[{i}].content: only text parts are supported "
-                    '({"type": "text", "text": ...})'
-                )
-            text = part.get("text")
-            if not isinstance(text, str):
-                raise invalid(f"messages[{i}].content: a text part needs a string 'text'")
-            texts.append(text)
-        return "\n".join(texts)
-    raise invalid(f"messages[{i}].content: must be a string or an array of text parts")
-
-
-def parse_messages(body: Mapping[str, Any]) -> list[Message]:
-    """``messages`` of a chat request as our :class:`Message` list."""
-    messages = body.get("messages")
-    if not isinstance(messages, list):
-        raise invalid("Expected 'messages' to be an array")
-    if not messages:
-        raise invalid("Field 'messages': is empty; send at least one message")
-    out: list[Message] = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict):
-            raise invalid(f"messages[{i}]: must be an object with 'role' and 'content'")
-        role = m.get("role")
-        if role == "assistant":
-            out.append(Message(Role.ASSISTANT, _content(i, m)))
-        elif isinstance(role, str) and role in _ROLES:
-            out.append(Message(_ROLES[role], _content(i, m)))
-        else:
-            raise invalid(
-                f"messages[{i}].role: {json.dumps(role)} is not supported; "
-                "use system, user, assistant or tool"
-            )
-    return out

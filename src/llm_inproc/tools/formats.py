@@ -27,7 +27,14 @@ from typing import Any, ClassVar, Protocol
 from ..errors import InvalidInputError
 from .types import Constraint, Tool, ToolCall, ToolRequest
 
-__all__ = ["EncodingFormat", "ToolFormat", "ToolStream", "detect_format", "encoding_format"]
+__all__ = [
+    "EncodingFormat",
+    "GenericFormat",
+    "ToolFormat",
+    "ToolStream",
+    "detect_format",
+    "encoding_format",
+]
 
 
 class ToolStream(Protocol):
@@ -862,8 +869,10 @@ class GenericFormat:
     name = "generic"
 
     def instructions(self, request: ToolRequest) -> str:
-        if request.choice == "none" or not request.offered:
+        if not request.offered:
             return ""
+        if request.choice == "none":  # a conversation with calls in it: answer in kind
+            return 'Reply with only this JSON object: {"response": "<your answer>"}'
         tools = json.dumps([t.to_openai() for t in request.offered], ensure_ascii=False)
         call = '{"name": "<tool name>", "arguments": {<the arguments>}}'
         calls = (
@@ -886,9 +895,14 @@ class GenericFormat:
         return "\n".join(lines)
 
     def constraint(self, request: ToolRequest) -> Constraint | None:
-        if request.choice == "none" or not request.offered:
+        if not request.offered:
             return None
         g = _Grammar()
+        response = {"type": "object", "properties": {"response": {"type": "string"}}}
+        if request.choice == "none":
+            # Only asked for where the history holds calls written as this JSON: without
+            # it the model would answer with one more call, as text.
+            return Constraint(g.text(g.schema({**response, "required": ["response"]}, "reply")))
         objs = [
             {
                 "type": "object",
@@ -905,7 +919,6 @@ class GenericFormat:
         )
         schema: dict[str, Any] = {"type": "object", "properties": {key: value}, "required": [key]}
         if request.choice != "required":
-            response = {"type": "object", "properties": {"response": {"type": "string"}}}
             schema = {"anyOf": [schema, {**response, "required": ["response"]}]}
         return Constraint(g.text(g.schema(schema, "reply")))
 

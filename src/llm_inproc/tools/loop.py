@@ -4,14 +4,16 @@ back, and ask again until the model answers in text.
 Each round appends to the caller's list of messages, so a bot keeps the whole exchange
 (calls and results included) in its :class:`~llm_inproc.Memory`. The first round uses the
 caller's ``tool_choice``; later rounds let the model decide (``"auto"``: a ``"required"``
-that held on every round would never end), and the round after ``max_rounds`` rounds of
-calls offers no tools, so the loop always ends in a text reply.
+that held on every round would never end). A model that only repeats calls it already has
+the results of, and the round after ``max_rounds`` rounds of calls, are asked with
+``"none"``, so the loop always ends in a text reply.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -49,10 +51,19 @@ def _prepare(messages: Any, tools: Iterable[Any] | None, max_rounds: int) -> dic
     return {t.name: t for t in found}
 
 
-def _choice(round_: int, max_rounds: int, first: Any) -> Any:
-    if round_ >= max_rounds:
+def _choice(round_: int, max_rounds: int, first: Any, stuck: bool) -> Any:
+    if round_ >= max_rounds or stuck:
         return "none"
     return first if round_ == 0 else "auto"
+
+
+def _repeats(calls: tuple[ToolCall, ...], seen: set[tuple[str, str]]) -> bool:
+    """Whether every call was made before (then their results are already in the history);
+    records them."""
+    keys = [(c.name, json.dumps(dict(c.arguments), sort_keys=True)) for c in calls]
+    old = all(k in seen for k in keys)
+    seen.update(keys)
+    return old
 
 
 def _unknown(call: ToolCall, tools: Mapping[str, Tool]) -> str:
@@ -80,11 +91,14 @@ def run_tools(
     """:meth:`Session.run_tools`."""
     by_name = _prepare(messages, tools, max_rounds)
     offered = list(by_name.values())
+    seen: set[tuple[str, str]] = set()
+    stuck = False
     for round_ in range(max_rounds + 1):
-        choice = _choice(round_, max_rounds, tool_choice)
+        choice = _choice(round_, max_rounds, tool_choice, stuck)
         reply = session.complete(messages, tools=offered, tool_choice=choice, **prompt)
         if not _record(messages, reply):
             return reply
+        stuck = _repeats(reply.tool_calls, seen)
         for call in reply.tool_calls:
             tool = by_name.get(call.name)
             result = call_tool(tool, call.arguments) if tool else _unknown(call, by_name)
@@ -105,11 +119,14 @@ async def arun_tools(
     functions are awaited."""
     by_name = _prepare(messages, tools, max_rounds)
     offered = list(by_name.values())
+    seen: set[tuple[str, str]] = set()
+    stuck = False
     for round_ in range(max_rounds + 1):
-        choice = _choice(round_, max_rounds, tool_choice)
+        choice = _choice(round_, max_rounds, tool_choice, stuck)
         reply = await session.acomplete(messages, tools=offered, tool_choice=choice, **prompt)
         if not _record(messages, reply):
             return reply
+        stuck = _repeats(reply.tool_calls, seen)
         for call in reply.tool_calls:
             tool = by_name.get(call.name)
             if tool is None:
@@ -125,8 +142,6 @@ async def arun_tools(
 async def _acall(tool: Tool, arguments: Mapping[str, Any]) -> str:
     """An async tool, awaited; what it raises becomes the result's text, as for plain
     functions (see :func:`~.functions.call_tool`)."""
-    import json
-
     assert tool.function is not None
     try:
         result = await tool.function(**dict(arguments))

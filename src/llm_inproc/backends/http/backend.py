@@ -191,7 +191,8 @@ class RemoteBackend:
             return request.prompt
         self._llama_only("show the prompt its chat template makes")
         body = generation_call(request, "llama").body
-        data = self._call("POST", "/apply-template", {"messages": body.get("messages", [])})
+        shown = ("messages", "tools", "tool_choice", "parallel_tool_calls")
+        data = self._call("POST", "/apply-template", {k: body[k] for k in shown if k in body})
         return str(data.get("prompt", ""))
 
     def count_tokens(self, request: GenerationRequest) -> int:
@@ -296,6 +297,12 @@ class _Exchange:
             async with backend._client.stream("POST", where, json=call.body) as resp:
                 if resp.status_code >= 400:
                     raise error_from_response(resp.status_code, await resp.aread(), where)
+                if resp.headers.get("content-type", "").startswith("application/json"):
+                    # A server that answers whole although asked to stream.
+                    self._post(decoder.feed(json.loads(await resp.aread())))
+                    if not decoder.done:
+                        self._post(decoder.end_of_stream())
+                    return
                 sse = SSEDecoder()
                 # Read to the end even after the final event, so the connection is reused.
                 async for line in resp.aiter_lines():
@@ -306,7 +313,7 @@ class _Exchange:
                 if event is not None:
                     self._post(decoder.feed(event))
                 if not decoder.done:
-                    self.stream.put(decoder.end_of_stream())
+                    self._post(decoder.end_of_stream())
         except asyncio.CancelledError:
             if not decoder.done:
                 self.stream.put(decoder.cancelled())

@@ -11,6 +11,7 @@ sampler field only when it differs from its default). Nothing here does I/O.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Mapping
@@ -20,8 +21,10 @@ from typing import Any, Literal
 
 from ...errors import BackendError, InvalidInputError
 from ...metrics import TokenPerformance
-from ...prompting.messages import Role
+from ...prompting.messages import Message, Role
 from ...sampling import Sampling, TokenProb
+from ...tools.types import ToolCall, ToolRequest
+from ...wire import ToolCallDeltas
 from ..base import FinishReason, GenerationRequest, Outcome, RawItem
 from .answers import error_from_response
 
@@ -146,18 +149,49 @@ def _openai_sampling(s: Sampling, route: Route) -> dict[str, Any]:
     return body
 
 
+def _message(m: Message) -> dict[str, Any]:
+    """One message in OpenAI's shape: an assistant turn with its ``tool_calls`` (arguments
+    as JSON text, ``content`` null when it wrote none), a ``tool`` result with the id of
+    the call it answers."""
+    out: dict[str, Any] = {"role": _ROLE_NAMES[m.role], "content": m.content}
+    if m.tool_calls:
+        out["content"] = m.content or None
+        out["tool_calls"] = [c.to_openai() for c in m.tool_calls]
+    if m.tool_call_id:
+        out["tool_call_id"] = m.tool_call_id
+    return out
+
+
+def _tools(tools: ToolRequest, dialect: Dialect) -> dict[str, Any]:
+    """``tools``, ``tool_choice`` and ``parallel_tool_calls``. A named choice is OpenAI's
+    ``{"type": "function", "function": {"name": ...}}``; llama-server reads only strings
+    (it takes that object for ``"auto"``), so the llama dialect offers the named tool
+    alone with ``"required"``, which means the same."""
+    offered = tools.tools
+    choice: str | dict[str, Any] = tools.choice
+    if tools.name is not None:
+        if dialect == "llama":
+            offered, choice = tools.offered, "required"
+        else:
+            choice = {"type": "function", "function": {"name": tools.name}}
+    return {
+        "tools": [t.to_openai() for t in offered],
+        "tool_choice": choice,
+        "parallel_tool_calls": tools.parallel,
+    }
+
+
 def generation_call(request: GenerationRequest, dialect: Dialect) -> Call:
     """The streaming request for ``request``: raw text or token ids through ``/completion``
-    (``/v1/completions`` for OpenAI-only servers), messages through the chat route."""
+    (``/v1/completions`` for OpenAI-only servers), messages (and tools) through the chat
+    route."""
     route: Route
     if request.messages and request.prompt is None and request.tokens is None:
         route = "chat"
         path = "/v1/chat/completions"
-        body: dict[str, Any] = {
-            "messages": [
-                {"role": _ROLE_NAMES[m.role], "content": m.content} for m in request.messages
-            ]
-        }
+        body: dict[str, Any] = {"messages": [_message(m) for m in request.messages]}
+        if request.tools is not None:
+            body.update(_tools(request.tools, dialect))
     else:
         route = "completion" if dialect == "llama" else "oai_completion"
         path = "/completion" if dialect == "llama" else "/v1/completions"
@@ -248,6 +282,7 @@ class StreamDecoder:
         self.done = False
         self._want_probs = want_probs
         self._probs: list[TokenProb] = []
+        self._calls = ToolCallDeltas()
         self._first: float | None = None
         self._last: float | None = None
         self._pieces = 0
@@ -256,14 +291,33 @@ class StreamDecoder:
         self._timings: Mapping[str, Any] | None = None
         self._usage: Mapping[str, Any] | None = None
 
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if self._first is None:
+            self._first = now
+        self._last = now
+
     def _piece(self, text: Any, out: list[RawItem]) -> None:
         if isinstance(text, str) and text:
-            now = time.monotonic()
-            if self._first is None:
-                self._first = now
-            self._last = now
+            self._tick()
             self._pieces += 1
             out.append(text)
+
+    def _chat(self, choice: Mapping[str, Any], out: list[RawItem]) -> None:
+        """A chat choice: a stream's ``delta`` (text, ``tool_calls`` fragments by index),
+        or a whole answer's ``message`` from a server that would not stream."""
+        delta = choice.get("delta")
+        if isinstance(delta, Mapping):
+            self._piece(delta.get("content"), out)
+            if delta.get("tool_calls"):
+                self._tick()
+                self._calls.feed(delta["tool_calls"])
+        message = choice.get("message")
+        if isinstance(message, Mapping):
+            self._piece(message.get("content"), out)
+            if message.get("tool_calls"):
+                self._tick()
+                self._calls.whole(message["tool_calls"])
 
     def feed(self, event: dict[str, Any] | Literal["[DONE]"]) -> list[RawItem]:
         """Items for one event (a JSON payload, or ``"[DONE]"``)."""
@@ -271,8 +325,7 @@ class StreamDecoder:
         if self.done:
             return out
         if event == "[DONE]":
-            out.append(self.outcome())
-            return out
+            return self._finish()
         if isinstance(event.get("error"), Mapping):
             raise error_from_response(500, event, "the stream")
         if isinstance(event.get("timings"), Mapping):
@@ -286,31 +339,49 @@ class StreamDecoder:
                 self._probs += _probs(event.get("completion_probabilities"))
             if event.get("stop") is True:
                 self._reason = "length" if event.get("stop_type") == "limit" else "stop"
-                out.append(self.outcome())
+                out += self._finish()
             return out
         for choice in event.get("choices") or ():
             if not isinstance(choice, Mapping) or choice.get("index", 0) != 0:
                 continue
             if self.route == "chat":
-                delta = choice.get("delta")
-                self._piece(delta.get("content") if isinstance(delta, Mapping) else None, out)
+                self._chat(choice, out)
             else:
                 self._piece(choice.get("text"), out)
             if self._want_probs:
                 self._probs += _probs(choice.get("logprobs"))
-            if choice.get("finish_reason"):
-                self._reason = "length" if choice["finish_reason"] == "length" else "stop"
+            reason = choice.get("finish_reason")
+            if reason:
+                self._reason = reason if reason in ("length", "tool_calls") else "stop"
         return out
 
-    def end_of_stream(self) -> Outcome:
-        """The outcome when the response ended without ``[DONE]``; an error unless the
+    def end_of_stream(self) -> list[RawItem]:
+        """The last items when the response ended without ``[DONE]``; an error unless the
         server at least said why it finished."""
         if self._reason is None:
             raise BackendError(
                 "the server ended the reply without its final event (it may have stopped "
                 "or crashed); check the server's log"
             )
-        return self.outcome()
+        return self._finish()
+
+    def _finish(self) -> list[RawItem]:
+        """The calls the server sent, then the outcome. A call whose arguments are not a
+        JSON object (cut by the token budget, or a server's bad parse) is not a call: its
+        text goes to the reply's content instead, as unparsed model output does."""
+        out: list[RawItem] = []
+        calls: list[ToolCall] = []
+        for entry in self._calls.entries():
+            try:
+                calls.append(ToolCall.from_openai(entry, where="the server's tool call"))
+            except InvalidInputError:
+                fn = entry["function"]
+                text = json.dumps(
+                    {"name": fn["name"], "arguments": fn["arguments"]}, ensure_ascii=False
+                )
+                self._piece(text, out)
+        out.append(self.outcome(tuple(calls)))
+        return out
 
     def cancelled(self) -> Outcome:
         """The outcome of a request the caller stopped: counted here, as far as it got."""
@@ -318,11 +389,13 @@ class StreamDecoder:
         self._timings = None
         return self.outcome()
 
-    def outcome(self) -> Outcome:
+    def outcome(self, calls: tuple[ToolCall, ...] = ()) -> Outcome:
         self.done = True
         reason: FinishReason = "length" if self._reason == "length" else "stop"
         if self._reason == "cancelled":
             reason = "cancelled"
+        elif calls and self._reason in ("stop", "tool_calls"):
+            reason = "tool_calls"
         first = self._first
         ttft = timedelta(seconds=first - self.started) if first is not None else timedelta()
         gen_time = timedelta(seconds=(self._last or 0.0) - first) if first is not None else ttft
@@ -340,6 +413,7 @@ class StreamDecoder:
                 logprobs=probs,
                 drafted=int(t.get("draft_n") or 0),
                 draft_accepted=int(t.get("draft_n_accepted") or 0),
+                tool_calls=calls,
             )
         u = self._usage or {}
         details = u.get("prompt_tokens_details")
@@ -353,4 +427,5 @@ class StreamDecoder:
             generated=TokenPerformance(n_gen, gen_time),
             time_to_first_token=ttft,
             logprobs=probs,
+            tool_calls=calls,
         )
