@@ -130,3 +130,16 @@ def test_the_serve_command_and_openai_example_work(tmp_path: Path) -> None:
         server.close()
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() and "<|im_end|>" not in done.stdout
+
+
+@pytest.mark.model
+def test_the_tools_example_calls_the_function_and_answers_from_it() -> None:
+    from subproc import run_python
+
+    example = next(b for b in _blocks("python") if "run_tools" in b)
+    done = run_python(example, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    first, answer = done.stdout.strip().splitlines()
+    assert first.startswith("tool_calls (ToolCall(") and "name='get_weather'" in first, first
+    assert "'city': 'Paris'" in first, first
+    assert "Paris" in answer and "Sunny" in answer, answer  # the answer comes from the result
