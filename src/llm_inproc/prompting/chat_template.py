@@ -215,9 +215,7 @@ def _as_text(messages: Sequence[Message]) -> list[Message]:
     for m in messages:
         if m.tool_calls:
             names.update((c.id, c.name) for c in m.tool_calls)
-            calls = [
-                {"name": c.name, "arguments": dict(c.arguments), "id": c.id} for c in m.tool_calls
-            ]
+            calls = [c.to_dict() for c in m.tool_calls]
             body: dict[str, Any] = {"tool_calls": calls}
             if m.content:
                 body["content"] = m.content

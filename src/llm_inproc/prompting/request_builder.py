@@ -147,9 +147,7 @@ def _plain(messages: Sequence[Message]) -> list[Message]:
     out: list[Message] = []
     for m in messages:
         if m.tool_calls:
-            calls = [
-                {"name": c.name, "arguments": dict(c.arguments), "id": c.id} for c in m.tool_calls
-            ]
+            calls = [c.to_dict() for c in m.tool_calls]
             m = Message(m.role, json.dumps(calls, ensure_ascii=False))
         elif m.tool_call_id:
             result = {"call_id": m.tool_call_id, "content": m.content}

@@ -57,6 +57,10 @@ class ToolCall:
         if not self.raw:
             object.__setattr__(self, "raw", json.dumps(dict(self.arguments), ensure_ascii=False))
 
+    def to_dict(self) -> dict[str, Any]:
+        """The call as a model writes it in JSON (name, arguments as an object, id)."""
+        return {"name": self.name, "arguments": dict(self.arguments), "id": self.id}
+
     def to_openai(self) -> dict[str, Any]:
         """The call as OpenAI's ``tool_calls`` entries are written (arguments as JSON text)."""
         return {

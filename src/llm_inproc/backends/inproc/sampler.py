@@ -89,6 +89,10 @@ def _parser_says(ll: Any, model: Model, grammar: str) -> str:
     return " ".join(lines[:3])
 
 
+_TRIGGER_REACH = 256
+"""Characters a trigger's match can span (markers and call heads are far shorter)."""
+
+
 class LazyGrammar:
     """A grammar that wakes on a trigger, for ``tool_choice="auto"``.
 
@@ -116,10 +120,19 @@ class LazyGrammar:
 
     def observe(self, token: int) -> Any:
         """See one sampled token; the grammar sampler, fed up to this token, once a trigger
-        fires and the text from it fits; else None."""
+        fires and the text from it fits; else None.
+
+        A trigger is a marker or the head of a call, so only the last few hundred characters
+        can hold a new match: each token searches those, not the whole reply again (patterns
+        anchored at the start only while the reply is that short)."""
+        old = len(self._text)
         self._text += self._token_text(token)
+        start = max(0, old - _TRIGGER_REACH)
         for pattern in self._patterns:
-            m = pattern.search(self._text)
+            anchored = pattern.pattern.startswith("^")
+            if anchored and old > _TRIGGER_REACH:
+                continue
+            m = pattern.search(self._text, 0 if anchored else start)
             if m is None:
                 continue
             start = next(
