@@ -14,7 +14,7 @@ from starlette.routing import Route
 from ..errors import LLMError
 from ..session import Session
 from ..wire import error_body
-from . import generation, info
+from . import anthropic_api, generation, info, responses, webui
 from .errors import ApiError, translate
 from .flags import ServerSettings
 from .gate import Gate, add_cors
@@ -72,6 +72,9 @@ def create_app(settings: ServerSettings, load: Callable[[], Session]) -> Starlet
         Route("/tokenize", info.tokenize_route, methods=post),
         Route("/detokenize", info.detokenize, methods=post),
         Route("/apply-template", info.apply_template, methods=post),
+        *anthropic_api.routes(),
+        *responses.routes(),
+        *webui.routes(settings),  # last: it may serve a whole directory at /
     ]
     app = Starlette(
         routes=routes,

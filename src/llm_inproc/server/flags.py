@@ -38,6 +38,10 @@ class ServerSettings:
     chat_template: str = ""
     """A Jinja template or a format name (chatml, gemma, llama3, phi3) overriding the model's."""
     defaults: Defaults = field(default_factory=Defaults)
+    webui: bool = True
+    """Serve the chat page at ``/`` (``--no-webui``: 404 there)."""
+    static_path: str = ""
+    """``--path DIR``: serve the files of DIR at ``/`` instead of the packaged page."""
 
 
 def unsupported(unknown: list[str]) -> str:
@@ -217,6 +221,20 @@ def add_server_flags(p: argparse.ArgumentParser) -> None:
         help=f"required key, comma-separated for several (default: ${API_KEY_ENV}, else none)",
     )
     s.add_argument(
+        "--webui",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="serve the chat page at / (default: on; --no-webui answers 404 there)",
+    )
+    s.add_argument(
+        "--path",
+        dest="static_path",
+        default="",
+        metavar="DIR",
+        help="serve static files from DIR at / instead of the packaged page, as llama-server "
+        "(e.g. llama.cpp's own web UI) (default: none)",
+    )
+    s.add_argument(
         "--metrics", action="store_true", help="serve Prometheus /metrics (default: off)"
     )
     s.add_argument(
@@ -333,5 +351,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         slots=args.slots,
         slot_save_path=_save_dir(args.slot_save_path),
         chat_template=_chat_template(args),
+        webui=args.webui,
+        static_path=args.static_path,
         defaults=Defaults(n_predict=args.n_predict, temperature=args.temp, seed=args.seed),
     )
