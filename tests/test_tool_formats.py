@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from llm_inproc.backends.inproc.sampler import grammar_for
+from llm_inproc.sampling import Sampling
 from llm_inproc.tools.formats import ToolFormat, detect_format, encoding_format
 from llm_inproc.tools.types import Tool, ToolCall, ToolRequest
 
@@ -578,6 +580,10 @@ ACCEPT: list[tuple[str, str, str, bool]] = [
     ("hermes", "parallel-required", H_W + "\n" + H_S, True),
     ("hermes", "required", H_W.replace("get_weather", "fly_to"), False),
     ("hermes", "required", H_W.replace('"Paris"', "12"), False),
+    # JSON strings: escapes yes, raw control characters no (json.loads refuses them)
+    ("hermes", "required", H_W.replace('"Paris"', '"Pa\\nris \\u00e9"'), True),
+    ("hermes", "required", H_W.replace('"Paris"', '"Pa\nris"'), False),
+    ("hermes", "required", H_W.replace('"Paris"', '"Pa\tris"'), False),
     ("hermes", "auto", "Let me check.\n" + H_W, True),
     ("hermes", "parallel", "Let me check.\n" + H_W + "\n" + H_S, True),
     ("hermes", "auto", "It is sunny.", True),
@@ -748,6 +754,20 @@ def test_grammars_accept_the_canonical_output(chat_model_path: Path) -> None:
     results = json.loads(done.stdout.strip().splitlines()[-1])
     wrong = [(k, r, t) for (k, r, t, want), got in zip(ACCEPT, results, strict=True) if got != want]
     assert not wrong
+
+
+def test_a_json_schema_grammar_keeps_strings_json(chat_model_path: Path) -> None:
+    """A ``json_schema`` request's grammar refuses raw control characters in strings (the
+    converter we build on allowed them, and CI saw a newline that json.loads refused)."""
+    grammar = grammar_for(Sampling(json_schema={"type": "object", "properties": {"a": {}}}))
+    texts = ['{"a": "x\\ny"}', '{"a": "x\ny"}', '{"a": "x\u0001"}', '{"a": ["\\u00e9", 1]}']
+    cases = [{"grammar": grammar, "triggers": [], "text": t} for t in texts]
+    job = json.dumps({"model": str(chat_model_path), "cases": cases})
+    done = subprocess.run(
+        [sys.executable, "-c", _CHECKER], input=job, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [True, False, False, True]
 
 
 def trigger_start(triggers: tuple[str, ...], text: str) -> int | None:

@@ -57,6 +57,10 @@ CONTEXT_CAP = 8192
 BACKENDS: tuple[str, ...] = ("inproc", "python", "llama-server", "remote")
 
 DEFAULT_CACHE_RAM = 8192
+DEFAULT_BATCH = 512
+"""Tokens per llama.cpp call (``batch_size`` and ``ubatch_size``): llama-server's ``-ub``
+default; its ``-b`` default (2048) buys nothing when ``-ub`` is 512."""
+MAX_BATCH = 65536
 """MiB of host memory for the prompt cache by default (llama-server's ``--cache-ram``)."""
 
 KV_CACHE_TYPES: tuple[str, ...] = (
@@ -216,6 +220,12 @@ class Options:
     """Tokens looked up for a draft (llama-server's ``--spec-ngram-simple-size-n``)."""
     spec_ngram_size_m: int = 16
     """Most tokens drafted per step (``--spec-ngram-simple-size-m``)."""
+    batch_size: int = DEFAULT_BATCH
+    """llama.cpp's logical batch (llama-server's ``-b``). Each decode call takes at most
+    the smaller of this and ``ubatch_size`` tokens: a long prompt is evaluated in chunks
+    of that size, interleaved with the other slots' tokens."""
+    ubatch_size: int = DEFAULT_BATCH
+    """llama.cpp's physical batch (``-ub``): most tokens the compute graph takes at once."""
     backend: str = ""
     """``"inproc"``, ``"python"``, ``"llama-server"``, ``"remote"``; empty infers it."""
     max_pending: int = 64
@@ -254,6 +264,13 @@ class Options:
             _check_type(f"{where}{name}", value, int)
             if not low <= value <= 256:
                 raise InvalidInputError(f"{where}{name}: {value} is invalid; use 1 to 256")
+        for name in ("batch_size", "ubatch_size"):
+            value = getattr(self, name)
+            _check_type(f"{where}{name}", value, int)
+            if not 1 <= value <= MAX_BATCH:
+                raise InvalidInputError(
+                    f"{where}{name}: {value} is invalid; use 1 to {MAX_BATCH} tokens"
+                )
         for name in ("context_length", "gpu_layers", "parallel", "max_pending", "cache_ram"):
             _check_type(f"{where}{name}", getattr(self, name), int)
         _check_type(f"{where}threads", self.threads, int, nullable=True)

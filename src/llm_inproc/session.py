@@ -10,7 +10,14 @@ from types import TracebackType
 from typing import Any
 
 from .backends import open_backend
-from .backends.base import Backend, ConversationStore, GenerationRequest, ModelInfo, SlotFile
+from .backends.base import (
+    Backend,
+    ConversationStore,
+    GenerationRequest,
+    ModelInfo,
+    SlotFile,
+    SlotInfo,
+)
 from .config import KnownLLM, Options, default_config, find_known_llm
 from .errors import InvalidInputError, SessionClosedError
 from .metrics import Metrics
@@ -506,6 +513,11 @@ class Session:
     def erase_slot(self, slot: int) -> int:
         """Clear idle slot ``slot``'s cells; the tokens they held."""
         return self._store("erase_slot").erase_slot(slot)
+
+    def slots(self) -> tuple[SlotInfo, ...]:
+        """Every slot's state now: whether it serves a request, which, and what its cells
+        hold (what ``/slots`` shows)."""
+        return self._store("slots").slots()
 
     def _store(self, what: str) -> ConversationStore:
         if self._closed:

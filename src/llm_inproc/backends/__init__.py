@@ -36,6 +36,8 @@ def open_backend(
             cache_ram=options.cache_ram,
             cache_type_k=options.cache_type_k,
             cache_type_v=options.cache_type_v,
+            batch_size=options.batch_size,
+            ubatch_size=options.ubatch_size,
             speculative=(options.spec_ngram_size_n, options.spec_ngram_size_m)
             if options.speculative == "ngram-simple"
             else None,

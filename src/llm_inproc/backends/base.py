@@ -32,6 +32,7 @@ __all__ = [
     "Outcome",
     "RawItem",
     "SlotFile",
+    "SlotInfo",
 ]
 
 FinishReason = Literal["stop", "length", "cancelled", "tool_calls"]
@@ -126,6 +127,27 @@ class SlotFile:
     bytes: int
 
 
+@dataclass(frozen=True)
+class SlotInfo:
+    """One slot of an in-process session, as ``/slots`` shows it: whether it serves a
+    request, which, and the tokens its cells hold."""
+
+    id: int
+    processing: bool
+    state: str
+    """``idle``, ``prompt`` (evaluating the prompt) or ``generating``."""
+    task: int | None
+    """The request served, or last served (None: none yet)."""
+    n_cached: int
+    """Tokens whose KV cells the slot holds now."""
+    n_prompt: int
+    n_prompt_evaluated: int
+    n_prompt_reused: int
+    """Prompt tokens found in the cells (or the prompt cache) and not evaluated again."""
+    n_decoded: int
+    n_remain: int
+
+
 class ConversationStore(Protocol):
     """Conversations' KV states to and from disk (in-process backends only)."""
 
@@ -143,6 +165,10 @@ class ConversationStore(Protocol):
 
     def erase_slot(self, slot: int) -> int:
         """Clear an idle slot's cells; the tokens they held."""
+        ...
+
+    def slots(self) -> tuple[SlotInfo, ...]:
+        """Every slot's state now."""
         ...
 
 

@@ -90,6 +90,7 @@ def _llama_server_command(path: Path, options: Options, port: int, cache_dir: Pa
         *("-c", str(n_ctx), "-t", str(_threads(options))),
         *("-ngl", str(999 if options.gpu_layers < 0 else options.gpu_layers)),
         *("-np", str(options.parallel), "-fa", flash, "--metrics"),
+        *("-b", str(options.batch_size), "-ub", str(options.ubatch_size)),
     ]
     if _supports(str(binary), "--kv-unified"):
         cmd.append("--kv-unified")  # the slots share the whole context, as in-process
@@ -139,6 +140,7 @@ def _python_command(path: Path, options: Options, port: int, cache_dir: Path) ->
         *("-m", "llm_inproc.server", "-m", str(path), "--host", "127.0.0.1"),
         *("--port", str(port), "-c", str(options.context_length)),
         *("-ngl", str(options.gpu_layers), "-np", str(options.parallel)),
+        *("-b", str(options.batch_size), "-ub", str(options.ubatch_size)),
         *("--max-pending", str(options.max_pending), "--metrics", "--cache-dir", str(cache_dir)),
     ]
     if options.threads is not None:

@@ -15,9 +15,10 @@ from ..errors import LLMError
 from ..session import Session
 from ..wire import error_body
 from . import anthropic_api, generation, info, responses, webui
+from .cors import Cors
 from .errors import ApiError, translate
 from .flags import ServerSettings
-from .gate import Gate, add_cors
+from .gate import Gate
 from .state import ServerState
 
 __all__ = ["create_app"]
@@ -60,6 +61,7 @@ def create_app(settings: ServerSettings, load: Callable[[], Session]) -> Starlet
         Route("/v1/health", info.health, methods=get),
         Route("/metrics", info.metrics, methods=get),
         Route("/props", info.props, methods=get),
+        Route("/props", info.set_props, methods=post),
         Route("/slots", info.slots, methods=get),
         Route("/slots/{id_slot}", info.slot_action, methods=["POST"]),
         Route("/models", info.models, methods=get),
@@ -88,5 +90,5 @@ def create_app(settings: ServerSettings, load: Callable[[], Session]) -> Starlet
     )
     app.state.llm = state
     app.add_middleware(Gate, state=state)
-    add_cors(app)
+    app.add_middleware(Cors, settings=settings)  # outermost: preflights need no key
     return app

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import DEFAULT_CACHE_RAM, KV_CACHE_TYPES, Options
+from ..config import DEFAULT_BATCH, DEFAULT_CACHE_RAM, KV_CACHE_TYPES, Options
 from ..errors import InvalidInputError
 from ..sampling import Sampling
 from .parse import Defaults
@@ -42,6 +43,18 @@ class ServerSettings:
     """Serve the chat page at ``/`` (``--no-webui``: 404 there)."""
     static_path: str = ""
     """``--path DIR``: serve the files of DIR at ``/`` instead of the packaged page."""
+    cors_origins: str = "*"
+    """``--cors-origins``: ``*`` (with credentials: the request's origin echoed back),
+    ``localhost`` (only local origins echoed), or a comma-separated list."""
+    cors_methods: str = "GET, POST, DELETE, OPTIONS"
+    cors_headers: str = "*"
+    cors_credentials: bool = True
+    tags: tuple[str, ...] = ()
+    """``--tags``: informational model tags shown by ``/v1/models``."""
+    props: bool = False
+    """``--props``: ``POST /props`` is allowed (it changes nothing, as in llama-server)."""
+    reasoning_format: str = "auto"
+    """``--reasoning-format``, as given (shown by ``/props``; see its help)."""
 
 
 def unsupported(unknown: list[str]) -> str:
@@ -68,6 +81,174 @@ def _refuse_unknown(p: argparse.ArgumentParser) -> None:
         return ns, unknown
 
     p.parse_known_args = parse_known_args  # type: ignore[method-assign,assignment]
+
+
+class _Lacking(argparse.Action):
+    """A llama-server flag whose feature we lack: a usage error that names the feature."""
+
+    def __init__(self, option_strings: list[str], dest: str, feature: str, **kw: Any) -> None:
+        kw.setdefault("nargs", 0)
+        super().__init__(option_strings, dest=argparse.SUPPRESS, **kw)
+        self.feature = feature
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, ns: Any, values: Any, opt: Any = None
+    ) -> None:
+        parser.error(f"{opt}: {self.feature}")
+
+
+_ALWAYS = "accepted for llama-server compatibility: always on in-process"
+
+
+def _add_compat_flags(p: argparse.ArgumentParser) -> None:
+    """llama-server flags that scripts pass to every server: those with no meaning here
+    are accepted (and documented as such), those whose feature we lack are refused."""
+    c = p.add_argument_group("llama-server compatibility")
+    c.add_argument(
+        "-kvu", "--kv-unified", action="store_true", help=_ALWAYS + " (slots share one KV cache)"
+    )
+    c.add_argument(
+        "-no-kvu",
+        "--no-kv-unified",
+        action=_Lacking,
+        feature="per-slot KV buffers are not supported: the slots always share one unified "
+        "KV cache (drop the flag)",
+        help="refused: the slots always share one KV cache",
+    )
+    c.add_argument("--swa-full", action="store_true", help=_ALWAYS + " (a full-size SWA cache)")
+    c.add_argument(
+        "-cb", "--cont-batching", action="store_true", help=_ALWAYS + " (continuous batching)"
+    )
+    c.add_argument(
+        "-nocb",
+        "--no-cont-batching",
+        action="store_true",
+        help="accepted: batching is always continuous, which changes no reply",
+    )
+    c.add_argument(
+        "--context-shift",
+        action=_Lacking,
+        feature='context shift is not supported: a reply stops with finish_reason "length" '
+        "when the context is full (drop the flag, or raise -c)",
+        help="refused: context shift is not supported",
+    )
+    c.add_argument(
+        "--no-context-shift", action="store_true", help="accepted: the default (no shifting)"
+    )
+    c.add_argument(
+        "--cache-reuse",
+        type=int,
+        default=0,
+        metavar="N",
+        help="accepted as 0 only: cached prefixes are reused without KV shifting (default: 0)",
+    )
+    c.add_argument(
+        "--offline",
+        action="store_true",
+        help="use only models already in the cache; never reach the Hub (sets HF_HUB_OFFLINE)",
+    )
+    c.add_argument(
+        "--reasoning-format",
+        choices=("auto", "none", "deepseek", "deepseek-legacy"),
+        default="auto",
+        help="accepted for compatibility: replies come as the model wrote them, except that "
+        "a DeepSeek R1 or Command R7B reply with tool calls leaves its thinking out; "
+        "reasoning_content is not returned yet (default: auto)",
+    )
+    c.add_argument(
+        "--sleep-idle-seconds",
+        type=int,
+        default=-1,
+        metavar="SECONDS",
+        help="accepted as -1 only: the model stays loaded (default: -1)",
+    )
+
+
+ENV_FLAGS: dict[str, tuple[str, str | None]] = {
+    "LLAMA_ARG_MODEL": ("--model", None),
+    "LLAMA_ARG_CTX_SIZE": ("--ctx-size", None),
+    "LLAMA_ARG_THREADS": ("--threads", None),
+    "LLAMA_ARG_N_GPU_LAYERS": ("--n-gpu-layers", None),
+    "LLAMA_ARG_N_PARALLEL": ("--parallel", None),
+    "LLAMA_ARG_BATCH": ("--batch-size", None),
+    "LLAMA_ARG_UBATCH": ("--ubatch-size", None),
+    "LLAMA_ARG_FLASH_ATTN": ("--flash-attn", None),
+    "LLAMA_ARG_REPACK": ("--repack", "--no-repack"),
+    "LLAMA_ARG_CACHE_RAM": ("--cache-ram", None),
+    "LLAMA_ARG_CACHE_TYPE_K": ("--cache-type-k", None),
+    "LLAMA_ARG_CACHE_TYPE_V": ("--cache-type-v", None),
+    "LLAMA_ARG_SPEC_TYPE": ("--spec-type", None),
+    "LLAMA_ARG_ALIAS": ("--alias", None),
+    "LLAMA_ARG_CHAT_TEMPLATE": ("--chat-template", None),
+    "LLAMA_ARG_CHAT_TEMPLATE_FILE": ("--chat-template-file", None),
+    "LLAMA_ARG_JINJA": ("--jinja", None),
+    "LLAMA_ARG_HOST": ("--host", None),
+    "LLAMA_ARG_PORT": ("--port", None),
+    "LLAMA_API_KEY": ("--api-key", None),
+    "LLAMA_ARG_ENDPOINT_METRICS": ("--metrics", None),
+    "LLAMA_ARG_ENDPOINT_SLOTS": ("--slots", "--no-slots"),
+    "LLAMA_ARG_ENDPOINT_PROPS": ("--props", None),
+    "LLAMA_ARG_N_PREDICT": ("--n-predict", None),
+    "LLAMA_ARG_TEMPERATURE": ("--temp", None),
+    "LLAMA_ARG_KV_UNIFIED": ("--kv-unified", "--no-kv-unified"),
+    "LLAMA_ARG_SWA_FULL": ("--swa-full", None),
+    "LLAMA_ARG_CONTEXT_SHIFT": ("--context-shift", "--no-context-shift"),
+    "LLAMA_ARG_CACHE_REUSE": ("--cache-reuse", None),
+    "LLAMA_ARG_CONT_BATCHING": ("--cont-batching", "--no-cont-batching"),
+    "LLAMA_ARG_OFFLINE": ("--offline", None),
+    "LLAMA_ARG_THINK": ("--reasoning-format", None),
+    "LLAMA_ARG_CORS_ORIGINS": ("--cors-origins", None),
+    "LLAMA_ARG_CORS_CREDENTIALS": ("--cors-credentials", "--no-cors-credentials"),
+    "LLAMA_ARG_TAGS": ("--tags", None),
+    "LLAMA_ARG_UI": ("--webui", "--no-webui"),
+    "LLAMA_ARG_STATIC_PATH": ("--path", None),
+}
+"""The environment variables llama-server reads, as the flag each stands for (a switch's
+on and off forms). A flag on the command line beats its variable, as in llama-server."""
+
+_TRUE = ("on", "enabled", "true", "1")
+_FALSE = ("off", "disabled", "false", "0")
+
+
+def _env_defaults(p: argparse.ArgumentParser, environ: Mapping[str, str]) -> dict[str, Any]:
+    """Defaults for ``p`` from llama-server's environment variables; a bad value is a usage
+    error naming the variable."""
+    actions = p._option_string_actions  # argparse has no public lookup by option string
+    out: dict[str, Any] = {}
+    for var, (on, off) in ENV_FLAGS.items():
+        value = environ.get(var)
+        if value is None or on not in actions:
+            continue
+        action = actions[on]
+        if action.nargs == 0 and not isinstance(action, argparse.BooleanOptionalAction):
+            if value in _TRUE:
+                chosen = action
+            elif value in _FALSE and off is not None:
+                chosen = actions[off]
+            elif value in _FALSE:
+                continue
+            else:
+                p.error(f"environment variable {var}={value!r}: expected one of {_TRUE + _FALSE}")
+            if isinstance(chosen, _Lacking):
+                p.error(f"environment variable {var}={value}: {chosen.feature}")
+            out[chosen.dest] = (
+                True if isinstance(chosen, argparse._StoreTrueAction) else chosen.const
+            )
+            continue
+        if isinstance(action, argparse.BooleanOptionalAction):
+            if value not in _TRUE + _FALSE:
+                p.error(f"environment variable {var}={value!r}: expected one of {_TRUE + _FALSE}")
+            out[action.dest] = value in _TRUE
+            continue
+        try:
+            converted = action.type(value) if callable(action.type) else value
+        except ValueError:
+            p.error(f"environment variable {var}={value!r}: not a valid value for {on}")
+        if action.choices is not None and converted not in action.choices:
+            choices = ", ".join(map(str, action.choices))
+            p.error(f"environment variable {var}={value!r}: use one of {choices}")
+        out[action.dest] = converted
+    return out
 
 
 def add_server_flags(p: argparse.ArgumentParser) -> None:
@@ -103,6 +284,23 @@ def add_server_flags(p: argparse.ArgumentParser) -> None:
     )
     m.add_argument(
         "-np", "--parallel", type=int, default=None, help="requests generated at once (default: 4)"
+    )
+    m.add_argument(
+        "-b",
+        "--batch-size",
+        dest="batch_size",
+        type=int,
+        default=None,
+        help=f"logical batch size (default: {DEFAULT_BATCH}; llama-server's 2048 evaluates "
+        "the same, as each call takes at most the ubatch)",
+    )
+    m.add_argument(
+        "-ub",
+        "--ubatch-size",
+        dest="ubatch_size",
+        type=int,
+        default=None,
+        help=f"physical batch size: most tokens per llama.cpp call (default: {DEFAULT_BATCH})",
     )
     m.add_argument(
         "-fa",
@@ -212,6 +410,7 @@ def add_server_flags(p: argparse.ArgumentParser) -> None:
         help="accepted for llama-server compatibility: chat templates always run in Jinja, "
         "so tools (tools, tool_choice) always work",
     )
+    _add_compat_flags(p)
     s = p.add_argument_group("server")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     s.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")
@@ -233,6 +432,42 @@ def add_server_flags(p: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="serve static files from DIR at / instead of the packaged page, as llama-server "
         "(e.g. llama.cpp's own web UI) (default: none)",
+    )
+    s.add_argument(
+        "--cors-origins",
+        default="*",
+        metavar="ORIGINS",
+        help="comma-separated origins allowed by CORS; 'localhost' allows only local ones "
+        "(default: *, any origin, echoed back with credentials)",
+    )
+    s.add_argument(
+        "--cors-methods",
+        default=ServerSettings.cors_methods,
+        metavar="METHODS",
+        help=f"methods allowed on a CORS preflight (default: {ServerSettings.cors_methods})",
+    )
+    s.add_argument(
+        "--cors-headers",
+        default="*",
+        metavar="HEADERS",
+        help="headers allowed on a CORS preflight (default: *)",
+    )
+    s.add_argument(
+        "--cors-credentials",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="allow credentials on CORS requests (default: on)",
+    )
+    s.add_argument(
+        "--tags",
+        default="",
+        metavar="TAGS",
+        help="comma-separated model tags shown by /v1/models (informational) (default: none)",
+    )
+    s.add_argument(
+        "--props",
+        action="store_true",
+        help="allow POST /props (as llama-server, it changes nothing yet) (default: off)",
     )
     s.add_argument(
         "--metrics", action="store_true", help="serve Prometheus /metrics (default: off)"
@@ -269,6 +504,7 @@ def add_server_flags(p: argparse.ArgumentParser) -> None:
         default=-1,
         help="seed of requests that give none; -1: random (default: -1)",
     )
+    p.set_defaults(**_env_defaults(p, os.environ))
 
 
 def _save_dir(path: str) -> str:
@@ -308,6 +544,22 @@ def _chat_template(args: argparse.Namespace) -> str:
     return text
 
 
+def _check_compat(args: argparse.Namespace) -> None:
+    """Values of the compatibility flags that ask for a feature we lack; ``--offline``."""
+    if args.cache_reuse != 0:
+        raise InvalidInputError(
+            f"--cache-reuse {args.cache_reuse}: reusing cached chunks by KV shifting is not "
+            "supported (cached prefixes are reused without it); drop the flag or pass 0"
+        )
+    if args.sleep_idle_seconds != -1:
+        raise InvalidInputError(
+            f"--sleep-idle-seconds {args.sleep_idle_seconds}: sleeping when idle is not "
+            "supported (the model stays loaded); drop the flag or pass -1"
+        )
+    if args.offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+
+
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     """Settings from parsed flags (the API key falls back to the environment)."""
     opts = Options(model=args.model or "")
@@ -324,6 +576,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     opts.flash_attention = {"on": True, "off": False, "auto": None}[args.flash_attention]
     opts.repack = args.repack
     for name in (
+        "batch_size",
+        "ubatch_size",
         "cache_ram",
         "cache_type_k",
         "cache_type_v",
@@ -334,12 +588,19 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         if getattr(args, name) is not None:
             setattr(opts, name, getattr(args, name))
     opts.validate()
+    _check_compat(args)
     if not 0 <= args.port <= 65535:
         raise InvalidInputError(f"--port {args.port} is not a TCP port; use 1 to 65535")
     raw_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV, "")
     keys = tuple(k for k in (k.strip() for k in raw_key.split(",")) if k)
     if args.n_predict < -1:
         raise InvalidInputError(f"--n-predict {args.n_predict} is invalid; use -1 or more")
+    if args.static_path and not os.path.isdir(args.static_path):
+        # Checked here, not when the route is built: a typo must stop the server at start.
+        raise InvalidInputError(
+            f"--path {args.static_path}: no such directory; give the directory whose files "
+            "to serve at / (its index.html is the page)"
+        )
     return ServerSettings(
         options=opts,
         cache_dir=args.cache_dir,
@@ -351,6 +612,13 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         slots=args.slots,
         slot_save_path=_save_dir(args.slot_save_path),
         chat_template=_chat_template(args),
+        cors_origins=args.cors_origins,
+        cors_methods=args.cors_methods,
+        cors_headers=args.cors_headers,
+        cors_credentials=args.cors_credentials,
+        tags=tuple(t for t in (t.strip() for t in args.tags.split(",")) if t),
+        props=args.props,
+        reasoning_format=args.reasoning_format,
         webui=args.webui,
         static_path=args.static_path,
         defaults=Defaults(n_predict=args.n_predict, temperature=args.temp, seed=args.seed),

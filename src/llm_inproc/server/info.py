@@ -12,6 +12,7 @@ import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
+from ..backends.base import SlotInfo
 from ..metrics import PROMETHEUS_CONTENT_TYPE
 from ..sampling import Sampling
 from .chat import parse_messages, parse_tools
@@ -27,6 +28,7 @@ __all__ = [
     "metrics",
     "models",
     "props",
+    "set_props",
     "slot_action",
     "slots",
     "tokenize_route",
@@ -73,15 +75,35 @@ def _params(state: ServerState) -> dict[str, Any]:
     return out
 
 
-def _slot(state: ServerState, i: int, busy: bool) -> dict[str, Any]:
+def _slot(state: ServerState, info: SlotInfo) -> dict[str, Any]:
+    """One slot in llama-server's shape: its task's fields once it has served one. With
+    the slots sharing one unified KV cache, each may use the whole context (``n_ctx``)."""
     session = state.ready()
-    return {
-        "id": i,
+    out: dict[str, Any] = {
+        "id": info.id,
         "n_ctx": session.model_info.n_ctx,
-        "speculative": False,
-        "is_processing": busy,
-        "params": _params(state),
+        "speculative": session.options.speculative not in ("", "none"),
+        "is_processing": info.processing,
     }
+    if info.task is not None:
+        out.update(
+            id_task=info.task,
+            n_prompt_tokens=info.n_prompt,
+            n_prompt_tokens_processed=info.n_prompt_evaluated,
+            n_prompt_tokens_cache=info.n_prompt_reused,
+            n_cached_tokens=info.n_cached,
+            state=info.state,
+            params=_params(state),
+            next_token=[
+                {
+                    "has_next_token": info.processing,
+                    "has_new_line": False,
+                    "n_remain": info.n_remain,
+                    "n_decoded": info.n_decoded,
+                }
+            ],
+        )
+    return out
 
 
 async def props(request: Request) -> Response:
@@ -96,13 +118,26 @@ async def props(request: Request) -> Response:
             "model_path": state.model_path,
             "modalities": {"vision": False, "video": False, "audio": False},
             "endpoint_slots": state.settings.slots,
-            "endpoint_props": False,
+            "endpoint_props": state.settings.props,
             "endpoint_metrics": state.settings.metrics,
             "chat_template": state.settings.chat_template or info.chat_template or "",
             "build_info": "llm-inproc",
             "is_sleeping": False,
         }
     )
+
+
+async def set_props(request: Request) -> Response:
+    """``POST /props``: allowed with ``--props``; like llama-server's, it changes nothing."""
+    state = _state(request)
+    if not state.settings.props:
+        raise ApiError(
+            501,
+            "This server does not support changing global properties. Start it with `--props`",
+            "not_supported_error",
+        )
+    parse_json(await request.body())
+    return JSONResponse({"success": True})
 
 
 async def slots(request: Request) -> Response:
@@ -114,11 +149,10 @@ async def slots(request: Request) -> Response:
             "not_supported_error",
         )
     session = state.ready()
-    m = session.get_metrics()
-    n = session.model_info.parallel
-    if request.query_params.get("fail_on_no_slot") and m.requests_processing >= n:
+    infos = session.slots()
+    if request.query_params.get("fail_on_no_slot") and all(s.processing for s in infos):
         raise ApiError(503, "no slot available", "unavailable_error")
-    return JSONResponse([_slot(state, i, i < m.requests_processing) for i in range(n)])
+    return JSONResponse([_slot(state, s) for s in infos])
 
 
 async def slot_action(request: Request) -> Response:
@@ -198,6 +232,8 @@ async def models(request: Request) -> Response:
             "data": [
                 {
                     "id": name,
+                    "aliases": [state.settings.alias] if state.settings.alias else [],
+                    "tags": list(state.settings.tags),
                     "object": "model",
                     "created": state.created,
                     "owned_by": "llamacpp",

@@ -25,6 +25,7 @@ from functools import cached_property
 from typing import Any, ClassVar, Protocol
 
 from ..errors import InvalidInputError
+from ..json_grammar import schema_converter
 from .types import Constraint, Tool, ToolCall, ToolRequest
 
 __all__ = [
@@ -234,17 +235,11 @@ def _names_rx(tools: Sequence[Tool]) -> str:
 
 
 class _Grammar:
-    """A grammar being built: JSON Schema rules from llama-cpp-python's ``SchemaConverter``
-    (its ``space`` is one optional space, which keeps small models from wandering), plus a
+    """A grammar being built: JSON Schema rules (:mod:`llm_inproc.json_grammar`), plus a
     format's own rules."""
 
     def __init__(self) -> None:
-        from llama_cpp import llama_grammar
-
-        converter: Any = llama_grammar.SchemaConverter  # untyped upstream
-        self._conv: Any = converter(
-            prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False
-        )
+        self._conv: Any = schema_converter()
 
     def params(self, tool: Tool) -> dict[str, Any]:
         """The tool's parameters schema, its ``$ref``s resolved (relative to it)."""

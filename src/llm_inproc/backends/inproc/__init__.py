@@ -16,12 +16,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ...config import DEFAULT_CACHE_RAM, UNQUANTIZED_KV
+from ...config import DEFAULT_BATCH, DEFAULT_CACHE_RAM, UNQUANTIZED_KV
 from ...errors import InvalidInputError
 from ...host.hardware import physical_cores
 from ...metrics import Metrics
 from ...paths import default_cache_dir
-from ..base import ConversationStore, GenerationRequest, ModelInfo, SlotFile
+from ..base import ConversationStore, GenerationRequest, ModelInfo, SlotFile, SlotInfo
 from ..stream import RawStream
 from ._llama import lib, signals_blocked
 from .engine import Engine
@@ -61,6 +61,8 @@ class InprocBackend:
         cache_type_k: str = "f16",
         cache_type_v: str = "f16",
         speculative: tuple[int, int] | None = None,
+        batch_size: int = DEFAULT_BATCH,
+        ubatch_size: int = DEFAULT_BATCH,
     ) -> None:
         self.path = Path(path)
         threads = clamp_threads(threads, physical_cores())
@@ -85,6 +87,8 @@ class InprocBackend:
                     flash_attention=flash,
                     cache_type_k=cache_type_k,
                     cache_type_v=cache_type_v,
+                    batch_size=batch_size,
+                    ubatch_size=ubatch_size,
                 )
             except BaseException:
                 model.free()
@@ -220,6 +224,11 @@ class InprocBackend:
 
     def erase_slot(self, slot: int) -> int:
         return self._engine.call(lambda: self._engine.erase_slot(slot))
+
+    def slots(self) -> tuple[SlotInfo, ...]:
+        # Read from this thread, not queued behind the engine's step: /slots answers at
+        # once, even while a long prompt is evaluated.
+        return tuple(s.report() for s in self._engine.slots)
 
     def close(self) -> None:
         self._engine.close()

@@ -212,14 +212,16 @@ class Context:
         flash_attention: bool,
         cache_type_k: str = "f16",
         cache_type_v: str = "f16",
+        batch_size: int = _N_BATCH,
+        ubatch_size: int = _N_BATCH,
     ) -> None:
         ll = self.ll = model.ll
         cparams = ll.llama_context_default_params()
         cparams.type_k = GGML_TYPES[cache_type_k]
         cparams.type_v = GGML_TYPES[cache_type_v]
         cparams.n_ctx = n_ctx
-        cparams.n_batch = min(_N_BATCH, n_ctx)
-        cparams.n_ubatch = min(_N_BATCH, n_ctx)
+        cparams.n_batch = min(batch_size, n_ctx)
+        cparams.n_ubatch = min(ubatch_size, batch_size, n_ctx)
         cparams.n_seq_max = parallel
         # One pool of cells for every slot: a lone request may use the whole context, and
         # idle slots' cached prefixes are given up when a busy one needs the room.

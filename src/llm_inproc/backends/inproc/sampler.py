@@ -14,7 +14,6 @@ logits llama.cpp already holds takes ~25 us and picks the same token (the first 
 from __future__ import annotations
 
 import ctypes
-import json
 import math
 import os
 import sys
@@ -40,10 +39,10 @@ def grammar_for(s: Sampling) -> str:
     """The GBNF grammar ``s`` asks for: its own, or one made from its JSON Schema."""
     if s.json_schema is None:
         return s.grammar
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
+    from ...json_grammar import json_schema_grammar
 
     try:
-        return str(json_schema_to_gbnf(json.dumps(dict(s.json_schema))))
+        return json_schema_grammar(s.json_schema)
     except Exception as e:  # the converter raises bare exceptions for unsupported schemas
         raise InvalidInputError(f"json_schema cannot be turned into a grammar: {e}") from None
 

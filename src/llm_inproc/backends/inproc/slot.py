@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ...sampling import TokenProb
+from ..base import SlotInfo
 from .ngram import NgramDrafter
 from .request import Request
 
@@ -59,6 +60,7 @@ class Slot:
         "first_at",
         "last_used",
         "n_gen",
+        "n_prompt",
         "next_token",
         "pending",
         "probs",
@@ -68,6 +70,7 @@ class Slot:
         "sampler",
         "seq",
         "state",
+        "task",
     )
 
     def __init__(self, seq: int) -> None:
@@ -94,6 +97,10 @@ class Slot:
         self.first_at = 0.0
         self.decoder: codecs.IncrementalDecoder | None = None
         self.probs: list[TokenProb] | None = None
+        self.task = -1
+        """The number of the request served, or last served (-1: none yet)."""
+        self.n_prompt = 0
+        """Prompt tokens of that request."""
 
     @property
     def busy(self) -> bool:
@@ -105,6 +112,8 @@ class Slot:
         del self.cached[reused:]
         self.state = SlotState.PROMPT
         self.req = req
+        self.task = req.task
+        self.n_prompt = len(req.tokens)
         self.sampler = req.sampler
         self.pending = list(req.tokens[reused:])
         self.reused = reused
@@ -149,6 +158,23 @@ class Slot:
         self.drafter = None
         self.last_used = time.perf_counter()
         return req
+
+    def report(self) -> SlotInfo:
+        """What ``/slots`` shows of this slot (read from another thread: a snapshot of
+        plain fields, each read once)."""
+        state, task, n_gen = self.state, self.task, self.n_gen
+        return SlotInfo(
+            id=self.seq,
+            processing=state is not SlotState.IDLE,
+            state=state.value,
+            task=task if task >= 0 else None,
+            n_cached=len(self.cached),
+            n_prompt=self.n_prompt,
+            n_prompt_evaluated=self.evaluated,
+            n_prompt_reused=self.reused,
+            n_decoded=n_gen,
+            n_remain=max(self.budget - n_gen, 0) if state is not SlotState.IDLE else 0,
+        )
 
     def forget(self) -> None:
         """The cells were cleared: nothing is cached any more."""
