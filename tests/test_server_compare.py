@@ -157,6 +157,7 @@ def test_streams_have_the_same_fields_and_text(
         ("GET", "/v1/models", None),
         ("GET", "/props", None),
         ("GET", "/slots", None),
+        ("POST", "/props", {}),
     ],
 )
 def test_same_status_and_error_shape(
@@ -269,3 +270,28 @@ def test_structured_output_and_bad_grammars_alike(ours: Server, theirs: Server) 
     assert a.json()["error"]["type"] == b.json()["error"]["type"] == "invalid_request_error"
     a, b = _both(ours, theirs, "POST", "/v1/chat/completions", body={"messages": CHAT, "n": 2})
     assert a.status == b.status == 400  # n beyond the parallel slots (-np 1)
+
+
+# What a slot shows that we keep no copy of: the prompt and reply as text.
+SLOT_TEXT = {"prompt", "generated"}
+
+
+def test_slots_and_models_have_llama_servers_fields(ours: Server, theirs: Server) -> None:
+    """After a request, each server's slot shows its task in the same fields, and
+    ``/v1/models`` describes the model with the same keys."""
+    body = {"prompt": "Hello, my name is", "n_predict": 3, **GREEDY}
+    _both(ours, theirs, "POST", "/completion", body=body)
+    a, b = _both(ours, theirs, "GET", "/slots")
+    slot_a, slot_b = a.json()[0], b.json()[0]
+    assert set(_missing(slot_a, slot_b)) - SLOT_TEXT <= {f"params.{k}" for k in _PARAM_ONLY}
+    assert slot_a["is_processing"] is slot_b["is_processing"] is False
+    assert slot_a["n_prompt_tokens"] == slot_b["n_prompt_tokens"]
+    assert slot_a["next_token"][0]["n_decoded"] == slot_b["next_token"][0]["n_decoded"] == 3
+    ma, mb = _both(ours, theirs, "GET", "/v1/models")
+    assert set(_missing(ma.json()["data"][0], mb.json()["data"][0])) <= {
+        f"meta.{k}" for k in ("vocab_type", "n_vocab", "n_embd", "n_params", "size", "ftype")
+    }
+
+
+# Sampler fields of llama-server's params we have no honest value for.
+_PARAM_ONLY = {k.split(".", 1)[1] for k in NOT_OURS} | {"speculative.types"}
