@@ -83,3 +83,22 @@ def test_offload_is_reported(session: Session) -> None:
     assert info.gpu_offload_supported is bool(llama_cpp.llama_supports_gpu_offload())
     assert info.gpu_layers_offloaded == 0  # CPU-only build here
     assert info.n_layers > 0 and info.threads >= 1
+
+
+def test_a_last_assistant_message_is_continued_as_llama_server_does() -> None:
+    """The chat-template path prefills: the turn is left open after the given text."""
+    text = render_chat_template(GEMMA_TEMPLATE, [*CONVO, Message(Role.ASSISTANT, "The moon is")])
+    assert text.endswith("Tell me about the moon.<end_of_turn>\n<start_of_turn>model\nThe moon is")
+    with pytest.raises(InvalidInputError, match="2 or more assistant messages"):
+        render_chat_template(GEMMA_TEMPLATE, [*CONVO[:2], Message(Role.ASSISTANT, "More.")])
+
+
+def test_a_prefilled_reply_goes_on_from_the_prefill(chat_session: Session) -> None:
+    reply = chat_session.complete(
+        [Message(Role.USER, "List three colours as JSON."), Message(Role.ASSISTANT, '["red",')],
+        temperature=0,
+        max_tokens=12,
+    )
+    # The reply continues the array: it does not open another turn or repeat the prefill.
+    assert not reply.text.lstrip().startswith('["red"')
+    assert '"' in reply.text

@@ -158,11 +158,31 @@ def render_chat_template(
     bos_token: str = "",
     eos_token: str = "",
     tools: Sequence[Tool] = (),
+    generation_prompt: bool | None = None,
 ) -> str:
     """Render ``messages`` with a Hugging Face style chat template, ready for the reply;
-    ``tools`` are passed as templates expect them (OpenAI's tool objects)."""
+    ``tools`` are passed as templates expect them (OpenAI's tool objects).
+
+    A last assistant message is a prefill, as llama-server continues it: the conversation
+    before it, the template's generation prompt, then its text, which the reply goes on
+    from (``"The answer is"``, an opening brace)."""
     from jinja2 import TemplateError
 
+    if messages and messages[-1].role is Role.ASSISTANT:
+        if len(messages) >= 2 and messages[-2].role is Role.ASSISTANT:
+            raise InvalidInputError(
+                "Cannot have 2 or more assistant messages at the end of the list; "
+                "the last one is continued, so merge them"
+            )
+        head = render_chat_template(
+            template,
+            messages[:-1],
+            bos_token=bos_token,
+            eos_token=eos_token,
+            tools=tools,
+            generation_prompt=True,
+        )
+        return head + messages[-1].content
     extra: dict[str, Any] = {}
     if tools:
         extra["tools"] = [t.to_openai() for t in tools]
@@ -173,7 +193,9 @@ def render_chat_template(
         return str(
             compiled.render(
                 messages=template_messages(messages),
-                add_generation_prompt=messages[-1].role not in (Role.ASSISTANT, Role.TOOL_CALL),
+                add_generation_prompt=generation_prompt
+                if generation_prompt is not None
+                else not messages or messages[-1].role is not Role.TOOL_CALL,
                 bos_token=bos_token,
                 eos_token=eos_token,
                 **extra,
