@@ -1,9 +1,10 @@
-"""What every request passes before its route: CORS, the API key, and the loading check.
+"""What every request passes before its route: the API key, and the loading check.
 
 Plain ASGI middlewares, so streamed responses pass through untouched. ``/health`` is
-public (it reports loading itself); CORS preflights are answered without a key, as
-llama-server answers them (Starlette's ``CORSMiddleware``, outermost); every other path
-needs the key when one is set, and the loaded model.
+public (it reports loading itself), and so is the chat page with its files (it asks for the
+key and shows the loading itself: :func:`.webui.public_paths`); CORS preflights are answered
+without a key, as llama-server answers them (:mod:`.cors`, outermost);
+every other path needs the key when one is set, and the loaded model.
 """
 
 from __future__ import annotations
@@ -12,14 +13,13 @@ import hmac
 import json
 from collections.abc import Iterable
 
-from starlette.applications import Starlette
-from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..wire import error_body
 from .state import ServerState
+from .webui import public_paths
 
-__all__ = ["PUBLIC_PATHS", "Gate", "add_cors", "key_matches"]
+__all__ = ["PUBLIC_PATHS", "Gate", "key_matches"]
 
 PUBLIC_PATHS = frozenset({"/health", "/v1/health"})
 
@@ -46,6 +46,7 @@ class Gate:
         self.app = app
         self.state = state
         self.keys = [k.encode() for k in state.settings.api_keys]
+        self.public = PUBLIC_PATHS | public_paths(state.settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -53,29 +54,15 @@ class Gate:
             return
         headers = dict(scope["headers"])
         path = scope["path"]
-        if self.keys and path not in PUBLIC_PATHS and not key_matches(self.keys, headers):
+        public = path in self.public
+        if self.keys and not public and not key_matches(self.keys, headers):
             await _json(send, 401, error_body(401, "Invalid API Key"))
             return
-        if path not in PUBLIC_PATHS and self.state.session is None:
+        if not public and self.state.session is None:
             err = self.state.not_ready()
             await _json(send, err.status, err.body())
             return
         await self.app(scope, receive, send)
-
-
-def add_cors(app: Starlette) -> None:
-    """CORS as llama-server answers it: any origin, echoed back, with credentials, so a
-    page on another host (a web UI, a notebook) can call the API. Added last, so it is
-    outside the :class:`Gate`: preflights are answered without a key, and refusals carry
-    the header."""
-    app.add_middleware(
-        CORSMiddleware,
-        allow_origin_regex=r".*",
-        allow_methods=["GET", "POST"],
-        allow_headers=["*"],
-        allow_credentials=True,
-        max_age=600,
-    )
 
 
 async def _json(send: Send, status: int, body: object) -> None:
