@@ -177,6 +177,16 @@ def test_metrics_are_prometheus_text_with_llama_server_names(server: Server) -> 
     assert "llminproc:inter_token_latency_seconds_count" in page.text
     m = Metrics.from_prometheus(page.text)
     assert m.generated.count >= 3 and m.prompt.count > 0
+    # A prompt twice: found in the cache the second time, counted as cached.
+    body = {"prompt": "The quick brown fox jumps over the lazy dog", "n_predict": 3}
+    request(server.port, "POST", "/completion", body)
+    m = Metrics.from_prometheus(request(server.port, "GET", "/metrics").text)
+    request(server.port, "POST", "/completion", body)
+    again = Metrics.from_prometheus(request(server.port, "GET", "/metrics").text)
+    assert again.prompt_cached_tokens >= m.prompt_cached_tokens + 5
+    assert again.decode_calls >= m.decode_calls + 3
+    assert again.busy_slots_per_decode >= 1.0
+    assert again.max_sequence_tokens >= 4
 
 
 @pytest.mark.parametrize(

@@ -186,6 +186,13 @@ def test_metrics_pages_share_the_llama_server_names(ours: Server, theirs: Server
         "llamacpp:requests_deferred",
         "llamacpp:prompt_tokens_seconds",
         "llamacpp:predicted_tokens_seconds",
+        "llamacpp:prompt_tokens_cached_total",
+        "llamacpp:n_decode_total",
+        "llamacpp:n_tokens_max",
+        "llamacpp:n_busy_slots_per_decode",
+        "llamacpp:spec_decode_num_draft_tokens_total",
+        "llamacpp:spec_decode_num_accepted_tokens_total",
+        "llamacpp:spec_decode_num_drafts_total",
     }
     for name in names:
         assert f"# TYPE {name} " in b.text and f"# TYPE {name} " in a.text, name

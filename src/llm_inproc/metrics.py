@@ -76,6 +76,20 @@ class Metrics:
     """Host memory holding conversations moved out of the slots (``Options.cache_ram``)."""
     prompt_cache_tokens: int = 0
     """Tokens of those conversations."""
+    prompt_cached_tokens: int = 0
+    """Prompt tokens reused from the KV cache or the prompt cache since the start."""
+    decode_calls: int = 0
+    """``llama_decode`` calls since the start."""
+    busy_slots_per_decode: float = 0.0
+    """Requests served by an average decode call: how well batching works."""
+    max_sequence_tokens: int = 0
+    """The longest sequence (prompt and reply) a slot held."""
+    draft_tokens: int = 0
+    """Tokens drafted by speculative decoding since the start."""
+    draft_accepted_tokens: int = 0
+    """Drafted tokens the model agreed with."""
+    draft_steps: int = 0
+    """Steps that verified a draft."""
 
     @classmethod
     def from_prometheus(cls, text: str) -> Metrics:
@@ -138,6 +152,13 @@ class Metrics:
             requests_pending=int(get("requests_pending")),
             prompt_cache_bytes=int(get("prompt_cache_bytes")),
             prompt_cache_tokens=int(get("prompt_cache_tokens")),
+            prompt_cached_tokens=int(get("prompt_cached_tokens")),
+            decode_calls=int(get("decode_calls")),
+            busy_slots_per_decode=float(get("busy_slots_per_decode")),
+            max_sequence_tokens=int(get("max_sequence_tokens")),
+            draft_tokens=int(get("draft_tokens")),
+            draft_accepted_tokens=int(get("draft_accepted_tokens")),
+            draft_steps=int(get("draft_steps")),
         )
 
 
@@ -169,6 +190,39 @@ _SERIES: dict[str, _Series] = {
     ),
     "llamacpp:tokens_predicted_seconds_total": _Series(
         "generated.duration", "counter", "seconds", "Predict process time"
+    ),
+    "llamacpp:prompt_tokens_cached_total": _Series(
+        "prompt_cached_tokens", "counter", "count", "Number of prompt tokens reused from the cache"
+    ),
+    "llamacpp:n_decode_total": _Series(
+        "decode_calls", "counter", "count", "Total number of llama_decode() calls"
+    ),
+    "llamacpp:n_tokens_max": _Series(
+        "max_sequence_tokens",
+        "counter",
+        "count",
+        "Largest observed sequence length (prompt + generation)",
+    ),
+    "llamacpp:n_busy_slots_per_decode": _Series(
+        "busy_slots_per_decode",
+        "gauge",
+        "ratio",
+        "Average number of busy slots per llama_decode() call",
+    ),
+    "llamacpp:spec_decode_num_draft_tokens_total": _Series(
+        "draft_tokens", "counter", "count", "Speculative: Total draft tokens generated"
+    ),
+    "llamacpp:spec_decode_num_accepted_tokens_total": _Series(
+        "draft_accepted_tokens",
+        "counter",
+        "count",
+        "Speculative: Total draft tokens accepted by the target model",
+    ),
+    "llamacpp:spec_decode_num_drafts_total": _Series(
+        "draft_steps",
+        "counter",
+        "count",
+        "Speculative: Total speculative decoding verification steps",
     ),
     "llamacpp:kv_cache_usage_ratio": _Series(
         "kv_cache_usage", "gauge", "ratio", "KV-cache usage. 1 = 100 percent usage."

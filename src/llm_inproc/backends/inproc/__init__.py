@@ -167,6 +167,7 @@ class InprocBackend:
 
     def metrics(self) -> Metrics:
         engine = self._engine
+        c = engine.counters
         kv = engine.kv_tokens
         n_ctx = self._n_ctx
         return Metrics(
@@ -178,6 +179,13 @@ class InprocBackend:
             requests_pending=engine.pending,
             prompt_cache_bytes=engine.cache_bytes,
             prompt_cache_tokens=engine.cache_tokens,
+            prompt_cached_tokens=c.prompt_cached,
+            decode_calls=c.decode_calls,
+            busy_slots_per_decode=c.busy_slots / max(c.decode_calls, 1),
+            max_sequence_tokens=c.max_tokens,
+            draft_tokens=c.drafted,
+            draft_accepted_tokens=c.draft_accepted,
+            draft_steps=c.draft_steps,
         )
 
     # -- conversations on disk ----------------------------------------------------------------
