@@ -126,10 +126,14 @@ def test_the_serve_command_and_openai_example_work(tmp_path: Path) -> None:
         server.wait_healthy(120)
         snippet = next(b for b in _blocks("python") if "openai" in b).replace("8080", str(port))
         done = run_python(snippet, timeout=120)
+        anthropic = next(b for b in _blocks("python") if "import anthropic" in b)
+        via_messages = run_python(anthropic.replace("8080", str(port)), timeout=120)
     finally:
         server.close()
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() and "<|im_end|>" not in done.stdout
+    assert via_messages.returncode == 0, via_messages.stderr[-2000:]
+    assert via_messages.stdout.strip() and "<|im_end|>" not in via_messages.stdout
 
 
 @pytest.mark.model

@@ -122,6 +122,23 @@ def test_native_completion_with_text_token_ids_and_stream(server: Server) -> Non
     assert alias.status == 200 and alias.json()["content"] == whole["content"]
 
 
+def test_prompt_objects_and_cache_prompt_false(server: Server) -> None:
+    """llama-server's ``{"prompt_string": ...}`` form gives the string's reply; media need a
+    multimodal model. ``cache_prompt: false`` evaluates the whole prompt again."""
+    body = {"prompt": "The quick brown fox jumps over", "n_predict": 4, "temperature": 0}
+    whole = request(server.port, "POST", "/completion", body).json()
+    as_object = {**body, "prompt": {"prompt_string": body["prompt"]}}
+    again = request(server.port, "POST", "/completion", as_object).json()
+    assert again["content"] == whole["content"]
+    assert again["timings"]["cache_n"] >= again["tokens_evaluated"] - 1  # found cached
+    fresh = request(server.port, "POST", "/completion", {**body, "cache_prompt": False}).json()
+    assert fresh["timings"]["cache_n"] == 0
+    assert fresh["timings"]["prompt_n"] == fresh["tokens_evaluated"]
+    media = {**body, "prompt": {"prompt_string": "x", "multimodal_data": ["aGk="]}}
+    refused = request(server.port, "POST", "/completion", media)
+    assert refused.status == 400 and "multimodal" in refused.json()["error"]["message"]
+
+
 def test_stop_strings_end_the_reply(server: Server) -> None:
     body = {"prompt": "1, 2, 3, 4, 5, 6,", "n_predict": 12, "temperature": 0}
     free = request(server.port, "POST", "/completion", body).json()["content"]

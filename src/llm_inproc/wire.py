@@ -52,6 +52,7 @@ __all__ = [
     "oai_completion_response",
     "oai_finish_reason",
     "sse_event",
+    "sse_named_event",
     "status_of",
     "stop_type",
     "timings",
@@ -120,6 +121,12 @@ def error_body(code: int, message: str, type_: str | None = None, **extra: Any) 
 def sse_event(data: Any) -> bytes:
     """One ``data:`` event holding ``data`` as compact JSON."""
     return b"data: " + _dumps(data).encode() + b"\n\n"
+
+
+def sse_named_event(name: str, data: Any) -> bytes:
+    """One ``event: NAME`` event holding ``data`` as compact JSON (Anthropic's and the
+    Responses API's framing; :class:`SSEDecoder` reads its data and skips the name)."""
+    return b"event: " + name.encode() + b"\n" + sse_event(data)
 
 
 class SSEDecoder:

@@ -89,6 +89,9 @@ class GenerationRequest:
     """The grammar the sampler enforces for the tools (in-process only)."""
 
 
+    cache_prompt: bool = True
+    """Reuse a cached prefix of the prompt (the slot's cells, the prompt cache); False
+    evaluates it all (llama-server's ``cache_prompt``)."""
 @dataclass(frozen=True)
 class Outcome:
     """How one request ended and what it cost; the last item of every raw stream."""

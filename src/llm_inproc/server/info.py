@@ -88,10 +88,11 @@ def _slot(state: ServerState, info: SlotInfo) -> dict[str, Any]:
     if info.task is not None:
         out.update(
             id_task=info.task,
-            n_prompt_tokens=info.n_prompt,
+            # llama-server's "prompt" is what the slot's cells hold: the prompt, then the
+            # reply's tokens as they are evaluated.
+            n_prompt_tokens=info.n_cached,
             n_prompt_tokens_processed=info.n_prompt_evaluated,
             n_prompt_tokens_cache=info.n_prompt_reused,
-            n_cached_tokens=info.n_cached,
             state=info.state,
             params=_params(state),
             next_token=[

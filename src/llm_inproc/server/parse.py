@@ -85,6 +85,8 @@ class Generation:
     n_top: int = 0
     """Alternatives shown per token when probabilities are asked for (``sampling.n_probs``
     is at least 1 then, for the chosen token's own probability)."""
+    cache_prompt: bool = True
+    """False: evaluate the whole prompt, reusing nothing cached (llama-server's field)."""
 
 
 def parse_json(raw: bytes) -> dict[str, Any]:
@@ -349,7 +351,7 @@ def parse_generation(
     stops = _stops(body)
     if "stop" in _SAMPLING_FIELDS:
         extra["stop"] = stops
-    _flag(body, "cache_prompt")  # prefixes are always reused; checked for its type only
+    cache_prompt = body.get("cache_prompt") is None or _flag(body, "cache_prompt")
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise invalid("Field 'stream_options': must be an object")
@@ -371,12 +373,20 @@ def parse_generation(
         n_predict=n_predict,
         n_choices=n_choices,
         n_top=n_top,
+        cache_prompt=cache_prompt,
     )
 
 
 def _one_prompt(prompt: Any) -> str | list[int | str]:
     if isinstance(prompt, str):
         return prompt
+    if isinstance(prompt, dict) and "prompt_string" in prompt:
+        # llama-server's object form; its media need a multimodal model, which we lack.
+        if prompt.get("multimodal_data"):
+            raise invalid(
+                "Multimodal data provided, but model does not support multimodal requests."
+            )
+        return _one_prompt(prompt["prompt_string"])
     if isinstance(prompt, list) and all(
         isinstance(p, str) or (isinstance(p, int) and not isinstance(p, bool)) for p in prompt
     ):
@@ -385,7 +395,7 @@ def _one_prompt(prompt: Any) -> str | list[int | str]:
         return list(prompt)
     raise invalid(
         "Field 'prompt': must be a string, an array of token ids (maybe mixed with strings), "
-        "or an array of such prompts"
+        'an object {"prompt_string": ...}, or an array of such prompts'
     )
 
 

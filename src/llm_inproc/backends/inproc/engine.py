@@ -389,9 +389,11 @@ class Engine:
 
     def _start(self, slot: Slot, req: Request) -> None:
         tokens = req.tokens
-        common = common_prefix(slot.cached, tokens)
+        common = common_prefix(slot.cached, tokens) if req.request.cache_prompt else 0
         if self.cache is not None:
-            found = self.cache.best(tokens, better_than=common)
+            found = (
+                self.cache.best(tokens, better_than=common) if req.request.cache_prompt else None
+            )
             if common < len(slot.cached) or found is not None:
                 self._save(slot)  # what the slot gives up stays findable
             if found is not None:

@@ -1,0 +1,83 @@
+"""Answering a conversation that came in another API's shape (Anthropic's Messages,
+OpenAI's Responses): once its request is read into our :class:`Message` list, tools and
+:class:`Generation`, it runs through the chat machinery and the one loop, as llama-server
+converts both into a chat completion. Also counts a conversation's prompt tokens, which
+both APIs report (a stream's first event, their ``count_tokens``/``input_tokens`` routes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import anyio.to_thread
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..backends.base import GenerationRequest
+from ..prompting.messages import Message
+from ..sampling import Sampling
+from ..session import Session
+from ..tools.types import ToolRequest
+from .loop import Format, answer, submit
+from .parse import Generation
+from .state import ServerState
+
+__all__ = ["answer_conversation", "count_conversation"]
+
+
+def _build(
+    state: ServerState,
+    session: Session,
+    messages: Sequence[Message],
+    sampling: Sampling,
+    tools: ToolRequest | None,
+) -> GenerationRequest:
+    template = state.settings.chat_template
+    return session.chat_request(messages, sampling, template=template, tools=tools)
+
+
+def _prompt_tokens(session: Session, req: GenerationRequest) -> int:
+    """Tokens of the prompt as the model reads it (BOS and control tokens included, as
+    llama-server counts them)."""
+    return len(session.tokenize(session.render(req)))
+
+
+async def answer_conversation(
+    request: Request,
+    state: ServerState,
+    session: Session,
+    messages: Sequence[Message],
+    tools: ToolRequest | None,
+    gen: Generation,
+    make_format: Callable[[int], Format],
+) -> Response:
+    """Generate the reply; ``make_format`` gets the prompt's token count (counted only for
+    a stream, whose first event reports it before generation ends; 0 otherwise)."""
+
+    def build() -> tuple[GenerationRequest, int]:
+        # In a worker thread: rendering, tokenizing and a tools grammar take a while.
+        req = _build(state, session, messages, gen.sampling, tools)
+        return req, _prompt_tokens(session, req) if gen.stream else 0
+
+    req, n_prompt = await anyio.to_thread.run_sync(build)
+
+    def make(_: Any) -> GenerationRequest:
+        return req
+
+    choices = await submit(gen, make, [None], session)
+    return await answer(request, state, choices, gen, make_format(n_prompt))
+
+
+async def count_conversation(
+    state: ServerState,
+    session: Session,
+    messages: Sequence[Message],
+    tools: ToolRequest | None,
+) -> int:
+    """The prompt tokens the conversation would take, generating nothing."""
+
+    def count() -> int:
+        return _prompt_tokens(session, _build(state, session, messages, Sampling(), tools))
+
+    return await anyio.to_thread.run_sync(count)
