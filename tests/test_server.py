@@ -90,6 +90,10 @@ def test_openai_chat_stream_equals_the_whole_reply_and_reports_usage(client: obj
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
     plain = list(client.chat.completions.create(stream=True, **args))  # type: ignore[attr-defined]
     assert all(c.usage is None for c in plain)
+    # As llama-server: the stream's last chunk carries the timings (a page shows tokens/s).
+    timings = (plain[-1].model_extra or {}).get("timings")
+    assert timings is not None and timings["predicted_n"] == whole.usage.completion_tokens
+    assert (chunks[-1].model_extra or {}).get("timings") is not None
 
 
 def test_openai_legacy_stream_equals_the_whole_reply(client: object) -> None:

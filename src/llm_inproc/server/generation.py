@@ -139,7 +139,8 @@ class _Chat(Format):
 
     def tail(self, done: Done) -> list[dict[str, Any]]:
         """The calls (once the reply is whole: the model's markup is read at its end), the
-        probabilities, then the finish reason."""
+        probabilities, then the finish reason, with the timings unless a usage chunk comes
+        last (llama-server puts them on the stream's last chunk)."""
         out = [
             self._chunk(tool_call=delta, index=done.index)
             for delta in wire.tool_call_deltas(done.reply.tool_calls)
@@ -147,7 +148,10 @@ class _Chat(Format):
         logprobs = self._logprobs(done)
         if logprobs is not None:
             out.append(self._chunk(content="", logprobs=logprobs, index=done.index))
-        return [*out, self._chunk(finish_reason=done.cost.finish_reason, index=done.index)]
+        last = self._chunk(finish_reason=done.cost.finish_reason, index=done.index)
+        if not self.gen.include_usage:
+            last["timings"] = wire.timings(done.cost)
+        return [*out, last]
 
     def end(self, dones: Sequence[Done]) -> list[dict[str, Any]]:
         return [self._chunk(cost=total(dones))] if self.gen.include_usage else []
