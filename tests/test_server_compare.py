@@ -70,6 +70,16 @@ SAME_FIELDS = [
     ("/completion", {"prompt": "Hello, my name is", "n_predict": 6, **GREEDY}),
     ("/v1/completions", {"prompt": "Hello, my name is", "max_tokens": 6, **GREEDY}),
     ("/v1/chat/completions", {"messages": CHAT, "max_tokens": 6, **GREEDY}),
+    (
+        "/v1/chat/completions",
+        {
+            "messages": [*CHAT, {"role": "assistant", "content": "My favourite colour is"}],
+            "continue_final_message": True,
+            "add_generation_prompt": False,
+            "max_tokens": 6,
+            **GREEDY,
+        },
+    ),
 ]
 # Fields we do not have an honest value for (per-token internals, llama.cpp build options).
 NOT_OURS = {
@@ -158,6 +168,20 @@ def test_streams_have_the_same_fields_and_text(
         ("GET", "/props", None),
         ("GET", "/slots", None),
         ("POST", "/props", {}),
+        # A last assistant message is continued (a prefill), as llama-server does.
+        ("POST", "/apply-template", {"messages": [*CHAT, {"role": "assistant", "content": "Re"}]}),
+        ("POST", "/v1/chat/completions", {"messages": CHAT, "continue_final_message": True}),
+        (
+            "POST",
+            "/v1/chat/completions",
+            {
+                "messages": [
+                    *CHAT,
+                    {"role": "assistant", "content": "A"},
+                    {"role": "assistant", "content": "B"},
+                ]
+            },
+        ),
     ],
 )
 def test_same_status_and_error_shape(

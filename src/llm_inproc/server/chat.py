@@ -98,7 +98,31 @@ def parse_messages(body: Mapping[str, Any]) -> list[Message]:
         except InvalidInputError as e:
             text = str(e)
             raise invalid(text if text.startswith("messages[") else f"messages[{i}]: {e}") from None
+    _check_continuation(body, out)
     return out
+
+
+def _check_continuation(body: Mapping[str, Any], messages: list[Message]) -> None:
+    """``continue_final_message`` and ``add_generation_prompt`` as llama-server reads them: a
+    last assistant message is always continued (a prefill); asking for both is an error;
+    leaving the generation prompt out is possible only to continue such a message."""
+    cont = body.get("continue_final_message")
+    add = body.get("add_generation_prompt", True)
+    if not isinstance(add, bool):
+        raise invalid("Field 'add_generation_prompt': must be true or false")
+    if cont is not None and not isinstance(cont, (bool, str)):
+        raise invalid("Field 'continue_final_message': must be true, false, or \"content\"")
+    continuing = cont is True or cont in ("content", "reasoning_content")
+    if continuing and add:
+        raise invalid("Cannot set both add_generation_prompt and continue_final_message to true.")
+    last = messages[-1]
+    if last.role is Role.TOOL_CALL and continuing:
+        raise invalid("Cannot continue an assistant message that contains tool calls.")
+    if (continuing or not add) and last.role is not Role.ASSISTANT:
+        raise invalid(
+            "continue_final_message (and add_generation_prompt: false) continue a last "
+            "assistant message; end the conversation with one, or drop the field"
+        )
 
 
 def parse_tools(body: Mapping[str, Any]) -> ToolRequest | None:

@@ -20,6 +20,7 @@ from starlette.responses import Response
 
 from .. import wire
 from ..backends.base import GenerationRequest
+from ..prompting.messages import Role
 from ..session import Session
 from .chat import parse_messages, parse_tools
 from .loop import Choice, Done, Format, answer, state_of, submit, total
@@ -119,9 +120,12 @@ class _OaiCompletion(Format):
 
 
 class _Chat(Format):
-    def __init__(self, state: ServerState, gen: Generation) -> None:
+    def __init__(self, state: ServerState, gen: Generation, prefill: str = "") -> None:
         super().__init__(gen)
         self.model, self.response_id, self.created = state.model_name, wire.new_id(), _now()
+        self.prefill = prefill
+        """A continued last assistant message: llama-server's whole reply starts with it
+        (its stream sends only what follows)."""
 
     def _chunk(self, **kw: Any) -> dict[str, Any]:
         return wire.chat_chunk(
@@ -158,7 +162,7 @@ class _Chat(Format):
 
     def whole(self, done: Done) -> dict[str, Any]:
         return wire.chat_response(
-            done.content,
+            self.prefill + done.content,
             done.cost,
             model=self.model,
             response_id=self.response_id,
@@ -231,4 +235,6 @@ async def chat_completions(request: Request) -> Response:
         return session.chat_request(messages, gen.sampling, template=template, tools=tools)
 
     choices = await submit(gen, make, [None], session)
-    return await answer(request, state, choices, gen, _Chat(state, gen))
+    last = messages[-1]
+    prefill = last.content if last.role is Role.ASSISTANT else ""
+    return await answer(request, state, choices, gen, _Chat(state, gen, prefill))
