@@ -147,6 +147,11 @@ def test_breaking_out_of_a_stream_stops_generation(session: Session) -> None:
 
 
 def test_async_prompt_and_cancellation(session: Session) -> None:
+    # Every reply compared below continues Q from the same cached cells (the first prompt
+    # puts it there): repacked CPU kernels are not batch-invariant, so a reply from a fresh
+    # evaluation of the whole prompt may differ from one that reuses it at a near-tie.
+    session.prompt(Q, max_tokens=16, temperature=0)
+
     async def main() -> tuple[str, list[str], int]:
         reply = await session.aprompt(Q, max_tokens=16, temperature=0)
         pieces = [p async for p in session.aprompt_streaming(Q, max_tokens=16, temperature=0)]

@@ -578,7 +578,10 @@ def test_model_calls_constrained_by_the_schema_run(chat_session: Session, fn: An
             continue
         finished += 1
         result = call_tool(tool, json.loads(r.text))
-        assert not result.startswith("error:"), (r.text, result)
+        # The arguments fit the function (the schema has no minimum: book's own check may
+        # still refuse nights=0, which is the function running, not bad arguments).
+        ran = not result.startswith("error:") or "nights must be at least 1" in result
+        assert ran, (r.text, result)
     assert finished >= 2
 
 
