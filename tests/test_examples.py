@@ -114,3 +114,19 @@ def test_agent_calls_the_calculator_and_answers(chat_model_path: Path) -> None:
     assert calls and len(results) == len(calls), proc.stdout
     assert "3367" in results[0], proc.stdout  # the function ran on the model's arguments
     assert len(answer) == 1 and answer[0].removeprefix("answer  ").strip(), proc.stdout
+
+
+def test_search_finds_the_passage_about_plants(chat_model_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "search.py"), "How do plants make their food?"],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    matches = [line for line in proc.stdout.splitlines() if line.startswith("match   ")]
+    assert len(matches) == 3, proc.stdout
+    # A 135M chat model is a weak embedder; a plant passage is still among its best three.
+    assert any("plant" in line for line in matches), proc.stdout

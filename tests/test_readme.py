@@ -114,7 +114,10 @@ def test_the_serve_command_and_openai_example_work(tmp_path: Path) -> None:
     from subproc import run_python
 
     (serve_line,) = [
-        line for b in _blocks("sh") for line in b.splitlines() if "llm-inproc serve" in line
+        line
+        for b in _blocks("sh")
+        for line in b.splitlines()
+        if line.startswith("llm-inproc serve") and "--port" in line
     ]
     port = free_port()
     argv = serve_line.split()[2:]

@@ -81,6 +81,7 @@ def test_llama_server_environment_variables_set_flags(monkeypatch: pytest.Monkey
             "LLAMA_ARG_REPACK": "0",
             "LLAMA_ARG_FLASH_ATTN": "on",
             "LLAMA_ARG_TAGS": "x,y",
+            "LLAMA_ARG_CONTEXT_SHIFT": "on",
         },
     )
     o = s.options  # type: ignore[attr-defined]
@@ -88,6 +89,7 @@ def test_llama_server_environment_variables_set_flags(monkeypatch: pytest.Monkey
     assert o.repack is False and o.flash_attention is True
     assert s.alias == "env-model" and s.metrics and not s.slots  # type: ignore[attr-defined]
     assert not s.webui and s.tags == ("x", "y")  # type: ignore[attr-defined]
+    assert o.context_shift is True
 
 
 def test_a_flag_beats_its_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -103,7 +105,7 @@ def test_a_flag_beats_its_environment_variable(monkeypatch: pytest.MonkeyPatch) 
         ({"LLAMA_ARG_CTX_SIZE": "big"}, "LLAMA_ARG_CTX_SIZE='big'"),
         ({"LLAMA_ARG_ENDPOINT_METRICS": "maybe"}, "LLAMA_ARG_ENDPOINT_METRICS='maybe'"),
         ({"LLAMA_ARG_FLASH_ATTN": "fast"}, "use one of on, off, auto"),
-        ({"LLAMA_ARG_CONTEXT_SHIFT": "1"}, "context shift is not supported"),
+        ({"LLAMA_ARG_KV_UNIFIED": "0"}, "one unified KV cache"),
     ],
 )
 def test_a_bad_environment_variable_is_named(
@@ -120,7 +122,6 @@ def test_a_bad_environment_variable_is_named(
 
 def test_flags_whose_feature_we_lack_are_refused_by_name() -> None:
     for flags, code, said in [
-        (["--context-shift"], 2, "--context-shift: context shift is not supported"),
         (["--no-kv-unified"], 2, "one unified KV cache"),
         (["--cache-reuse", "256"], 1, "--cache-reuse 256: reusing cached chunks"),
         (["--sleep-idle-seconds", "60"], 1, "--sleep-idle-seconds 60: sleeping when idle"),
@@ -232,3 +233,23 @@ def test_slots_show_each_slots_real_state(chat_session_server: Server) -> None:
     prompt = after["n_prompt_tokens_processed"] + after["n_prompt_tokens_cache"]  # type: ignore[operator]
     n_decoded = after["next_token"][0]["n_decoded"]  # type: ignore[index]
     assert after["n_prompt_tokens"] - prompt in (n_decoded - 1, n_decoded)
+
+
+@pytest.mark.model
+def test_context_shift_lets_a_reply_run_past_the_context(
+    chat_model_path: Path, tmp_path: Path
+) -> None:
+    """With ``--context-shift`` a reply longer than the context goes on (its slot's older
+    half dropped); without it, the reply ends when the context is full."""
+    flags = ("-c", "256", "-np", "1")
+    body = {"prompt": "Count: 1, 2, 3,", "ignore_eos": True, "temperature": 0}
+    with start_ours(chat_model_path, tmp_path / "shift.log", *flags, "--context-shift") as s:
+        n_ctx = request(s.port, "GET", "/props").json()["default_generation_settings"]["n_ctx"]
+        shifted = request(s.port, "POST", "/completion", {**body, "n_predict": n_ctx + 50})
+        slot = _slots(s)[0]
+    assert shifted.json()["tokens_predicted"] == n_ctx + 50
+    assert shifted.json()["stop_type"] == "limit"
+    assert slot["n_prompt_tokens"] < n_ctx  # the cells never held more than the context
+    with start_ours(chat_model_path, tmp_path / "plain.log", *flags) as s:
+        cut = request(s.port, "POST", "/completion", {**body, "n_predict": n_ctx + 50}).json()
+    assert cut["tokens_predicted"] < n_ctx and cut["stop_type"] == "limit"

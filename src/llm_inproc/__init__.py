@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from .config import DEFAULT_MODEL, Config, KnownLLM, Options, default_config, load_config
+from .embeddings import RankedDocument
 from .errors import (
     BackendError,
     BusyError,
@@ -55,6 +56,7 @@ __all__ = [
     "PackedFileRef",
     "PackedRepoRef",
     "PromptEncoding",
+    "RankedDocument",
     "Reply",
     "RequestTimeoutError",
     "Role",

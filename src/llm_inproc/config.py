@@ -194,7 +194,9 @@ class Options:
     """llama.cpp's flash attention: None (auto) turns it on when layers run on a GPU, where
     it is a large win, and off on the CPU, where replies then stay bit-exact when a prompt
     is partly reused from the KV cache (on: ~3 % faster generation here, but a token's
-    logits depend on the batch it was evaluated in)."""
+    logits depend on the batch it was evaluated in). Repacked weights (``repack``) make the
+    CPU's matrix kernels batch-dependent too, on CPUs where repacking applies: there a
+    reused prompt can tip a near-tie; ``repack=False`` keeps replies bit-exact."""
     repack: bool | None = None
     """Weight repacking for the CPU's fast kernels: None (auto) repacks unless a one-time
     probe finds that this CPU reports AMX but cannot run it (some VMs kill the process with
@@ -215,7 +217,8 @@ class Options:
     the reply's last ``spec_ngram_size_n`` tokens earlier in the prompt or reply, and
     verifies the draft in one step (a large win when replies copy their prompt: rewrites,
     code edits); empty or ``"none"``: off. Used while one or two replies generate, and
-    turned off for a reply whose drafts are mostly refused. Replies are unchanged."""
+    turned off for a reply whose drafts are mostly refused. Replies are plain decoding's
+    (up to near-ties where repacked CPU kernels are not batch-invariant)."""
     spec_ngram_size_n: int = 12
     """Tokens looked up for a draft (llama-server's ``--spec-ngram-simple-size-n``)."""
     spec_ngram_size_m: int = 16
@@ -226,6 +229,18 @@ class Options:
     of that size, interleaved with the other slots' tokens."""
     ubatch_size: int = DEFAULT_BATCH
     """llama.cpp's physical batch (``-ub``): most tokens the compute graph takes at once."""
+    rpc_servers: list[str] = field(default_factory=list)
+    """llama.cpp ``rpc-server`` instances (``host:port``, llama-server's ``--rpc``) whose
+    devices hold part of the model: layers are spread over them and the local devices in
+    proportion to their free memory (or ``tensor_split``); the local CPU keeps the layers
+    beyond ``gpu_layers``. ggml aborts the process holding the model when a server dies,
+    so with an empty ``backend`` the model runs in a child process (``python``)."""
+    tensor_split: list[float] = field(default_factory=list)
+    """Share of the offloaded layers per device, in llama.cpp's order: the RPC servers as
+    listed, then local GPUs (llama-server's ``-ts 3,1``); empty: by free memory."""
+    context_shift: bool = False
+    """A reply that fills the context goes on, the older half of its conversation dropped
+    (llama-server's ``--context-shift``); off: it ends with ``finish_reason="length"``."""
     backend: str = ""
     """``"inproc"``, ``"python"``, ``"llama-server"``, ``"remote"``; empty infers it."""
     max_pending: int = 64
@@ -253,6 +268,7 @@ class Options:
                 "attention, which flash_attention=False turns off; set flash_attention to true "
                 "or null (auto), or use an f16 V cache"
             )
+        _check_type(f"{where}context_shift", self.context_shift, bool)
         _check_type(f"{where}speculative", self.speculative, str)
         if self.speculative not in SPEC_TYPES:
             raise InvalidInputError(
@@ -320,6 +336,7 @@ class Options:
                 "requests while busy, or a positive queue length"
             )
         self._validate_backend(where)
+        self._validate_rpc(where)
         if self.model.startswith("hf:"):
             try:
                 PackedFileRef(self.model).validate()
@@ -347,11 +364,51 @@ class Options:
                 f"{self.backend!r}; clear backend or set it to 'python'"
             )
 
+    def _validate_rpc(self, where: str) -> None:
+        if not isinstance(self.rpc_servers, (list, tuple)):
+            raise InvalidInputError(
+                f"{where}rpc_servers: expected a list of host:port, got "
+                f"{_type_name(self.rpc_servers)} (on the command line: --rpc a:50052,b:50052)"
+            )
+        for server in self.rpc_servers:
+            _check_type(f"{where}rpc_servers", server, str)
+
+            def bad(problem: str, server: str = server) -> InvalidInputError:
+                return InvalidInputError(
+                    f"{where}rpc_servers: {server!r} {problem}; use host:port as llama-server's "
+                    "--rpc does, e.g. 192.168.1.10:50052"
+                )
+
+            _check_host_port(server, bad, port_optional=False)
+        if self.rpc_servers and self.remote:
+            raise InvalidInputError(
+                f"{where}rpc_servers: {where}remote is set, and a remote server loads the model "
+                "with its own devices; start that server with --rpc instead, or clear remote"
+            )
+        if not isinstance(self.tensor_split, (list, tuple)) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+            for v in self.tensor_split
+        ):
+            raise InvalidInputError(
+                f"{where}tensor_split: expected a list of non-negative numbers, one per "
+                "device, e.g. [3, 1] (llama-server's -ts 3,1)"
+            )
+        if self.tensor_split and (sum(self.tensor_split) <= 0 or len(self.tensor_split) > 16):
+            raise InvalidInputError(
+                f"{where}tensor_split: {list(self.tensor_split)} must have 1 to 16 entries "
+                "and a positive sum"
+            )
+
     def resolved_backend(self) -> str:
-        """The backend to use: remote if set, python for model "python", else backend/inproc."""
+        """The backend to use: remote if set, python for model "python", else backend/inproc.
+
+        With ``rpc_servers`` and no backend: ``python``, our server in a child process, since
+        ggml aborts the process that holds the model when an RPC server dies."""
         if self.remote:
             return "remote"
         if self.model == "python":
+            return "python"
+        if self.rpc_servers and not self.backend:
             return "python"
         return self.backend or "inproc"
 

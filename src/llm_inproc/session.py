@@ -13,12 +13,16 @@ from .backends import open_backend
 from .backends.base import (
     Backend,
     ConversationStore,
+    EmbeddingBackend,
     GenerationRequest,
     ModelInfo,
     SlotFile,
     SlotInfo,
+    Vectors,
 )
 from .config import KnownLLM, Options, default_config, find_known_llm
+from .embeddings.pooling import Pooling
+from .embeddings.types import Progress, RankedDocument
 from .errors import InvalidInputError, SessionClosedError
 from .metrics import Metrics
 from .models.references import PackedFileRef
@@ -420,6 +424,125 @@ class Session:
             sampling=sampling,
             timeout=timeout,
         )
+
+    # -- vectors -----------------------------------------------------------------------------
+
+    def embed(
+        self,
+        texts: str | Iterable[str],
+        *,
+        pooling: Pooling | None = None,
+        normalize: bool = True,
+        truncate: bool = False,
+        progress: Progress | None = None,
+    ) -> Any:
+        """Vectors of ``texts``: a float32 numpy array with one row per text (one vector
+        for a single str), each of length 1 unless ``normalize=False``.
+
+        ``pooling`` is how a text's token vectors become one: None is the model's own (the
+        GGUF's pooling type; mean for a model that names none, such as any chat model), or
+        ``"mean"``, ``"cls"``, ``"last"``; ``"none"`` gives each text's token vectors, a
+        (tokens x dimensions) array per text, in a list. Many texts are evaluated together,
+        several per batch; an iterator of any length streams through 256 texts at a
+        time, calling ``progress(done, total)`` after each. A text longer than the context
+        raises :class:`ContextOverflowError` with both numbers, unless ``truncate`` keeps
+        its first tokens. Generation in progress and its cached conversations are not
+        disturbed (in-process, a second context on the same weights).
+        """
+        from .embeddings.run import embed_texts
+
+        return embed_texts(
+            self._embedder("embed"),
+            texts,
+            pooling=pooling,
+            normalize_rows=normalize,
+            truncate=truncate,
+            progress=progress,
+        )
+
+    async def aembed(
+        self,
+        texts: str | Iterable[str],
+        *,
+        pooling: Pooling | None = None,
+        normalize: bool = True,
+        truncate: bool = False,
+        progress: Progress | None = None,
+    ) -> Any:
+        """:meth:`embed` for asyncio: it runs in a worker thread; cancelling the task stops
+        it after the chunk being evaluated."""
+        import asyncio
+        import threading
+
+        from .embeddings.run import embed_texts
+
+        backend = self._embedder("embed")
+        cancelled = threading.Event()
+        try:
+            return await asyncio.to_thread(
+                embed_texts,
+                backend,
+                texts,
+                pooling=pooling,
+                normalize_rows=normalize,
+                truncate=truncate,
+                progress=progress,
+                cancelled=cancelled,
+            )
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    def rerank(
+        self,
+        query: str,
+        documents: Iterable[str],
+        top_n: int | None = None,
+        *,
+        truncate: bool = False,
+    ) -> list[RankedDocument]:
+        """``documents`` ranked by relevance to ``query``, best first (the ``top_n`` best),
+        each with its index in ``documents`` and its score. Needs a reranker GGUF (rank
+        pooling and a classification head, such as bge-reranker or Qwen3-Reranker); any
+        other model raises :class:`InvalidInputError` saying so."""
+        from .embeddings.run import rerank_documents
+
+        return rerank_documents(self._embedder("rerank"), query, documents, top_n, truncate)
+
+    def embed_inputs(
+        self,
+        inputs: Sequence[str | Sequence[int]],
+        *,
+        pooling: str | None = None,
+        truncate: bool = False,
+    ) -> Vectors:
+        """Unnormalised vectors of texts or token-id lists, with the tokens each took (what
+        a server needs for ``/embedding``); ``pooling`` may also be ``"rank"``."""
+        return self._embedder("embed").embed(inputs, pooling, truncate=truncate)
+
+    def rerank_scores(
+        self, query: str, documents: Sequence[str], *, truncate: bool = False
+    ) -> Vectors:
+        """Raw scores of ``documents`` for ``query`` in their order, with the tokens each
+        took (what a server needs for ``/rerank``)."""
+        return self._embedder("rerank").rerank(query, documents, truncate=truncate)
+
+    @property
+    def model_pooling(self) -> str | None:
+        """The pooling type the model's GGUF names (None: it names none, or a server's)."""
+        return self._embedder("embed").model_pooling()
+
+    def _embedder(self, what: str) -> EmbeddingBackend:
+        if self._closed:
+            raise SessionClosedError("the session is closed; create a new Session")
+        backend = self._backend
+        if not isinstance(backend, EmbeddingBackend):
+            raise InvalidInputError(
+                f"{what} is not available on the {backend.name!r} backend; use the model "
+                "in-process (backend='inproc') or a server started with --embeddings "
+                "(Options.remote)"
+            )
+        return backend
 
     # -- prepared requests (what a server needs) --------------------------------------------
 

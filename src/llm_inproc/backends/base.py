@@ -12,7 +12,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from ..metrics import Metrics, TokenPerformance
 from ..prompting.messages import Message
@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 __all__ = [
     "Backend",
     "ConversationStore",
+    "DeviceUse",
+    "EmbeddingBackend",
     "FinishReason",
     "GenerationRequest",
     "ModelInfo",
@@ -33,6 +35,7 @@ __all__ = [
     "RawItem",
     "SlotFile",
     "SlotInfo",
+    "Vectors",
 ]
 
 FinishReason = Literal["stop", "length", "cancelled", "tool_calls"]
@@ -65,6 +68,25 @@ class ModelInfo:
     """Whether llama.cpp's flash attention is on."""
     repack: bool | None = None
     """Whether weights were repacked for the CPU's fast kernels (None: unknown, a server)."""
+    devices: tuple[DeviceUse, ...] = ()
+    """The devices holding the model, local and RPC, with the layers each holds (in
+    process; empty where a server does not say)."""
+
+
+@dataclass(frozen=True)
+class DeviceUse:
+    """One device a model was loaded onto, read through ggml's device API."""
+
+    name: str
+    """ggml's device name: ``CPU``, ``CUDA0``, ``RPC0``…"""
+    description: str
+    """The hardware, or for an RPC device the server's ``host:port``."""
+    memory_free: int
+    """Free memory in bytes after the load, as the device reports it."""
+    memory_total: int
+    """Total memory in bytes."""
+    layers: int
+    """Repeating layers placed on it (the output layer not counted)."""
 
 
 @dataclass(frozen=True)
@@ -87,11 +109,11 @@ class GenerationRequest:
     a server parses them and the outcome carries them)."""
     constraint: Constraint | None = None
     """The grammar the sampler enforces for the tools (in-process only)."""
-
-
     cache_prompt: bool = True
     """Reuse a cached prefix of the prompt (the slot's cells, the prompt cache); False
     evaluates it all (llama-server's ``cache_prompt``)."""
+
+
 @dataclass(frozen=True)
 class Outcome:
     """How one request ended and what it cost; the last item of every raw stream."""
@@ -220,3 +242,36 @@ class Backend(Protocol):
     def metrics(self) -> Metrics: ...
 
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Vectors:
+    """What a backend's embedding (or reranking) computed, unnormalised."""
+
+    rows: list[Any]
+    """One float32 numpy array per input: a vector, a (tokens x dimensions) matrix for
+    pooling ``none``, or one score for reranking."""
+    tokens: list[int]
+    """Tokens evaluated per input (what ``usage`` counts)."""
+    pooling: str
+    """The pooling applied (``mean``, ``cls``, ``last``, ``none`` or ``rank``)."""
+
+
+@runtime_checkable
+class EmbeddingBackend(Protocol):
+    """A backend that also embeds and reranks (the in-process one, and servers)."""
+
+    def model_pooling(self) -> str | None:
+        """The pooling type the GGUF names; None when it names none, or a server decides."""
+        ...
+
+    def embed(
+        self, inputs: Sequence[str | Sequence[int]], pooling: str | None, *, truncate: bool
+    ) -> Vectors:
+        """Vectors of ``inputs`` (texts, or token ids evaluated as they are); ``pooling``
+        None is the model's own (in-process: else mean) or the server's."""
+        ...
+
+    def rerank(self, query: str, documents: Sequence[str], *, truncate: bool) -> Vectors:
+        """One relevance score per document (raw, higher is more relevant)."""
+        ...

@@ -17,6 +17,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,6 +34,9 @@ from .stream import RawStream
 __all__ = ["SpawnedBackend"]
 
 logger = logging.getLogger(__name__)
+
+_EXIT_GRACE = 5.0
+"""Seconds ``health`` waits to see a server that stopped answering exit."""
 
 READY_TIMEOUT = 180.0
 """Seconds a spawned server may take to load its model and answer ``/health``."""
@@ -100,7 +104,24 @@ def _llama_server_command(path: Path, options: Options, port: int, cache_dir: Pa
         cmd.append("--no-repack")  # the CPU reports AMX but cannot run it
     if _supports(str(binary), "--cache-ram"):
         cmd += ["--cache-ram", str(options.cache_ram)]
-    return cmd + _cache_types(options) + _speculative(options)
+    if options.rpc_servers and not _supports(str(binary), "--rpc"):
+        raise BackendError(
+            f"rpc_servers needs a llama-server built with RPC, and {binary} is not; build one "
+            "with: llm-inproc build --target llama-server --preset rpc (or a GPU *-rpc preset)"
+        )
+    if options.context_shift:
+        cmd.append("--context-shift")
+    return cmd + _cache_types(options) + _speculative(options) + _rpc(options)
+
+
+def _rpc(options: Options) -> list[str]:
+    """``--rpc`` and ``-ts``, as both servers spell them."""
+    out = []
+    if options.rpc_servers:
+        out += ["--rpc", ",".join(options.rpc_servers)]
+    if options.tensor_split:
+        out += ["-ts", ",".join(f"{v:g}" for v in options.tensor_split)]
+    return out
 
 
 def _speculative(options: Options) -> list[str]:
@@ -149,11 +170,14 @@ def _python_command(path: Path, options: Options, port: int, cache_dir: Path) ->
         cmd += ["-fa", "on" if options.flash_attention else "off"]
     if options.repack is not None:
         cmd.append("--repack" if options.repack else "--no-repack")
+    if options.context_shift:
+        cmd.append("--context-shift")
     return [
         *cmd,
         *("--cache-ram", str(options.cache_ram)),
         *_cache_types(options),
         *_speculative(options),
+        *_rpc(options),
     ]
 
 
@@ -214,7 +238,8 @@ class SpawnedBackend:
         if not self._child.running:
             raise BackendError(
                 f"the {self.name} server exited: {self._child.log_tail()} "
-                f"(full log: {self._child.log_path})"
+                f"(full log: {self._child.log_path}); this session cannot continue: close it "
+                "and create a new Session"
             )
 
     def submit(self, request: GenerationRequest) -> RawStream:
@@ -235,7 +260,16 @@ class SpawnedBackend:
 
     def health(self) -> str:
         self._check()
-        return self._http.health()
+        try:
+            return self._http.health()
+        except BackendError:
+            # Unreachable: if the server just died (an RPC server it used went away, say),
+            # say so once its process is seen gone, rather than "cannot be reached".
+            deadline = time.monotonic() + _EXIT_GRACE
+            while self._child.running and time.monotonic() < deadline:
+                time.sleep(0.05)
+            self._check()
+            raise
 
     def metrics(self) -> Metrics:
         return self._http.metrics()

@@ -210,10 +210,21 @@ def build_llama_server(
 
 
 def _build_locked(
-    version_dir: Path, version: str, preset: str, jobs: int | None, on_output: OutputCallback | None
+    version_dir: Path,
+    version: str,
+    preset: str,
+    jobs: int | None,
+    on_output: OutputCallback | None,
+    *,
+    name: str | None = None,
+    binaries: tuple[str, ...] = _BINARIES,
+    extra_flags: tuple[str, ...] = (),
 ) -> ServerBuild:
+    """Configure, compile ``binaries`` and install them into ``<version_dir>/<name>``
+    (``name`` defaults to the preset: llama-server's layout)."""
+    name = name or preset
     started = time.monotonic()
-    with BuildLog(version_dir / f"{preset}.log", on_output) as blog:
+    with BuildLog(version_dir / f"{name}.log", on_output) as blog:
         log_path = blog.path
         cmake = shutil.which("cmake")
         if cmake is None:
@@ -223,8 +234,8 @@ def _build_locked(
         blog.step(f"llama-server {version}/{preset}: log in {log_path}")
         source = _sources(version_dir, version, blog)
         commit = _vendored_commit(source / "CHANGELOG.md", version)
-        flags = server_cmake_args(preset, commit=commit)
-        build_dir = version_dir / f".build-{preset}"
+        flags = [*server_cmake_args(preset, commit=commit), *extra_flags]
+        build_dir = version_dir / f".build-{name}"
         generator = ["-G", "Ninja"] if shutil.which("ninja") else []
         if build_dir.exists() and not (build_dir / "CMakeCache.txt").exists():
             shutil.rmtree(build_dir)
@@ -232,21 +243,21 @@ def _build_locked(
         configure = [cmake, "-S", str(source / "vendor" / "llama.cpp"), "-B", str(build_dir)]
         blog.run("configure", [*configure, *generator, *flags])
         jobs = jobs or usable_cpus()
-        blog.step(f"build: {', '.join(_BINARIES)} with {jobs} jobs")
-        compile_cmd = [cmake, "--build", str(build_dir), "--target", *_BINARIES, "-j", str(jobs)]
+        blog.step(f"build: {', '.join(binaries)} with {jobs} jobs")
+        compile_cmd = [cmake, "--build", str(build_dir), "--target", *binaries, "-j", str(jobs)]
         if not generator:
             compile_cmd += ["--config", "Release"]
         blog.run("build", compile_cmd)
         blog.step("install into the cache")
-        final = version_dir / preset
-        tmp = Path(tempfile.mkdtemp(prefix=f".{preset}-", dir=version_dir))
+        final = version_dir / name
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=version_dir))
         try:
             tmp.chmod(0o755)  # mkdtemp's 0700 would hide the build from other users
             (tmp / "bin").mkdir()
-            for name in _BINARIES:
-                built = _find_binary(build_dir, f"{name}{_EXE}")
+            for binary in binaries:
+                built = _find_binary(build_dir, f"{binary}{_EXE}")
                 if built is None:
-                    raise LLMError(f"build step succeeded but {name} is missing; see {log_path}")
+                    raise LLMError(f"build step succeeded but {binary} is missing; see {log_path}")
                 shutil.copy2(built, tmp / "bin" / built.name)
             build = ServerBuild(
                 version=version,
@@ -260,7 +271,7 @@ def _build_locked(
             manifest = {k: v for k, v in build.to_json().items() if not k.startswith("llama_")}
             (tmp / "build.json").write_text(json.dumps(manifest, indent=2) + "\n", "utf-8")
             if final.exists():
-                old = version_dir / f".old-{preset}-{os.getpid()}"
+                old = version_dir / f".old-{name}-{os.getpid()}"
                 final.rename(old)
                 shutil.rmtree(old, ignore_errors=True)
             tmp.rename(final)
@@ -268,7 +279,7 @@ def _build_locked(
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         shutil.rmtree(build_dir, ignore_errors=True)
-        blog.step(f"done in {build.seconds:.0f} s: {build.llama_server}")
+        blog.step(f"done in {build.seconds:.0f} s: {final / 'bin'}")
     return build
 
 

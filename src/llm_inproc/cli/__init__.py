@@ -33,7 +33,18 @@ __all__ = [
     "parse_args",
 ]
 
-_SUBCOMMANDS = ("prompt", "chat", "serve", "pull", "models", "build", "info", "bench")
+_SUBCOMMANDS = (
+    "prompt",
+    "chat",
+    "serve",
+    "pull",
+    "models",
+    "build",
+    "info",
+    "bench",
+    "rpc",
+    "embed",
+)
 
 MODEL_ENV = "LLM_INPROC_MODEL"
 """The environment variable that names the model when ``--model`` is not given."""
@@ -146,6 +157,9 @@ def add_common_model_flags(parser: argparse.ArgumentParser, *, session: bool = T
             default=None,
             help="llama.cpp's flash attention (default: auto, on when layers run on a GPU)",
         )
+        from ._rpc import add_rpc_flags
+
+        add_rpc_flags(g)
     add_cache_dir_flag(parser)
 
 

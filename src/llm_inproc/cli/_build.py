@@ -27,9 +27,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     p.add_argument(
         "--target",
-        choices=("python", "llama-server"),
+        choices=("python", "llama-server", "rpc-server"),
         default="python",
-        help="what to build (default: python)",
+        help="what to build (default: python); rpc-server: llama.cpp's RPC worker, for "
+        "spreading a model over machines (see llm-inproc rpc-server)",
     )
     p.add_argument("--list", action="store_true", help="list the presets and exit")
     p.add_argument("--dry-run", action="store_true", help="print what would run, run nothing")
@@ -55,7 +56,7 @@ def _progress(line: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..build import presets
+    from ..build import presets, rpc_server
     from ..build import python as build
     from ..build import servers as server_build
     from ..paths import resolve_cache_dir
@@ -78,16 +79,28 @@ def run(args: argparse.Namespace) -> int:
     cache_dir = resolve_cache_dir(args.cache_dir)
     if args.dry_run:
         version = build.installed_llama_cpp_version()
-        cached = server_build.cached_server_build(cache_dir, args.preset, version=version)
+        cached = bool(server_build.cached_server_build(cache_dir, args.preset, version=version))
         commit = (
             server_build.vendored_commit(cache_dir, version) or "<commit named by its changelog>"
         )
         flags = server_build.server_cmake_args(args.preset, commit=commit)
         target = server_build.server_build_dir(cache_dir, args.preset, version=version)
         _out(f"# sources: {build.DIST_NAME}=={version} sdist, vendor/llama.cpp")
-        _out(f"cmake -S vendor/llama.cpp -B build {' '.join(flags)}")
-        _out("cmake --build build --target llama-server llama-bench")
+        if args.target == "rpc-server":
+            target = rpc_server.rpc_server_dir(cache_dir, args.preset, version=version)
+            cached = bool(rpc_server.cached_rpc_server(cache_dir, args.preset, version=version))
+            _out(f"cmake -S vendor/llama.cpp -B build {' '.join(flags)} -DGGML_RPC=ON")
+            _out(f"cmake --build build --target {rpc_server.RPC_SERVER_TARGET}")
+        else:
+            _out(f"cmake -S vendor/llama.cpp -B build {' '.join(flags)}")
+            _out("cmake --build build --target llama-server llama-bench")
         _out(f"# binaries: {target / 'bin'}" + (" (already cached)" if cached else ""))
+        return 0
+    if args.target == "rpc-server":
+        path = rpc_server.build_rpc_server(
+            cache_dir, args.preset, jobs=args.jobs, force=args.force, on_output=_progress
+        )
+        _out(str(path))
         return 0
     result = server_build.build_llama_server(
         cache_dir, args.preset, jobs=args.jobs, force=args.force, on_output=_progress

@@ -273,6 +273,9 @@ def session_options(args: argparse.Namespace) -> tuple[Options, list[KnownLLM] |
         opts.flash_attention = flash_attention(args)
     if getattr(args, "repack", None) is not None:
         opts.repack = args.repack
+    from ._rpc import apply_rpc_flags
+
+    apply_rpc_flags(args, opts)
     try:
         opts.validate()
     except InvalidInputError as e:

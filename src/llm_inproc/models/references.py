@@ -28,6 +28,7 @@ __all__ = [
 HF_URL = "https://huggingface.co"
 _PREFIX = "hf:"
 _HEAD = "HEAD"
+_LLAMAFILE = ".llamafile"
 
 # Something that looks like a quantization but is not a known one, e.g. "Q7_K" or "FP8".
 _QUANT_LIKE = re.compile(r"[-._]((?:UD[-_])?(?:[IT]?Q\d\w*|(?:B|MX|NV)?FP?\d+\w*))$", re.IGNORECASE)
@@ -209,8 +210,15 @@ class PackedFileRef(str):
         return self._parts()[3]
 
     def filename(self) -> str:
-        """The file's path in the repository: the basename plus ``.gguf``."""
+        """The file's path in the repository: the basename plus ``.gguf`` (a ``.llamafile``
+        is named with its suffix, as it is not a GGUF)."""
+        if self.is_llamafile():
+            return self.basename()
         return self.basename() + ".gguf"
+
+    def is_llamafile(self) -> bool:
+        """Whether the reference names a llamafile (its file name ends with ``.llamafile``)."""
+        return self.basename().lower().endswith(_LLAMAFILE)
 
     def quantization(self) -> str:
         """The canonical quantization (``"Q4_K_M"``), or ``""`` when there is none."""
@@ -248,6 +256,15 @@ class PackedFileRef(str):
         """Raise :class:`InvalidInputError` naming the bad part, if any."""
         basename = self._validate_repo()[3]
         _check_path(basename, str(self), allow_empty=False)
+        if basename.lower().endswith(_LLAMAFILE):
+            # Mozilla names them <model>.<quantization>.llamafile, but the quantization
+            # is inside the file, so a name without one is still a valid reference.
+            if len(basename) == len(_LLAMAFILE) or basename.endswith("/" + _LLAMAFILE):
+                raise InvalidInputError(
+                    f"reference {str(self)!r} names a file called only {_LLAMAFILE!r}; "
+                    "give the llamafile's full name"
+                )
+            return
         _check_quantization(basename, str(self))
 
     def validate_prefix(self) -> None:

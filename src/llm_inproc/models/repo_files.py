@@ -18,6 +18,14 @@ __all__ = ["files_to_fetch", "missing_file_message"]
 def files_to_fetch(ref: PackedFileRef, names: list[str]) -> list[str]:
     """The repository files ``ref`` needs: the file itself, or every shard of its split model."""
     filename = ref.filename()
+    if ref.is_llamafile():  # one file, never split
+        if filename in names:
+            return [filename]
+        found = [n for n in names if n.lower().endswith(".llamafile")]
+        raise ModelNotFoundError(
+            f"no {filename} in {ref.repo_id()} at revision {ref.revision()}; its llamafiles "
+            f"are: {', '.join(found) if found else 'none'}"
+        )
     shard = parse_shard(filename)
     if shard is None:
         if filename in names:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInputError, LLMError, ModelNotFoundError
 from .embedded import embedded_model_path, find_embedded
+from .llamafile import is_llamafile, open_llamafile
 from .references import PackedFileRef
 
 if TYPE_CHECKING:
@@ -32,6 +33,10 @@ def resolve_model(
     progress: bool = True,
 ) -> Path:
     """Local path of ``model``, downloading it first if it is an ``hf:`` reference.
+
+    A llamafile (``*.llamafile``, local or on the Hub) is returned as it is, after its zip
+    directory was checked for a GGUF: the in-process backend loads that GGUF in place, and
+    :func:`.llamafile.plain_gguf` extracts it for programs that need a plain file.
 
     ``hf`` returns the ``HfApi`` to download with; it is only called for a download.
     ``update`` asks the Hub whether the revision moved even when a copy is cached.
@@ -57,9 +62,12 @@ def resolve_model(
         from .hub import download_model
 
         try:
-            return download_model(
+            path = download_model(
                 ref, cache_dir, api=hf() if hf else None, update=update, progress=progress
             )
+            if ref.is_llamafile():
+                open_llamafile(path)
+            return path
         except LLMError as e:
             if embedded is None:
                 raise
@@ -78,6 +86,8 @@ def resolve_model(
             f"model file {model!r} does not exist; pass an existing .gguf path "
             "or an hf:author/repo/revision/file reference"
         )
+    if is_llamafile(path):
+        open_llamafile(path)  # not a llamafile, or no GGUF inside: say so now
     return path
 
 

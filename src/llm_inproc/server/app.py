@@ -14,7 +14,7 @@ from starlette.routing import Route
 from ..errors import LLMError
 from ..session import Session
 from ..wire import error_body
-from . import anthropic_api, generation, info, responses, webui
+from . import anthropic_api, embeddings, generation, info, responses, webui
 from .cors import Cors
 from .errors import ApiError, translate
 from .flags import ServerSettings
@@ -75,6 +75,7 @@ def create_app(settings: ServerSettings, load: Callable[[], Session]) -> Starlet
         Route("/detokenize", info.detokenize, methods=post),
         Route("/apply-template", info.apply_template, methods=post),
         *anthropic_api.routes(),
+        *embeddings.routes(),
         *responses.routes(),
         *webui.routes(settings),  # last: it may serve a whole directory at /
     ]

@@ -55,6 +55,16 @@ class ServerSettings:
     """``--props``: ``POST /props`` is allowed (it changes nothing, as in llama-server)."""
     reasoning_format: str = "auto"
     """``--reasoning-format``, as given (shown by ``/props``; see its help)."""
+    embedding: bool = False
+    """``--embeddings``: serve ``/embedding``, ``/v1/embeddings`` (and, with ``reranking``,
+    ``/rerank``). Completions keep working: embeddings use a context of their own."""
+    pooling: str = ""
+    """``--pooling``: none, mean, cls, last or rank; empty: the model's own, else none."""
+    reranking: bool = False
+    """``--reranking``: serve ``/rerank`` (rank pooling; implies ``embedding``)."""
+    embd_normalize: int = 2
+    """``--embd-normalize``: how pooled vectors are normalised when a request does not say
+    (-1 none, 0 max absolute int16, 1 taxicab, 2 Euclidean, >2 p-norm)."""
 
 
 def unsupported(unknown: list[str]) -> str:
@@ -127,13 +137,17 @@ def _add_compat_flags(p: argparse.ArgumentParser) -> None:
     )
     c.add_argument(
         "--context-shift",
-        action=_Lacking,
-        feature='context shift is not supported: a reply stops with finish_reason "length" '
-        "when the context is full (drop the flag, or raise -c)",
-        help="refused: context shift is not supported",
+        dest="context_shift",
+        action="store_true",
+        default=None,
+        help="a reply that fills the context goes on, the older half of its conversation "
+        "dropped (default: off: it ends with finish_reason length)",
     )
     c.add_argument(
-        "--no-context-shift", action="store_true", help="accepted: the default (no shifting)"
+        "--no-context-shift",
+        dest="context_shift",
+        action="store_false",
+        help="end a reply that fills the context (the default)",
     )
     c.add_argument(
         "--cache-reuse",
@@ -184,6 +198,8 @@ ENV_FLAGS: dict[str, tuple[str, str | None]] = {
     "LLAMA_ARG_JINJA": ("--jinja", None),
     "LLAMA_ARG_HOST": ("--host", None),
     "LLAMA_ARG_PORT": ("--port", None),
+    "LLAMA_ARG_RPC": ("--rpc", None),
+    "LLAMA_ARG_TENSOR_SPLIT": ("--tensor-split", None),
     "LLAMA_API_KEY": ("--api-key", None),
     "LLAMA_ARG_ENDPOINT_METRICS": ("--metrics", None),
     "LLAMA_ARG_ENDPOINT_SLOTS": ("--slots", "--no-slots"),
@@ -202,6 +218,9 @@ ENV_FLAGS: dict[str, tuple[str, str | None]] = {
     "LLAMA_ARG_TAGS": ("--tags", None),
     "LLAMA_ARG_UI": ("--webui", "--no-webui"),
     "LLAMA_ARG_STATIC_PATH": ("--path", None),
+    "LLAMA_ARG_EMBEDDINGS": ("--embeddings", None),
+    "LLAMA_ARG_POOLING": ("--pooling", None),
+    "LLAMA_ARG_RERANKING": ("--reranking", None),
 }
 """The environment variables llama-server reads, as the flag each stands for (a switch's
 on and off forms). A flag on the command line beats its variable, as in llama-server."""
@@ -249,6 +268,50 @@ def _env_defaults(p: argparse.ArgumentParser, environ: Mapping[str, str]) -> dic
             p.error(f"environment variable {var}={value!r}: use one of {choices}")
         out[action.dest] = converted
     return out
+
+
+def _add_embedding_flags(p: argparse.ArgumentParser) -> None:
+    """llama-server's embedding and reranking switches."""
+    e = p.add_argument_group("embeddings and reranking")
+    e.add_argument(
+        "--embedding",
+        "--embeddings",
+        dest="embedding",
+        action="store_true",
+        help="serve /embedding and /v1/embeddings (completions keep working: embeddings use "
+        "a context of their own) (default: off)",
+    )
+    e.add_argument(
+        "--pooling",
+        choices=("none", "mean", "cls", "last", "rank"),
+        default="",
+        help="pooling of embeddings (default: the model's own, else none: one vector per "
+        "token, which /v1/embeddings refuses as llama-server does)",
+    )
+    e.add_argument(
+        "--rerank",
+        "--reranking",
+        dest="reranking",
+        action="store_true",
+        help="serve /rerank with a reranker GGUF (rank pooling; implies --embeddings) "
+        "(default: off)",
+    )
+    e.add_argument(
+        "--embd-normalize",
+        dest="embd_normalize",
+        type=int,
+        default=2,
+        metavar="N",
+        help="normalisation of pooled embeddings when a request gives no embd_normalize: -1 "
+        "none, 0 max absolute int16, 1 taxicab, 2 Euclidean, >2 p-norm (default: 2)",
+    )
+
+
+def _add_rpc_flags(p: argparse.ArgumentParser) -> None:
+    """``--rpc`` and ``-ts``: layers on llama.cpp rpc-server instances, as llama-server."""
+    from ..cli._rpc import add_rpc_flags
+
+    add_rpc_flags(p.add_argument_group("RPC (a model spread over several machines)"))
 
 
 def add_server_flags(p: argparse.ArgumentParser) -> None:
@@ -411,6 +474,8 @@ def add_server_flags(p: argparse.ArgumentParser) -> None:
         "so tools (tools, tool_choice) always work",
     )
     _add_compat_flags(p)
+    _add_embedding_flags(p)
+    _add_rpc_flags(p)
     s = p.add_argument_group("server")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     s.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")
@@ -560,6 +625,16 @@ def _check_compat(args: argparse.Namespace) -> None:
         os.environ["HF_HUB_OFFLINE"] = "1"
 
 
+def _apply_rpc(args: argparse.Namespace, opts: Options) -> None:
+    """The server holds the model itself, as llama-server does: with ``--rpc``, a dead
+    rpc-server ends this server process (llama.cpp aborts), never a client's."""
+    from ..cli._rpc import apply_rpc_flags
+
+    apply_rpc_flags(args, opts)
+    if opts.rpc_servers:
+        opts.backend = "inproc"
+
+
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     """Settings from parsed flags (the API key falls back to the environment)."""
     opts = Options(model=args.model or "")
@@ -576,6 +651,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     opts.flash_attention = {"on": True, "off": False, "auto": None}[args.flash_attention]
     opts.repack = args.repack
     for name in (
+        "context_shift",
         "batch_size",
         "ubatch_size",
         "cache_ram",
@@ -587,6 +663,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     ):
         if getattr(args, name) is not None:
             setattr(opts, name, getattr(args, name))
+    _apply_rpc(args, opts)
     opts.validate()
     _check_compat(args)
     if not 0 <= args.port <= 65535:
@@ -619,6 +696,10 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         tags=tuple(t for t in (t.strip() for t in args.tags.split(",")) if t),
         props=args.props,
         reasoning_format=args.reasoning_format,
+        embedding=args.embedding or args.reranking,
+        pooling="rank" if args.reranking else args.pooling,
+        reranking=args.reranking or (args.embedding and args.pooling == "rank"),
+        embd_normalize=args.embd_normalize,
         webui=args.webui,
         static_path=args.static_path,
         defaults=Defaults(n_predict=args.n_predict, temperature=args.temp, seed=args.seed),

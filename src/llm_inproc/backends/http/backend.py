@@ -20,10 +20,10 @@ from typing import Any
 
 import httpx2
 
-from ...errors import BackendError, LLMError, SessionClosedError
+from ...errors import BackendError, InvalidInputError, LLMError, SessionClosedError
 from ...metrics import Metrics
 from ...wire import SSEDecoder
-from ..base import GenerationRequest, RawItem
+from ..base import GenerationRequest, RawItem, Vectors
 from ..stream import RawStream
 from .answers import error_from_response, info_from_models, info_from_props, model_name
 from .io import EventLoopThread
@@ -100,10 +100,10 @@ class RemoteBackend:
         return BackendError(f"the server at {self.url} {why} (asking {where})")
 
     async def _arequest(
-        self, method: str, path: str, body: Any, accept: tuple[int, ...]
+        self, method: str, path: str, body: Any, accept: tuple[int, ...], read: float = 30.0
     ) -> httpx2.Response:
         where = self.url + path
-        timeout = httpx2.Timeout(30.0, connect=self._connect_timeout)
+        timeout = httpx2.Timeout(read, connect=self._connect_timeout)
         try:
             resp = await self._client.request(method, where, json=body, timeout=timeout)
         except httpx2.HTTPError as e:
@@ -209,6 +209,37 @@ class RemoteBackend:
     def detokenize(self, tokens: Sequence[int]) -> str:
         self._llama_only("turn tokens into text (it has no /detokenize)")
         return str(self._call("POST", "/detokenize", {"tokens": list(tokens)}).get("content", ""))
+
+    # -- vectors -----------------------------------------------------------------------------
+
+    def model_pooling(self) -> str | None:
+        return None  # the server pools as it was started
+
+    def embed(
+        self, inputs: Sequence[str | Sequence[int]], pooling: str | None, *, truncate: bool
+    ) -> Vectors:
+        from .embed import remote_embed
+
+        if truncate:
+            raise InvalidInputError(
+                "truncate=True needs the model in this process: llama-server refuses a text "
+                "longer than its context; shorten the texts"
+            )
+        return remote_embed(self._call_post, self.url, inputs, pooling)
+
+    def rerank(self, query: str, documents: Sequence[str], *, truncate: bool) -> Vectors:
+        from .embed import remote_rerank
+
+        if truncate:
+            raise InvalidInputError("truncate=True needs the model in this process")
+        return remote_rerank(self._call_post, self.url, query, documents)
+
+    def _call_post(self, path: str, body: Any) -> Any:
+        """POST with the generation read timeout: a chunk of texts may take a while."""
+        if self._closed:
+            raise SessionClosedError("the session is closed; create a new Session")
+        coro = self._arequest("POST", path, body, (), read=self._read_timeout)
+        return self._json(self._io.call(coro))
 
     # -- state -------------------------------------------------------------------------------
 

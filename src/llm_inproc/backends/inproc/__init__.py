@@ -21,17 +21,64 @@ from ...errors import InvalidInputError
 from ...host.hardware import physical_cores
 from ...metrics import Metrics
 from ...paths import default_cache_dir
-from ..base import ConversationStore, GenerationRequest, ModelInfo, SlotFile, SlotInfo
+from ..base import (
+    ConversationStore,
+    DeviceUse,
+    GenerationRequest,
+    ModelInfo,
+    SlotFile,
+    SlotInfo,
+    Vectors,
+)
 from ..stream import RawStream
 from ._llama import lib, signals_blocked
+from .embedder import InprocEmbedder
 from .engine import Engine
-from .model import Context, Model, check_gguf, check_prompt_fits, clamp_threads
+from .model import (
+    Context,
+    Model,
+    can_load_in_place,
+    check_gguf,
+    check_prompt_fits,
+    clamp_threads,
+)
 from .repack import resolve_repack
 from .request import Request
+from .rpc import devices_for, list_devices, register_servers
 from .sampler import build_sampler
 from .state_file import read_states, write_states
 
 __all__ = ["InprocBackend"]
+
+
+def _device_use(model: Model) -> tuple[DeviceUse, ...]:
+    """Every device in ggml's registry that holds layers of ``model`` (the CPU always)."""
+    counts: dict[str, int] = {}
+    for layer, device in model.layer_devices.items():
+        if layer < model.n_layers:
+            counts[device] = counts.get(device, 0) + 1
+    try:
+        found = list_devices()
+    except (ImportError, OSError, AttributeError):  # a llama_cpp without ggml bindings
+        return ()
+    return tuple(
+        DeviceUse(d.name, d.description, d.memory_free, d.memory_total, counts.get(d.name, 0))
+        for d in found
+        if d.name in counts or d.kind == "CPU"
+    )
+
+
+def _loadable(path: Path, cache_dir: Path) -> Path:
+    """``path``, unless it is a llamafile whose GGUF cannot be loaded where it lies
+    (compressed, misaligned, or no C stdio here): then its copy extracted into the cache."""
+    from ...models.llamafile import extract_gguf, is_llamafile, open_llamafile
+
+    if not (path.is_file() and is_llamafile(path)):
+        return path
+    found = open_llamafile(path)
+    if found.in_place and can_load_in_place():
+        return path
+    return extract_gguf(found, cache_dir)
 
 
 class InprocBackend:
@@ -63,15 +110,24 @@ class InprocBackend:
         speculative: tuple[int, int] | None = None,
         batch_size: int = DEFAULT_BATCH,
         ubatch_size: int = DEFAULT_BATCH,
+        context_shift: bool = False,
+        rpc_servers: Sequence[str] = (),
+        tensor_split: Sequence[float] = (),
     ) -> None:
-        self.path = Path(path)
         threads = clamp_threads(threads, physical_cores())
+        probes = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.path = _loadable(Path(path), probes)
         check_gguf(self.path)
         system_info = lib().llama_print_system_info().decode("utf-8", "replace")
-        probes = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         repack, self.repack_reason = resolve_repack(repack, self.path, probes, system_info)
+        # RPC servers are registered (after a connection check) before the model loads;
+        # see .rpc for why a Session runs them in a child process.
+        # Once any server is registered in this process, each model gets its own list.
+        devices = devices_for(register_servers(rpc_servers))
         with signals_blocked():  # for any thread llama.cpp starts while loading
-            self._model = model = Model(self.path, gpu_layers, repack=repack)
+            self._model = model = Model(
+                self.path, gpu_layers, repack=repack, devices=devices, tensor_split=tensor_split
+            )
             try:
                 # Auto: on where layers run on a GPU (a large win there), off on the CPU,
                 # unless the V cache is quantized, which needs it.
@@ -106,10 +162,21 @@ class InprocBackend:
             parallel=ctx.parallel,
             flash_attention=ctx.flash_attention,
             repack=repack,
+            devices=_device_use(model),
         )
         self._n_ctx = ctx.n_ctx
         limit = None if cache_ram == -1 else cache_ram * 2**20
-        self._engine = Engine(model, ctx, max_pending, cache_limit=limit, speculative=speculative)
+        self._engine = Engine(
+            model,
+            ctx,
+            max_pending,
+            cache_limit=limit,
+            speculative=speculative,
+            context_shift=context_shift,
+        )
+        self._embedder = InprocEmbedder(
+            model, self._engine, n_ctx=ctx.n_ctx, threads=threads, flash_attention=flash
+        )
 
     # -- prompts -----------------------------------------------------------------------------
 
@@ -159,6 +226,19 @@ class InprocBackend:
 
     def detokenize(self, tokens: Sequence[int]) -> str:
         return self._model.detokenize(tokens)
+
+    # -- vectors -----------------------------------------------------------------------------
+
+    def model_pooling(self) -> str | None:
+        return self._embedder.model_pooling
+
+    def embed(
+        self, inputs: Sequence[str | Sequence[int]], pooling: str | None, *, truncate: bool
+    ) -> Vectors:
+        return self._embedder.embed(inputs, pooling, truncate=truncate)
+
+    def rerank(self, query: str, documents: Sequence[str], *, truncate: bool) -> Vectors:
+        return self._embedder.rerank(query, documents, truncate=truncate)
 
     # -- state -------------------------------------------------------------------------------
 
@@ -239,4 +319,5 @@ class InprocBackend:
         return tuple(s.report() for s in self._engine.slots)
 
     def close(self) -> None:
+        self._embedder.close()  # before the engine frees the model it shares
         self._engine.close()

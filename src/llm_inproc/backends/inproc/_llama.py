@@ -34,6 +34,7 @@ _LEVELS = {
     4: logging.ERROR,
 }
 _OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
+_ASSIGNED = re.compile(r"layer +(\d+) assigned to device ([^,]+),")
 
 
 @dataclass
@@ -42,6 +43,8 @@ class LoadLog:
 
     errors: list[str] = field(default_factory=list)
     offloaded: tuple[int, int] | None = None
+    layers: dict[int, str] = field(default_factory=dict)
+    """Layer index -> the device llama.cpp assigned it to (its debug log)."""
 
     def reason(self, default: str) -> str:
         """The error lines, most telling first, or ``default`` when there were none."""
@@ -75,6 +78,9 @@ def _handle(level: int, text: str) -> None:
             m = _OFFLOADED.search(line)
             if m:
                 watcher.offloaded = (int(m.group(1)), int(m.group(2)))
+            assigned = _ASSIGNED.search(line)
+            if assigned:
+                watcher.layers[int(assigned.group(1))] = assigned.group(2)
         # llama.cpp's chatter is about its internals; keep the user's stderr quiet.
         logger.log(logging.DEBUG if lvl < logging.ERROR else logging.INFO, "%s", line)
 

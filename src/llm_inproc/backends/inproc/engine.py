@@ -69,6 +69,10 @@ every team while it manages more threads than there are CPUs: one idle Session c
 another in the same process ~20 % of its speed on two cores (98 vs 124 tok/s)."""
 
 
+_UNBOUNDED = 2**62
+"""The budget of a reply that only EOS or the caller ends."""
+
+
 @dataclass
 class EngineCounters:
     """Totals since the start, as llama-server counts them for ``/metrics``."""
@@ -105,6 +109,7 @@ class Engine:
         max_pending: int,
         cache_limit: int | None = 0,
         speculative: tuple[int, int] | None = None,
+        context_shift: bool = False,
     ) -> None:
         self.ll = ll = model.ll
         self.model, self.ctx = model, ctx
@@ -131,6 +136,11 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._calls: list[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = []
         self.speculative = speculative
+        self.context_shift = context_shift and bool(ll.llama_memory_can_shift(ctx.mem))
+        """Whether a reply that fills the context goes on, its slot's older half dropped
+        (llama-server's ``--context-shift``); off where the KV cache cannot shift."""
+        if context_shift and not self.context_shift:
+            logger.warning("this model's KV cache cannot shift; context shift is off")
         """(n-gram size, most tokens drafted per step) when drafting; None: off."""
         self.cache = PromptCache(cache_limit) if cache_limit != 0 else None
         """Conversations out of the slots, in host memory (None: ``cache_ram=0``)."""
@@ -406,7 +416,8 @@ class Engine:
             self.ll.llama_memory_seq_rm(self.ctx.mem, slot.seq, -1, -1)
             common = 0
         sampling = req.request.sampling
-        budget = self.ctx.n_ctx - len(tokens)
+        # With context shift, a reply is bounded by its max_tokens alone, as llama-server's.
+        budget = _UNBOUNDED if self.context_shift else self.ctx.n_ctx - len(tokens)
         if sampling.max_tokens:
             budget = min(budget, sampling.max_tokens)
         slot.start(req, common, budget)
@@ -420,6 +431,10 @@ class Engine:
             self._finish(slot, "cancelled")
         if not self._active:
             return
+        if self.context_shift:
+            for slot in self._active:
+                if slot.state is GENERATING and len(slot.cached) + 1 >= self.ctx.n_ctx:
+                    self._shift(slot)
         tok, pos, logits, seq_ids = self._tok, self._pos, self._logits, self._seq_id
         n = 0
         outputs: list[tuple[Slot, int]] = []
@@ -463,6 +478,20 @@ class Engine:
                 self._verify(slot, idx, drafts[slot])
             else:
                 self._emit(slot, self._draw(slot, ctx, idx))
+
+    def _shift(self, slot: Slot) -> None:
+        """Drop the older half of a full slot's tokens (its first one kept, the BOS), and
+        move the rest back in the cells, as llama-server's context shift does."""
+        ll, mem = self.ll, self.ctx.mem
+        n_keep = min(1 if ll.llama_vocab_get_add_bos(self.model.vocab) else 0, self.ctx.n_ctx - 4)
+        n_left = len(slot.cached) - n_keep
+        n_discard = max(0, min(n_left // 2, n_left - 1))
+        if n_discard == 0:
+            return
+        ll.llama_memory_seq_rm(mem, slot.seq, n_keep, n_keep + n_discard)
+        ll.llama_memory_seq_add(mem, slot.seq, n_keep + n_discard, len(slot.cached), -n_discard)
+        del slot.cached[n_keep : n_keep + n_discard]
+        logger.info("slot %d: context shift, %d tokens dropped", slot.seq, n_discard)
 
     def _draw(self, slot: Slot, ctx: Any, idx: int) -> int:
         token: int = slot.sampler.sample(ctx, idx)
@@ -564,6 +593,9 @@ class Engine:
             self._clear(idle[0])
             return
         biggest = max(self._active, key=lambda s: len(s.cached))
+        if self.context_shift and biggest.state is GENERATING and len(biggest.cached) > 4:
+            self._shift(biggest)
+            return
         logger.info("the context is full; ending the request in slot %d", biggest.seq)
         self._finish(biggest, "length")
 

@@ -28,7 +28,7 @@ from ...prompting.messages import Message
 from ...tools.types import Tool
 from ._llama import capture, lib
 
-__all__ = ["Context", "Model", "check_gguf"]
+__all__ = ["Context", "Model", "can_load_in_place", "check_gguf"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,13 @@ _N_BATCH = 512
 
 
 def check_gguf(path: Path) -> None:
-    """Refuse what is plainly not a GGUF file before llama.cpp sees it."""
+    """Refuse what is plainly not a GGUF file (or a llamafile holding one) before llama.cpp
+    sees it."""
+    from ...models.llamafile import is_llamafile, open_llamafile
+
+    if path.is_file() and is_llamafile(path):
+        open_llamafile(path)  # raises, saying why, when it holds no usable GGUF
+        return
     if path.is_dir():
         raise ModelNotFoundError(
             f"model path {str(path)!r} is a directory; pass the .gguf file inside it"
@@ -61,7 +67,15 @@ def check_gguf(path: Path) -> None:
 class Model:
     """Owns a ``llama_model``; thread-safe tokenization until :meth:`free`."""
 
-    def __init__(self, path: Path, gpu_layers: int, *, repack: bool = True) -> None:
+    def __init__(
+        self,
+        path: Path,
+        gpu_layers: int,
+        *,
+        repack: bool = True,
+        devices: Any = None,
+        tensor_split: Sequence[float] = (),
+    ) -> None:
         check_gguf(path)
         self.path = path
         self.ll = ll = lib()
@@ -70,8 +84,14 @@ class Model:
         mparams.n_gpu_layers = 999 if gpu_layers < 0 else gpu_layers
         # Repacked weights take ggml's faster CPU kernels (AMX among them; see .repack).
         mparams.use_extra_bufts = repack
+        if devices is not None:  # RPC in this process: this model's devices only (see .rpc)
+            mparams.devices = ctypes.cast(devices, ctypes.c_void_p)
+        split = None
+        if tensor_split:
+            split = (ctypes.c_float * max(len(tensor_split), ll.LLAMA_MAX_DEVICES))(*tensor_split)
+            mparams.tensor_split = ctypes.cast(split, ctypes.POINTER(ctypes.c_float))
         with capture() as said:
-            ptr = ll.llama_model_load_from_file(str(path).encode(), mparams)
+            ptr = _load(ll, path, mparams)
         if not ptr:
             raise ModelLoadError(
                 f"llama.cpp could not load {str(path)!r}: {said.reason('no reason given')}. "
@@ -79,6 +99,9 @@ class Model:
             )
         self.ptr: Any = ptr
         self.offloaded = said.offloaded[0] if said.offloaded else 0
+        del split  # read during the load only
+        self.layer_devices = dict(said.layers)
+        """Layer index -> device name, as llama.cpp placed them (index n_layers: output)."""
         self.vocab = ll.llama_model_get_vocab(ptr)
         self.n_ctx_train = int(ll.llama_model_n_ctx_train(ptr))
         self.n_layers = int(ll.llama_model_n_layer(ptr))
@@ -190,6 +213,57 @@ class Model:
             if self.ptr is not None:
                 self.ll.llama_model_free(self.ptr)
                 self.ptr = None
+
+
+def _load(ll: Any, path: Path, mparams: Any) -> Any:
+    """``llama_model_load_from_file``, or for a llamafile whose GGUF is stored and aligned,
+    ``llama_model_load_from_file_ptr`` at the GGUF's offset: loaded in place, no copy."""
+    from ...models.llamafile import is_llamafile, open_llamafile
+
+    if not is_llamafile(path):
+        return ll.llama_model_load_from_file(str(path).encode(), mparams)
+    found = open_llamafile(path)
+    if not found.in_place or _libc is None:
+        raise ModelLoadError(
+            f"{found.member} in {str(path)!r} is compressed or not aligned, so llama.cpp "
+            "cannot load it in place; load the copy extract_gguf() writes into the cache"
+        )
+    fp = _libc.fopen(str(path).encode(), b"rb")
+    if not fp:
+        raise ModelLoadError(f"cannot open llamafile {str(path)!r}; check its permissions")
+    try:
+        if _libc.fseeko(fp, found.offset, os.SEEK_SET) != 0:
+            raise ModelLoadError(f"cannot seek to {found.offset} in {str(path)!r}")
+        # llama.cpp reads the GGUF from here; mmap keeps the mapping once the FILE closes.
+        return ll.llama_model_load_from_file_ptr(ctypes.c_void_p(fp), mparams)
+    finally:
+        _libc.fclose(fp)
+
+
+def _open_libc() -> Any:
+    """The C library's stdio (POSIX); None where a ``FILE *`` from ctypes' C runtime might
+    not be the one llama.cpp was built against (Windows): llamafiles are extracted there."""
+    if os.name != "posix":
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        libc.fopen.restype = ctypes.c_void_p
+        libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+        libc.fseeko.restype = ctypes.c_int
+        libc.fseeko.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
+        libc.fclose.restype = ctypes.c_int
+        libc.fclose.argtypes = [ctypes.c_void_p]
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+_libc = _open_libc()
+
+
+def can_load_in_place() -> bool:
+    """Whether this platform loads a llamafile's GGUF in place (else it is extracted)."""
+    return _libc is not None
 
 
 GGML_TYPES = {

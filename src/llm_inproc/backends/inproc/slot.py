@@ -173,7 +173,13 @@ class Slot:
             n_prompt_evaluated=self.evaluated,
             n_prompt_reused=self.reused,
             n_decoded=n_gen,
-            n_remain=max(self.budget - n_gen, 0) if state is not SlotState.IDLE else 0,
+            n_remain=(
+                -1  # bounded by nothing but the end of the reply (context shift, no limit)
+                if self.budget >= 2**61
+                else max(self.budget - n_gen, 0)
+                if state is not SlotState.IDLE
+                else 0
+            ),
         )
 
     def forget(self) -> None:
