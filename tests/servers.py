@@ -17,7 +17,15 @@ from typing import Any
 from llm_inproc.backends.child import ChildServer, free_port
 from subproc import child_env
 
-__all__ = ["Answer", "Server", "free_port", "request", "start_ours", "started"]
+__all__ = [
+    "Answer",
+    "Server",
+    "free_port",
+    "request",
+    "start_llama_server",
+    "start_ours",
+    "started",
+]
 
 
 @dataclass
@@ -92,6 +100,19 @@ def ours_cmd(model: Path, port: int, *flags: str) -> list[str]:
         "1",
         *flags,
     ]
+
+
+@contextmanager
+def start_llama_server(
+    binary: Path, model: Path, log: Path, *flags: str, env: Mapping[str, str] | None = None
+) -> Iterator[Server]:
+    """The real llama-server on a free port (``-fa off`` unless ``flags`` say otherwise:
+    our engine evaluates without flash attention, so greedy replies then agree)."""
+    port = free_port()
+    fa = [] if "-fa" in flags else ["-fa", "off"]
+    cmd = [str(binary), "-m", str(model), "--port", str(port), *fa, *flags]
+    with started(cmd, port, log, env=env) as server:
+        yield server
 
 
 @contextmanager

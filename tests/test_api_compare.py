@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from servers import Answer, Server, env_without_key, free_port, request, start_ours, started
+from servers import Answer, Server, env_without_key, request, start_llama_server, start_ours
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(300)]
 
@@ -41,12 +41,11 @@ def theirs(
     chat_model_path: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Server]:
-    port = free_port()
     log = tmp_path_factory.mktemp("llama-server") / "server.log"
-    # Without flash attention, as our engine evaluates: greedy replies then agree.
-    cmd = [str(llama_server_binary), "-m", str(chat_model_path), "--port", str(port)]
-    cmd += [*FLAGS, "-fa", "off", *repack_flags]
-    with started(cmd, port, log, env=env_without_key()) as s:
+    flags = [*FLAGS, *repack_flags]
+    with start_llama_server(
+        llama_server_binary, chat_model_path, log, *flags, env=env_without_key()
+    ) as s:
         yield s
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from llm_inproc import InvalidInputError, Options, Session
 from llm_inproc.server.flags import settings_from_args
-from servers import Answer, Server, env_without_key, free_port, request, start_ours, started
+from servers import Answer, Server, env_without_key, request, start_llama_server, start_ours
 from test_embed import GEMMA_BOUND, SMOL_BOUND, TEXTS, cosines
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(300)]
@@ -25,10 +25,9 @@ LONG = "The history of the river valley is long. " * 70  # ~630 tokens: two of o
 
 
 def _theirs(binary: Path, model: Path, log: Path, repack: list[str], *flags: str) -> Any:
-    port = free_port()
     # -ub 1024: llama-server pools a text within one ubatch, so it must hold LONG whole.
-    cmd = [str(binary), "-m", str(model), "--port", str(port), *COMMON, "-ub", "1024"]
-    return started([*cmd, "-b", "1024", "-fa", "off", *repack, *flags], port, log)
+    batch = ("-ub", "1024", "-b", "1024")
+    return start_llama_server(binary, model, log, *COMMON, *batch, *repack, *flags)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from servers import Answer, Server, env_without_key, free_port, request, start_ours, started
+from servers import Answer, Server, env_without_key, request, start_llama_server, start_ours
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(300)]
 
@@ -25,14 +25,11 @@ def theirs(
     chat_model_path: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Server]:
-    binary = llama_server_binary
-    port = free_port()
     log = tmp_path_factory.mktemp("llama-server") / "server.log"
     # Our engine evaluates without flash attention (bit-exact replies across batches);
-    # llama-server must too, or greedy replies differ in the last bits of the logits.
-    cmd = [str(binary), "-m", str(chat_model_path), "--port", str(port), *FLAGS, "-fa", "off"]
-    cmd += repack_flags
-    with started(cmd, port, log) as s:
+    # llama-server must too (start_llama_server's -fa off), or greedy replies differ.
+    flags = [*FLAGS, *repack_flags]
+    with start_llama_server(llama_server_binary, chat_model_path, log, *flags) as s:
         yield s
 
 

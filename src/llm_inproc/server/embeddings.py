@@ -20,6 +20,7 @@ from ..embeddings.wire import native_response, oai_response, rerank_response
 from .errors import ApiError, invalid
 from .parse import parse_json
 from .prompts import tokenize
+from .state import state_of
 
 if TYPE_CHECKING:
     from ..session import Session
@@ -30,11 +31,6 @@ __all__ = ["routes"]
 
 def _not_supported(message: str) -> ApiError:
     return ApiError(501, message, "not_supported_error")
-
-
-def _state(request: Request) -> ServerState:
-    state: ServerState = request.app.state.llm
-    return state
 
 
 def server_pooling(state: ServerState, session: Session) -> str:
@@ -110,7 +106,7 @@ def _overflow(e: TextTooLongError, pooling: str) -> ApiError:
 
 
 async def _embeddings(request: Request, oai: bool) -> Response:
-    state = _state(request)
+    state = state_of(request)
     settings = state.settings
     if not settings.embedding:
         raise _not_supported(
@@ -170,7 +166,7 @@ async def oai_embeddings(request: Request) -> Response:
 
 
 async def rerank(request: Request) -> Response:
-    state = _state(request)
+    state = state_of(request)
     settings = state.settings
     if not (settings.embedding and settings.reranking):
         raise _not_supported("This server does not support reranking. Start it with `--reranking`")

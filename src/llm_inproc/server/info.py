@@ -19,7 +19,7 @@ from .chat import parse_messages, parse_tools
 from .errors import ApiError, invalid
 from .parse import parse_json
 from .prompts import tokenize
-from .state import ServerState
+from .state import ServerState, state_of
 
 __all__ = [
     "apply_template",
@@ -35,20 +35,15 @@ __all__ = [
 ]
 
 
-def _state(request: Request) -> ServerState:
-    state: ServerState = request.app.state.llm
-    return state
-
-
 async def health(request: Request) -> Response:
-    state = _state(request)
+    state = state_of(request)
     if state.session is None:
         return state.not_ready().response()
     return JSONResponse({"status": "ok"})
 
 
 async def metrics(request: Request) -> Response:
-    state = _state(request)
+    state = state_of(request)
     if not state.settings.metrics:
         raise ApiError(
             501,
@@ -108,7 +103,7 @@ def _slot(state: ServerState, info: SlotInfo) -> dict[str, Any]:
 
 
 async def props(request: Request) -> Response:
-    state = _state(request)
+    state = state_of(request)
     session = state.ready()
     info = session.model_info
     return JSONResponse(
@@ -130,7 +125,7 @@ async def props(request: Request) -> Response:
 
 async def set_props(request: Request) -> Response:
     """``POST /props``: allowed with ``--props``; like llama-server's, it changes nothing."""
-    state = _state(request)
+    state = state_of(request)
     if not state.settings.props:
         raise ApiError(
             501,
@@ -142,7 +137,7 @@ async def set_props(request: Request) -> Response:
 
 
 async def slots(request: Request) -> Response:
-    state = _state(request)
+    state = state_of(request)
     if not state.settings.slots:
         raise ApiError(
             501,
@@ -159,7 +154,7 @@ async def slots(request: Request) -> Response:
 async def slot_action(request: Request) -> Response:
     """``POST /slots/{id}?action=save|restore|erase``, as llama-server: slots' conversations
     to and from files in ``--slot-save-path``."""
-    state = _state(request)
+    state = state_of(request)
     directory = state.settings.slot_save_path
     if not directory:
         raise ApiError(
@@ -224,7 +219,7 @@ def valid_filename(name: str) -> bool:
 
 
 async def models(request: Request) -> Response:
-    state = _state(request)
+    state = state_of(request)
     info = state.ready().model_info
     name = state.model_name
     return JSONResponse(
@@ -253,7 +248,7 @@ def _bool(body: dict[str, Any], name: str, default: bool) -> bool:
 
 
 async def tokenize_route(request: Request) -> Response:
-    state = _state(request)
+    state = state_of(request)
     body = parse_json(await request.body())
     session = state.ready()
     content = body.get("content", "")
@@ -273,7 +268,7 @@ async def tokenize_route(request: Request) -> Response:
 
 
 async def detokenize(request: Request) -> Response:
-    state = _state(request)
+    state = state_of(request)
     body = parse_json(await request.body())
     session = state.ready()
     tokens = body.get("tokens", [])
@@ -286,7 +281,7 @@ async def detokenize(request: Request) -> Response:
 
 
 async def apply_template(request: Request) -> Response:
-    state = _state(request)
+    state = state_of(request)
     body = parse_json(await request.body())
     session = state.ready()
     messages = parse_messages(body)

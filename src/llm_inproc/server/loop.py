@@ -34,7 +34,7 @@ from ..sampling import TokenProb
 from ..session import Session
 from .errors import ApiError, translate
 from .parse import Generation, choice_seed
-from .state import ServerState
+from .state import ServerState, state_of
 
 __all__ = [
     "Choice",
@@ -48,11 +48,6 @@ __all__ = [
     "submit",
     "total",
 ]
-
-
-def state_of(request: Request) -> ServerState:
-    state: ServerState = request.app.state.llm
-    return state
 
 
 def cost_of(reply: Reply) -> wire.Cost:

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..metrics import Metrics
 from ..reply import Reply
@@ -15,7 +16,10 @@ from ..session import Session
 from .errors import ApiError
 from .flags import ServerSettings
 
-__all__ = ["Histogram", "ServerState"]
+if TYPE_CHECKING:
+    from starlette.requests import Request
+
+__all__ = ["Histogram", "ServerState", "state_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -165,3 +169,9 @@ class ServerState:
             session, self.session = self.session, None
         if session is not None:
             session.close()
+
+
+def state_of(request: Request) -> ServerState:
+    """The server's state, from a request to its app."""
+    state: ServerState = request.app.state.llm
+    return state
