@@ -111,6 +111,18 @@ def test_a_port_already_in_use_is_a_clear_error(chat_model_path: Path) -> None:
     assert "Traceback" not in out.stderr
 
 
+def test_serving_without_the_server_extra_says_how_to_install_it() -> None:
+    """Without uvicorn (the ``server`` extra), ``serve`` says which extra to install."""
+    code = (
+        "import sys; sys.modules['uvicorn'] = None\n"  # as if it were not installed
+        "from llm_inproc.cli import main; raise SystemExit(main())"
+    )
+    out = run_python(code, "serve", "--port", str(free_port()), timeout=60)
+    assert out.returncode == 1, out.stderr
+    assert "pip install 'llm-inproc[server]'" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def test_an_unsupported_llama_server_flag_is_named() -> None:
     out = run_python(
         "from llm_inproc.server import main; raise SystemExit(main())",

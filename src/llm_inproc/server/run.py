@@ -53,9 +53,15 @@ def _load(settings: ServerSettings) -> Session:
 
 def serve(settings: ServerSettings, load: Callable[[], Session] | None = None) -> int:
     """Serve until interrupted; raise the load error if the model cannot be loaded."""
-    import uvicorn
+    try:
+        import uvicorn
 
-    from .app import create_app
+        from .app import create_app
+    except ImportError as e:
+        raise LLMError(
+            f"serving needs the server extra ({e.name} is not installed): "
+            "pip install 'llm-inproc[server]'"
+        ) from None
 
     check_template(settings.chat_template)
     sock = bind(settings.host, settings.port)
