@@ -12,9 +12,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from llm_inproc import BackendError, Message, Options, Role, Sampling, Session
+from llm_inproc import BackendError, InvalidInputError, Message, Options, Role, Sampling, Session
 from llm_inproc.backends.inproc.sampler import grammar_for
 from llm_inproc.config import DEFAULT_MODEL
 from llm_inproc.models.embedded import GEMMA_BASE
@@ -70,6 +71,15 @@ def test_model_python_serves_the_default_model_in_our_server(
         r = s.complete(MSGS, max_tokens=6, temperature=0)
         assert r.text and r.generated.count == 6
         assert s.get_metrics().generated.count == 6
+        # It embeds too, pooled as in-process (mean for a chat model): unit rows, and the
+        # same pooling asked by name.
+        assert s.model_pooling == "mean"
+        rows = s.embed(["The sky is blue.", "Grass is green."])
+        assert rows.shape[0] == 2 and np.allclose(np.linalg.norm(rows, axis=1), 1, atol=1e-4)
+        same = s.embed(["The sky is blue."], pooling="mean")
+        assert float(same[0] @ rows[0]) > 0.9999
+        with pytest.raises(InvalidInputError, match="pools as it was started"):
+            s.embed(["The sky is blue."], pooling="none")
         log = s._backend._child.log_path
         assert log.parent == cache_dir / "logs" and log.exists()
     assert _gone(port, within=10)
@@ -87,6 +97,8 @@ def test_backend_llama_server_runs_the_binary_with_the_raw_encoding(
         port = _port(s)
         whole = s.prompt(MSGS, max_tokens=8, temperature=0)
         assert "".join(s.prompt_streaming(MSGS, max_tokens=8, temperature=0)).strip() == whole
+        with pytest.raises(InvalidInputError, match="llama-server does not embed"):
+            s.embed(["x"])  # its --embedding would turn completions off
         with Session(Options(model=GEMMA_BASE.ref, **SMALL), cache_dir=cache_dir) as inproc:
             assert inproc.prompt(MSGS, max_tokens=8, temperature=0) == whole
     assert _gone(port, within=10)

@@ -22,11 +22,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..config import CONTEXT_CAP, UNQUANTIZED_KV, Options
-from ..errors import BackendError
+from ..errors import BackendError, InvalidInputError
 from ..host.hardware import physical_cores
 from ..metrics import Metrics
-from ..models.gguf_header import read_gguf_header
-from .base import GenerationRequest
+from ..models.gguf_header import read_gguf_header, read_gguf_pooling
+from .base import GenerationRequest, Vectors
 from .child import ChildServer, free_port
 from .http.backend import API_KEY_ENV, RemoteBackend
 from .stream import RawStream
@@ -174,11 +174,29 @@ def _python_command(path: Path, options: Options, port: int, cache_dir: Path) ->
         cmd.append("--context-shift")
     return [
         *cmd,
+        *_python_embedding(path),
         *("--cache-ram", str(options.cache_ram)),
         *_cache_types(options),
         *_speculative(options),
         *_rpc(options),
     ]
+
+
+@functools.lru_cache(maxsize=8)
+def _child_pooling(path: Path) -> str:
+    """How our spawned server pools, as the model pools in-process: the GGUF's pooling
+    type, else mean (``rank`` for a reranker)."""
+    from ..embeddings.pooling import pooling_name
+
+    value = read_gguf_pooling(path)
+    return (pooling_name(value) if value is not None else None) or "mean"
+
+
+def _python_embedding(path: Path) -> list[str]:
+    """Embeddings on in our spawned server (its completions keep working, unlike
+    llama-server's with ``--embedding``), pooled as in-process."""
+    pooling = _child_pooling(path)
+    return ["--reranking"] if pooling == "rank" else ["--embedding", "--pooling", pooling]
 
 
 def _child_env(kind: str, key: str) -> dict[str, str]:
@@ -207,6 +225,7 @@ class SpawnedBackend:
         ready_timeout: float = READY_TIMEOUT,
     ) -> None:
         self.name = kind
+        self._path = path
         port = free_port()
         build = _llama_server_command if kind == "llama-server" else _python_command
         command = build(path, options, port, cache_dir)
@@ -248,6 +267,37 @@ class SpawnedBackend:
 
     def render(self, request: GenerationRequest) -> str:
         return self._http.render(request)
+
+    # -- vectors (our server only) -----------------------------------------------------------
+
+    def _embeds(self) -> RemoteBackend:
+        if self.name != "python":
+            raise InvalidInputError(
+                "a spawned llama-server does not embed: its --embedding turns completions "
+                "off; use backend='python' (our server) or the model in-process"
+            )
+        self._check()
+        return self._http
+
+    def model_pooling(self) -> str | None:
+        return _child_pooling(self._path) if self.name == "python" else None
+
+    def embed(
+        self, inputs: Sequence[str | Sequence[int]], pooling: str | None, *, truncate: bool
+    ) -> Vectors:
+        http = self._embeds()
+        own = _child_pooling(self._path)
+        if pooling not in (None, own):
+            raise InvalidInputError(
+                f"pooling={pooling!r}: the spawned server pools as it was started ({own}, "
+                "the model's own); leave pooling out, or run the model in-process "
+                "(backend='inproc') to choose it per call"
+            )
+        # One vector per token comes only from /embedding; pooled ones from /v1/embeddings.
+        return http.embed(inputs, "none" if own == "none" else None, truncate=truncate)
+
+    def rerank(self, query: str, documents: Sequence[str], *, truncate: bool) -> Vectors:
+        return self._embeds().rerank(query, documents, truncate=truncate)
 
     def count_tokens(self, request: GenerationRequest) -> int:
         return self._http.count_tokens(request)

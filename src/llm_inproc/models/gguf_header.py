@@ -91,3 +91,26 @@ def read_gguf_header(path: Path) -> GGUFHeader:
         raise ModelLoadError(f"cannot read {path}: {e}") from None
     ctx = found.get(f"{arch}.context_length", 0)
     return GGUFHeader(arch, int(ctx) if isinstance(ctx, int) else 0)
+
+
+def read_gguf_pooling(path: Path) -> int | None:
+    """``<arch>.pooling_type`` of the GGUF at ``path`` (llama.cpp's pooling id), or None
+    when the header names none (every chat model). Reads the whole header (the vocabulary
+    arrays are skipped, not decoded): a spawned server needs it once."""
+    try:
+        with path.open("rb") as f:
+            if f.read(4) != b"GGUF":
+                raise ModelLoadError(f"{path} is not a GGUF file (wrong magic bytes)")
+            _read(f, "I")  # version
+            _read(f, "Q")  # tensor count
+            n_kv = int(_read(f, "Q"))  # type: ignore[call-overload]
+            found: dict[str, object] = {}
+            for _ in range(n_kv):
+                key = _string(f)
+                found[key] = _value(f, int(_read(f, "I")))  # type: ignore[call-overload]
+    except (EOFError, ValueError, struct.error) as e:
+        raise ModelLoadError(f"{path} has a truncated or corrupt GGUF header ({e})") from None
+    except OSError as e:
+        raise ModelLoadError(f"cannot read {path}: {e}") from None
+    value = found.get(f"{found.get('general.architecture', '')}.pooling_type")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
