@@ -165,7 +165,6 @@ class SlotInfo:
     """The request served, or last served (None: none yet)."""
     n_cached: int
     """Tokens whose KV cells the slot holds now."""
-    n_prompt: int
     n_prompt_evaluated: int
     n_prompt_reused: int
     """Prompt tokens found in the cells (or the prompt cache) and not evaluated again."""

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from pathlib import Path
 
 from ..errors import InvalidInputError, LLMError
 from .presets import DEFAULT_PRESET, load_presets
 from .python import BuildLog, OutputCallback, installed_llama_cpp_version
-from .servers import _EXE, _build_locked, _root, _sources
+from .servers import _EXE, _build_locked, _root, _sources, find_executable
 
 __all__ = [
     "RPC_SERVER_TARGET",
@@ -53,23 +52,12 @@ def cached_rpc_server(
 
 def find_rpc_server(cache_dir: str | os.PathLike[str], preset: str = DEFAULT_PRESET) -> Path | None:
     """An rpc-server binary: ``$RPC_SERVER``, then ``PATH``, then the build cache."""
-    explicit = os.environ.get("RPC_SERVER")
-    if explicit:
-        path = Path(explicit).expanduser()
-        if not (path.is_file() and os.access(path, os.X_OK)):
-            raise InvalidInputError(
-                f"$RPC_SERVER={explicit} is not an executable file; point it at llama.cpp's "
-                "rpc-server, or unset it to use PATH and the build cache"
-            )
-        return path
-    for name in ("rpc-server", RPC_SERVER_TARGET):
-        on_path = shutil.which(name)
-        if on_path:
-            return Path(on_path)
-    try:
-        return cached_rpc_server(cache_dir, preset)
-    except LLMError:
-        return None
+    return find_executable(
+        "RPC_SERVER",
+        ("rpc-server", RPC_SERVER_TARGET),
+        "llama.cpp's rpc-server",
+        lambda: cached_rpc_server(cache_dir, preset),
+    )
 
 
 def build_rpc_server(

@@ -25,6 +25,7 @@ import tarfile
 import tempfile
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -158,23 +159,36 @@ def find_llama_server(
     cache_dir: str | os.PathLike[str], preset: str = DEFAULT_PRESET
 ) -> Path | None:
     """A ``llama-server`` binary: ``$LLAMA_SERVER``, then ``PATH``, then the build cache."""
-    explicit = os.environ.get("LLAMA_SERVER")
+
+    def cached() -> Path | None:
+        build = cached_server_build(cache_dir, preset)
+        return build.llama_server if build else None
+
+    return find_executable("LLAMA_SERVER", ("llama-server",), "a llama-server binary", cached)
+
+
+def find_executable(
+    variable: str, names: tuple[str, ...], what: str, cached: Callable[[], Path | None]
+) -> Path | None:
+    """A binary: ``$variable`` (which must name an executable), then ``names`` on
+    ``PATH``, then what ``cached`` finds in the build cache (None: not built)."""
+    explicit = os.environ.get(variable)
     if explicit:
         path = Path(explicit).expanduser()
         if not (path.is_file() and os.access(path, os.X_OK)):
             raise InvalidInputError(
-                f"$LLAMA_SERVER={explicit} is not an executable file; point it at a "
-                "llama-server binary, or unset it to use PATH and the build cache"
+                f"${variable}={explicit} is not an executable file; point it at {what}, "
+                "or unset it to use PATH and the build cache"
             )
         return path
-    on_path = shutil.which("llama-server")
-    if on_path:
-        return Path(on_path)
+    for name in names:
+        on_path = shutil.which(name)
+        if on_path:
+            return Path(on_path)
     try:
-        build = cached_server_build(cache_dir, preset)
+        return cached()
     except LLMError:
         return None
-    return build.llama_server if build else None
 
 
 def server_cmake_args(preset: str = DEFAULT_PRESET, *, commit: str = "unknown") -> list[str]:

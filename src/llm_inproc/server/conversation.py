@@ -23,16 +23,18 @@ from .loop import Format, answer, submit
 from .parse import Generation
 from .state import ServerState
 
-__all__ = ["answer_conversation", "count_conversation"]
+__all__ = ["answer_conversation", "chat_request", "count_conversation"]
 
 
-def _build(
+def chat_request(
     state: ServerState,
     session: Session,
     messages: Sequence[Message],
     sampling: Sampling,
     tools: ToolRequest | None,
 ) -> GenerationRequest:
+    """The request for a conversation through the served chat template (``--chat-template``
+    or the model's): every chat-shaped route builds it here."""
     template = state.settings.chat_template
     return session.chat_request(messages, sampling, template=template, tools=tools)
 
@@ -57,7 +59,7 @@ async def answer_conversation(
 
     def build() -> tuple[GenerationRequest, int]:
         # In a worker thread: rendering, tokenizing and a tools grammar take a while.
-        req = _build(state, session, messages, gen.sampling, tools)
+        req = chat_request(state, session, messages, gen.sampling, tools)
         return req, _prompt_tokens(session, req) if gen.stream else 0
 
     req, n_prompt = await anyio.to_thread.run_sync(build)
@@ -78,6 +80,6 @@ async def count_conversation(
     """The prompt tokens the conversation would take, generating nothing."""
 
     def count() -> int:
-        return _prompt_tokens(session, _build(state, session, messages, Sampling(), tools))
+        return _prompt_tokens(session, chat_request(state, session, messages, Sampling(), tools))
 
     return await anyio.to_thread.run_sync(count)

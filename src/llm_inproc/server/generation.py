@@ -23,6 +23,7 @@ from ..backends.base import GenerationRequest
 from ..prompting.messages import Role
 from ..session import Session
 from .chat import parse_messages, parse_tools
+from .conversation import chat_request
 from .loop import Choice, Done, Format, answer, state_of, submit, total
 from .parse import Generation, Route, parse_generation, parse_json, parse_prompts
 from .prompts import completion_request
@@ -231,8 +232,7 @@ async def chat_completions(request: Request) -> Response:
     gen = parse_generation(body, state.settings.defaults, "chat", session.model_info.parallel)
 
     def make(_: Any) -> GenerationRequest:
-        template = state.settings.chat_template
-        return session.chat_request(messages, gen.sampling, template=template, tools=tools)
+        return chat_request(state, session, messages, gen.sampling, tools)
 
     choices = await submit(gen, make, [None], session)
     last = messages[-1]

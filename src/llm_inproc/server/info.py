@@ -16,6 +16,7 @@ from ..backends.base import SlotInfo
 from ..metrics import PROMETHEUS_CONTENT_TYPE
 from ..sampling import Sampling
 from .chat import parse_messages, parse_tools
+from .conversation import chat_request
 from .errors import ApiError, invalid
 from .parse import parse_json
 from .prompts import tokenize
@@ -288,8 +289,6 @@ async def apply_template(request: Request) -> Response:
     tools = parse_tools(body)
 
     def run() -> str:
-        template = state.settings.chat_template
-        req = session.chat_request(messages, Sampling(), template=template, tools=tools)
-        return session.render(req)
+        return session.render(chat_request(state, session, messages, Sampling(), tools))
 
     return JSONResponse({"prompt": await anyio.to_thread.run_sync(run)})

@@ -51,32 +51,48 @@ def _prepare(messages: Any, tools: Iterable[Any] | None, max_rounds: int) -> dic
     return {t.name: t for t in found}
 
 
-def _choice(round_: int, max_rounds: int, first: Any, stuck: bool) -> Any:
-    if round_ >= max_rounds or stuck:
-        return "none"
-    return first if round_ == 0 else "auto"
+class _Rounds:
+    """What both loops share: the tools by name, which ``tool_choice`` each round asks
+    with, and the conversation the rounds append to."""
 
+    def __init__(
+        self, messages: Any, tools: Iterable[Any] | None, max_rounds: int, first: Any
+    ) -> None:
+        self.by_name = _prepare(messages, tools, max_rounds)
+        self.messages: list[Message] = messages
+        self._offered = list(self.by_name.values())
+        self._max, self._first = max_rounds, first
+        self._round = 0
+        self._seen: set[tuple[str, str]] = set()
+        self._stuck = False
 
-def _repeats(calls: tuple[ToolCall, ...], seen: set[tuple[str, str]]) -> bool:
-    """Whether every call was made before (then their results are already in the history);
-    records them."""
-    keys = [(c.name, json.dumps(dict(c.arguments), sort_keys=True)) for c in calls]
-    old = all(k in seen for k in keys)
-    seen.update(keys)
-    return old
+    def ask(self) -> dict[str, Any]:
+        """The tools arguments of the next request."""
+        last = self._round >= self._max or self._stuck
+        choice = "none" if last else self._first if self._round == 0 else "auto"
+        return {"tools": self._offered, "tool_choice": choice}
 
+    def calls(self, reply: Reply) -> tuple[ToolCall, ...]:
+        """Append the model's turn; the calls to run (none: ``reply`` is the answer)."""
+        if not reply.tool_calls:
+            self.messages.append(Message(Role.ASSISTANT, reply.text))
+            return ()
+        if self._round >= self._max:
+            raise AssertionError("unreachable: the last round offers no tools")
+        self.messages.append(Message(Role.TOOL_CALL, reply.text, tool_calls=reply.tool_calls))
+        # Every call made before: their results are in the history already.
+        keys = [(c.name, json.dumps(dict(c.arguments), sort_keys=True)) for c in reply.tool_calls]
+        self._stuck = all(k in self._seen for k in keys)
+        self._seen.update(keys)
+        self._round += 1
+        return reply.tool_calls
 
-def _unknown(call: ToolCall, tools: Mapping[str, Tool]) -> str:
-    return f"error: there is no tool named {call.name!r}; the tools are: {', '.join(tools)}"
+    def answer(self, call: ToolCall, result: str) -> None:
+        self.messages.append(Message.result(call, result))
 
-
-def _record(messages: list[Message], reply: Reply) -> bool:
-    """Append the model's turn; whether it called tools."""
-    if not reply.tool_calls:
-        messages.append(Message(Role.ASSISTANT, reply.text))
-        return False
-    messages.append(Message(Role.TOOL_CALL, reply.text, tool_calls=reply.tool_calls))
-    return True
+    def unknown(self, call: ToolCall) -> str:
+        names = ", ".join(self.by_name)
+        return f"error: there is no tool named {call.name!r}; the tools are: {names}"
 
 
 def run_tools(
@@ -89,21 +105,15 @@ def run_tools(
     **prompt: Any,
 ) -> Reply:
     """:meth:`Session.run_tools`."""
-    by_name = _prepare(messages, tools, max_rounds)
-    offered = list(by_name.values())
-    seen: set[tuple[str, str]] = set()
-    stuck = False
-    for round_ in range(max_rounds + 1):
-        choice = _choice(round_, max_rounds, tool_choice, stuck)
-        reply = session.complete(messages, tools=offered, tool_choice=choice, **prompt)
-        if not _record(messages, reply):
+    rounds = _Rounds(messages, tools, max_rounds, tool_choice)
+    while True:
+        reply = session.complete(messages, **rounds.ask(), **prompt)
+        calls = rounds.calls(reply)
+        if not calls:
             return reply
-        stuck = _repeats(reply.tool_calls, seen)
-        for call in reply.tool_calls:
-            tool = by_name.get(call.name)
-            result = call_tool(tool, call.arguments) if tool else _unknown(call, by_name)
-            messages.append(Message.result(call, result))
-    raise AssertionError("unreachable: the last round offers no tools")
+        for call in calls:
+            tool = rounds.by_name.get(call.name)
+            rounds.answer(call, call_tool(tool, call.arguments) if tool else rounds.unknown(call))
 
 
 async def arun_tools(
@@ -117,26 +127,21 @@ async def arun_tools(
 ) -> Reply:
     """:meth:`Session.arun_tools`: plain functions run in a worker thread, coroutine
     functions are awaited."""
-    by_name = _prepare(messages, tools, max_rounds)
-    offered = list(by_name.values())
-    seen: set[tuple[str, str]] = set()
-    stuck = False
-    for round_ in range(max_rounds + 1):
-        choice = _choice(round_, max_rounds, tool_choice, stuck)
-        reply = await session.acomplete(messages, tools=offered, tool_choice=choice, **prompt)
-        if not _record(messages, reply):
+    rounds = _Rounds(messages, tools, max_rounds, tool_choice)
+    while True:
+        reply = await session.acomplete(messages, **rounds.ask(), **prompt)
+        calls = rounds.calls(reply)
+        if not calls:
             return reply
-        stuck = _repeats(reply.tool_calls, seen)
-        for call in reply.tool_calls:
-            tool = by_name.get(call.name)
+        for call in calls:
+            tool = rounds.by_name.get(call.name)
             if tool is None:
-                result = _unknown(call, by_name)
+                result = rounds.unknown(call)
             elif inspect.iscoroutinefunction(tool.function):
                 result = await _acall(tool, call.arguments)
             else:
                 result = await asyncio.to_thread(call_tool, tool, call.arguments)
-            messages.append(Message.result(call, result))
-    raise AssertionError("unreachable: the last round offers no tools")
+            rounds.answer(call, result)
 
 
 async def _acall(tool: Tool, arguments: Mapping[str, Any]) -> str:

@@ -34,7 +34,7 @@ from .model import Context, Model
 from .ngram import NgramDrafter
 from .prompt_cache import CachedPrompt, PromptCache
 from .request import Request
-from .slot import Slot, SlotState, choose_slot, common_prefix, plan_batch
+from .slot import UNBOUNDED, Slot, SlotState, choose_slot, common_prefix, plan_batch
 
 __all__ = ["Engine", "drafting_pays"]
 
@@ -67,10 +67,6 @@ _IDLE_EXIT = 1.0
 one). An idle thread keeps its OpenMP workers, and libgomp shortens its spin-waits for
 every team while it manages more threads than there are CPUs: one idle Session cost
 another in the same process ~20 % of its speed on two cores (98 vs 124 tok/s)."""
-
-
-_UNBOUNDED = 2**62
-"""The budget of a reply that only EOS or the caller ends."""
 
 
 @dataclass
@@ -136,12 +132,12 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._calls: list[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = []
         self.speculative = speculative
+        """(n-gram size, most tokens drafted per step) when drafting; None: off."""
         self.context_shift = context_shift and bool(ll.llama_memory_can_shift(ctx.mem))
         """Whether a reply that fills the context goes on, its slot's older half dropped
         (llama-server's ``--context-shift``); off where the KV cache cannot shift."""
         if context_shift and not self.context_shift:
             logger.warning("this model's KV cache cannot shift; context shift is off")
-        """(n-gram size, most tokens drafted per step) when drafting; None: off."""
         self.cache = PromptCache(cache_limit) if cache_limit != 0 else None
         """Conversations out of the slots, in host memory (None: ``cache_ram=0``)."""
 
@@ -417,7 +413,7 @@ class Engine:
             common = 0
         sampling = req.request.sampling
         # With context shift, a reply is bounded by its max_tokens alone, as llama-server's.
-        budget = _UNBOUNDED if self.context_shift else self.ctx.n_ctx - len(tokens)
+        budget = UNBOUNDED if self.context_shift else self.ctx.n_ctx - len(tokens)
         if sampling.max_tokens:
             budget = min(budget, sampling.max_tokens)
         slot.start(req, common, budget)

@@ -16,7 +16,10 @@ from ..base import SlotInfo
 from .ngram import NgramDrafter
 from .request import Request
 
-__all__ = ["Slot", "SlotState", "choose_slot", "common_prefix", "plan_batch"]
+__all__ = ["UNBOUNDED", "Slot", "SlotState", "choose_slot", "common_prefix", "plan_batch"]
+
+UNBOUNDED = 2**62
+"""The budget of a reply that only its end of generation or the caller ends."""
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -60,7 +63,6 @@ class Slot:
         "first_at",
         "last_used",
         "n_gen",
-        "n_prompt",
         "next_token",
         "pending",
         "probs",
@@ -99,8 +101,6 @@ class Slot:
         self.probs: list[TokenProb] | None = None
         self.task = -1
         """The number of the request served, or last served (-1: none yet)."""
-        self.n_prompt = 0
-        """Prompt tokens of that request."""
 
     @property
     def busy(self) -> bool:
@@ -113,7 +113,6 @@ class Slot:
         self.state = SlotState.PROMPT
         self.req = req
         self.task = req.task
-        self.n_prompt = len(req.tokens)
         self.sampler = req.sampler
         self.pending = list(req.tokens[reused:])
         self.reused = reused
@@ -169,13 +168,12 @@ class Slot:
             state=state.value,
             task=task if task >= 0 else None,
             n_cached=len(self.cached),
-            n_prompt=self.n_prompt,
             n_prompt_evaluated=self.evaluated,
             n_prompt_reused=self.reused,
             n_decoded=n_gen,
             n_remain=(
                 -1  # bounded by nothing but the end of the reply (context shift, no limit)
-                if self.budget >= 2**61
+                if self.budget == UNBOUNDED
                 else max(self.budget - n_gen, 0)
                 if state is not SlotState.IDLE
                 else 0
