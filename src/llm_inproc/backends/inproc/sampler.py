@@ -103,7 +103,7 @@ class LazyGrammar:
     take over, through the same check-then-accept as every constrained step.
     """
 
-    __slots__ = ("_grammar", "_ll", "_model", "_patterns", "_piece", "_text", "done")
+    __slots__ = ("_grammar", "_ll", "_model", "_patterns", "_piece", "_seen", "_text", "done")
 
     def __init__(self, ll: Any, model: Model, grammar: str, triggers: Sequence[str]) -> None:
         import re
@@ -113,6 +113,9 @@ class LazyGrammar:
         self._grammar = grammar
         self._patterns = [re.compile(t) for t in triggers]
         self._text = ""
+        """The reply's tail: all of it while short, then its last few hundred characters."""
+        self._seen = 0
+        """Characters of the reply so far."""
         self._piece = ctypes.create_string_buffer(256)
         self.done = False
         """The trigger fired (or a fired trigger did not fit the grammar): stop looking."""
@@ -123,10 +126,15 @@ class LazyGrammar:
 
         A trigger is a marker or the head of a call, so only the last few hundred characters
         can hold a new match: each token searches those, not the whole reply again (patterns
-        anchored at the start only while the reply is that short)."""
-        old = len(self._text)
-        self._text += self._token_text(token)
-        start = max(0, old - _TRIGGER_REACH)
+        anchored at the start only while the reply is that short); and only the tail is
+        kept, so a long reply costs no more per token than a short one."""
+        old = self._seen
+        piece = self._token_text(token)
+        self._seen += len(piece)
+        if len(self._text) > 4 * _TRIGGER_REACH:
+            self._text = self._text[-2 * _TRIGGER_REACH :]
+        self._text += piece
+        start = max(0, len(self._text) - len(piece) - _TRIGGER_REACH)
         for pattern in self._patterns:
             anchored = pattern.pattern.startswith("^")
             if anchored and old > _TRIGGER_REACH:
