@@ -30,6 +30,20 @@ def _load(name: str) -> ModuleType:
     return module
 
 
+def _run(name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python examples/NAME.py ARGS`` as a user runs it; it must exit 0."""
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / f"{name}.py"), *args],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
 def _squash(text: str) -> str:
     return re.sub(r"\s+", "", text)
 
@@ -39,15 +53,7 @@ def test_bot_serves_every_user_at_once_and_remembers_each_conversation(
 ) -> None:
     bot = _load("bot")
     memory_file = tmp_path / "memory.json"
-    proc = subprocess.run(
-        [sys.executable, str(EXAMPLES / "bot.py"), str(memory_file)],
-        capture_output=True,
-        text=True,
-        env=child_env(),
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _run("bot", str(memory_file))
     out = proc.stdout.splitlines()
 
     # Every user's messages were shown, and the bot streamed a non-empty reply to each.
@@ -98,15 +104,7 @@ def test_bot_serves_every_user_at_once_and_remembers_each_conversation(
 
 
 def test_agent_calls_the_calculator_and_answers(chat_model_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, str(EXAMPLES / "agent.py"), "What is 37 times 91?"],
-        capture_output=True,
-        text=True,
-        env=child_env(),
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _run("agent", "What is 37 times 91?")
     lines = proc.stdout.splitlines()
     calls = [line for line in lines if line.startswith("call    calculator(")]
     results = [line.removeprefix("result  ") for line in lines if line.startswith("result  ")]
@@ -117,15 +115,7 @@ def test_agent_calls_the_calculator_and_answers(chat_model_path: Path) -> None:
 
 
 def test_search_finds_the_passage_about_plants(chat_model_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, str(EXAMPLES / "search.py"), "How do plants make their food?"],
-        capture_output=True,
-        text=True,
-        env=child_env(),
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _run("search", "How do plants make their food?")
     matches = [line for line in proc.stdout.splitlines() if line.startswith("match   ")]
     assert len(matches) == 3, proc.stdout
     # A 135M chat model is a weak embedder; a plant passage is still among its best three.

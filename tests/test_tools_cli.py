@@ -11,19 +11,8 @@ from pathlib import Path
 import pytest
 
 from subproc import child_env, run_cli
+from tool_data import WEATHER
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Get the current weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string", "description": "The city's name"}},
-            "required": ["city"],
-        },
-    },
-}
 CLOCK = {
     "name": "get_time",  # the bare function object is accepted too
     "description": "Get the current time in a time zone",

@@ -35,24 +35,13 @@ from llm_inproc.sampling import Sampling
 from llm_inproc.tools.types import ToolCall, tool_request
 from servers import Server, env_without_key, free_port, request, start_ours, started
 from subproc import child_env, run_python
+from tool_data import WEATHER
 
 pytestmark = pytest.mark.timeout(300)
 
 QWEN_TEMPLATE = Path(__file__).parent / "data" / "templates" / "Qwen-Qwen2.5-7B-Instruct.jinja"
 FLAGS = ("-c", "2048", "-np", "1", "--jinja")
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Get the current weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string", "description": "The city's name"}},
-            "required": ["city"],
-        },
-    },
-}
 CLOCK = {
     "type": "function",
     "function": {
