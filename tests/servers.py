@@ -20,8 +20,11 @@ from subproc import child_env
 __all__ = [
     "Answer",
     "Server",
+    "both",
     "free_port",
+    "named_events",
     "request",
+    "sse_data",
     "start_llama_server",
     "start_ours",
     "started",
@@ -58,6 +61,28 @@ def request(
         return Answer(resp.status, {k.lower(): v for k, v in resp.getheaders()}, text)
     finally:
         conn.close()
+
+
+def both(
+    ours: ChildServer, theirs: ChildServer, method: str, path: str, **kw: Any
+) -> tuple[Answer, Answer]:
+    """The same request to our server and to llama-server."""
+    return request(ours.port, method, path, **kw), request(theirs.port, method, path, **kw)
+
+
+def sse_data(text: str) -> list[dict[str, Any]]:
+    """The JSON objects of a ``data:`` event stream (``[DONE]`` left out)."""
+    return [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
+
+
+def named_events(text: str) -> list[tuple[str, dict[str, Any]]]:
+    """``(event name, data)`` of an ``event:``/``data:`` stream (Anthropic's, Responses')."""
+    out = []
+    for block in text.strip().split("\n\n"):
+        name, data = block.split("\n")
+        assert name.startswith("event: ") and data.startswith("data: "), block
+        out.append((name[7:], json.loads(data[6:])))
+    return out
 
 
 Server = ChildServer

@@ -15,7 +15,7 @@ from typing import Any
 import anthropic
 import pytest
 
-from servers import Server, env_without_key, request, start_ours
+from servers import Server, env_without_key, named_events, request, start_ours
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.model]
 
@@ -60,13 +60,8 @@ def _events(server: Server, body: dict[str, Any]) -> list[tuple[str, dict[str, A
     """A raw stream's ``(event name, data)`` pairs: the names Anthropic's clients read."""
     answer = request(server.port, "POST", "/v1/messages", {**body, "stream": True})
     assert answer.status == 200 and answer.headers["content-type"].startswith("text/event-stream")
-    out = []
-    for block in answer.text.strip().split("\n\n"):
-        lines = block.split("\n")
-        assert lines[0].startswith("event: ") and lines[1].startswith("data: "), block
-        data = json.loads(lines[1][6:])
-        assert data["type"] == lines[0][7:]
-        out.append((lines[0][7:], data))
+    out = named_events(answer.text)
+    assert all(data["type"] == name for name, data in out)
     return out
 
 

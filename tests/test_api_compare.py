@@ -5,14 +5,21 @@ and, greedy, the same text and token counts."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from servers import Answer, Server, env_without_key, request, start_llama_server, start_ours
+from servers import (
+    Answer,
+    Server,
+    both,
+    env_without_key,
+    named_events,
+    start_llama_server,
+    start_ours,
+)
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(300)]
 
@@ -57,7 +64,7 @@ def ours(chat_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 
 def _both(ours: Server, theirs: Server, path: str, body: Any) -> tuple[Answer, Answer]:
-    return request(ours.port, "POST", path, body), request(theirs.port, "POST", path, body)
+    return both(ours, theirs, "POST", path, body=body)
 
 
 def _shape(value: Any) -> Any:
@@ -73,12 +80,7 @@ def _events(answer: Answer) -> list[tuple[str, dict[str, Any]]]:
     """``(event name, data)`` of a named-event stream."""
     assert answer.status == 200, answer.text
     assert answer.headers["content-type"].startswith("text/event-stream")
-    out = []
-    for block in answer.text.strip().split("\n\n"):
-        name, data = block.split("\n")
-        assert name.startswith("event: ") and data.startswith("data: "), block
-        out.append((name[7:], json.loads(data[6:])))
-    return out
+    return named_events(answer.text)
 
 
 def _same_events(ours: Answer, theirs: Answer) -> list[tuple[str, dict[str, Any]]]:

@@ -15,7 +15,7 @@ import pytest
 
 from llm_inproc import InvalidInputError, Options, Session
 from llm_inproc.server.flags import settings_from_args
-from servers import Answer, Server, env_without_key, request, start_llama_server, start_ours
+from servers import Answer, Server, both, env_without_key, request, start_llama_server, start_ours
 from test_embed import GEMMA_BOUND, SMOL_BOUND, TEXTS, cosines
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(300)]
@@ -72,7 +72,7 @@ def ours_plain(chat_model_path: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 
 def _both(ours: Server, theirs: Server, path: str, body: Any) -> tuple[Answer, Answer]:
-    return request(ours.port, "POST", path, body), request(theirs.port, "POST", path, body)
+    return both(ours, theirs, "POST", path, body=body)
 
 
 def _vectors(answer: Answer) -> np.ndarray:

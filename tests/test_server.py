@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from llm_inproc import Metrics
-from servers import Server, env_without_key, request, start_ours
+from servers import Server, env_without_key, request, sse_data, start_ours
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(300)]
 
@@ -104,10 +104,6 @@ def test_openai_legacy_stream_equals_the_whole_reply(client: object) -> None:
     assert chunks[-1].choices[0].finish_reason == "length"
 
 
-def _sse(text: str) -> list[dict[str, object]]:
-    return [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
-
-
 def test_native_completion_with_text_token_ids_and_stream(server: Server) -> None:
     body = {"prompt": "Hello, my name is", "n_predict": 6, "temperature": 0}
     whole = request(server.port, "POST", "/completion", body).json()
@@ -116,7 +112,7 @@ def test_native_completion_with_text_token_ids_and_stream(server: Server) -> Non
     assert whole["model"] == "smol" and whole["prompt"] == "Hello, my name is"
     streamed = request(server.port, "POST", "/completion", {**body, "stream": True})
     assert streamed.headers["content-type"].startswith("text/event-stream")
-    events = _sse(streamed.text)
+    events = sse_data(streamed.text)
     assert "".join(str(e["content"]) for e in events) == whole["content"]
     assert events[-1]["stop"] is True and "[DONE]" not in streamed.text
     ids = request(server.port, "POST", "/tokenize", {"content": "Hello, my name is"}).json()

@@ -10,7 +10,15 @@ from typing import Any
 
 import pytest
 
-from servers import Answer, Server, env_without_key, request, start_llama_server, start_ours
+from servers import (
+    Answer,
+    Server,
+    both,
+    env_without_key,
+    sse_data,
+    start_llama_server,
+    start_ours,
+)
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(300)]
 
@@ -41,7 +49,7 @@ def ours(chat_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 
 def _both(ours: Server, theirs: Server, method: str, path: str, **kw: Any) -> tuple[Answer, Answer]:
-    return request(ours.port, method, path, **kw), request(theirs.port, method, path, **kw)
+    return both(ours, theirs, method, path, **kw)
 
 
 def _missing(ours: Any, theirs: Any, where: str = "") -> list[str]:
@@ -54,12 +62,6 @@ def _missing(ours: Any, theirs: Any, where: str = "") -> list[str]:
         if isinstance(theirs[k], list) and isinstance(ours[k], list) and theirs[k] and ours[k]:
             out += _missing(ours[k][0], theirs[k][0], f"{where}{k}[0].")
     return out
-
-
-def _events(text: str) -> list[dict[str, Any]]:
-    import json
-
-    return [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
 
 
 GREEDY = {"temperature": 0, "seed": 1}
@@ -132,7 +134,7 @@ def test_streams_have_the_same_fields_and_text(
     a, b = _both(ours, theirs, "POST", path, body={**body, "stream": True, **extra})
     assert a.status == b.status == 200
     assert a.headers["content-type"].startswith("text/event-stream")
-    ea, eb = _events(a.text), _events(b.text)
+    ea, eb = sse_data(a.text), sse_data(b.text)
     assert ("data: [DONE]" in a.text) == ("data: [DONE]" in b.text)
     assert set(_missing(ea[0], eb[0])) <= NOT_OURS
     assert set(_missing(ea[-1], eb[-1])) <= NOT_OURS
@@ -259,8 +261,8 @@ def test_token_probabilities_have_the_same_shape_and_tokens(
         assert x["top_logprobs"][0]["id"] == y["top_logprobs"][0]["id"]
     # Streamed: the same entries (ours come in one event before the last, theirs one per event).
     sa, sb = _both(ours, theirs, "POST", path, body={**body, "stream": True})
-    flat_a = [e for ev in _events(sa.text) for e in _entries(path, ev)]
-    flat_b = [e for ev in _events(sb.text) for e in _entries(path, ev)]
+    flat_a = [e for ev in sse_data(sa.text) for e in _entries(path, ev)]
+    flat_b = [e for ev in sse_data(sb.text) for e in _entries(path, ev)]
     assert [e["id"] for e in flat_a] == [e["id"] for e in flat_b]
     assert [e.keys() for e in flat_a] == [e.keys() for e in flat_b]
 

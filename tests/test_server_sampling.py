@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from servers import Server, env_without_key, request, start_ours
+from servers import Server, env_without_key, request, sse_data, start_ours
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(300)]
 
@@ -58,7 +58,7 @@ def _post(server: Server, path: str, body: dict[str, Any]) -> Any:
 def _events(server: Server, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
     answer = request(server.port, "POST", path, body={**body, "stream": True}, timeout=120)
     assert answer.status == 200, answer.text
-    return [json.loads(ln[6:]) for ln in answer.text.splitlines() if ln.startswith("data: {")]
+    return sse_data(answer.text)
 
 
 def _check_person(text: str) -> None:
