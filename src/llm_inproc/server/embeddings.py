@@ -19,7 +19,7 @@ from ..embeddings.pooling import normalize
 from ..embeddings.wire import native_response, oai_response, rerank_response
 from .errors import ApiError, invalid
 from .parse import parse_json
-from .prompts import tokenize
+from .prompts import mixed_tokens
 from .state import state_of
 
 if TYPE_CHECKING:
@@ -56,15 +56,7 @@ def _input(session: Session, item: Any) -> str | list[int]:
     if isinstance(item, list) and all(
         isinstance(p, str) or (isinstance(p, int) and not isinstance(p, bool)) for p in item
     ):
-        if all(isinstance(p, int) for p in item):
-            return list(item)
-        tokens: list[int] = []
-        for i, part in enumerate(item):
-            if isinstance(part, str):
-                tokens += tokenize(session, part, add_special=i == 0, parse_special=True)
-            else:
-                tokens.append(part)
-        return tokens
+        return mixed_tokens(session, item)
     raise invalid(
         '"prompt" elements must be a string, a list of tokens, a JSON object containing a '
         "prompt string, or a list of mixed strings & tokens."

@@ -4,11 +4,13 @@ Session's own builder (:mod:`llm_inproc.prompting.request_builder`)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ..backends.base import GenerationRequest
 from ..sampling import Sampling
 from ..session import Session
 
-__all__ = ["completion_request", "tokenize"]
+__all__ = ["completion_request", "mixed_tokens", "tokenize"]
 
 
 def tokenize(session: Session, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
@@ -33,10 +35,16 @@ def completion_request(
     strings among token ids are tokenized in place (BOS only for a leading string)."""
     if isinstance(prompt, str):
         return GenerationRequest(sampling=sampling, prompt=prompt, stops=stops)
+    return GenerationRequest(sampling=sampling, tokens=mixed_tokens(session, prompt), stops=stops)
+
+
+def mixed_tokens(session: Session, prompt: Sequence[int | str]) -> list[int]:
+    """Token ids mixed with strings, as llama-server's ``tokenize_mixed``: each string
+    tokenized in place, control tokens parsed, BOS only for a leading string."""
     tokens: list[int] = []
     for i, part in enumerate(prompt):
         if isinstance(part, str):
             tokens += tokenize(session, part, add_special=i == 0, parse_special=True)
         else:
             tokens.append(part)
-    return GenerationRequest(sampling=sampling, tokens=tokens, stops=stops)
+    return tokens
