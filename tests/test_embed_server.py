@@ -16,12 +16,13 @@ import pytest
 from llm_inproc import InvalidInputError, Options, Session
 from llm_inproc.server.flags import settings_from_args
 from servers import Answer, Server, both, env_without_key, request, start_llama_server, start_ours
-from test_embed import GEMMA_BOUND, SMOL_BOUND, TEXTS, cosines
+from test_embed import SMOL_BOUND, TEXTS, cosines
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(300)]
 
 COMMON = ("-c", "1024", "-np", "1", "-t", "1")
 LONG = "The history of the river valley is long. " * 70  # ~630 tokens: two of our batches
+GEMMA_PEER_BOUND = 0.999  # Gemma against llama-server: see test_gemma_vectors_equal_llama_servers
 
 
 def _theirs(binary: Path, model: Path, log: Path, repack: list[str], *flags: str) -> Any:
@@ -101,7 +102,10 @@ def test_gemma_vectors_equal_llama_servers(
     with _theirs(llama_server_binary, model_path, tmp_path / "g.log", repack_flags, *flags) as g:
         texts = [*TEXTS[:16], LONG]
         real = _vectors(request(g.port, "POST", "/v1/embeddings", {"input": texts}))
-    assert cosines(session.embed(texts), real).min() >= GEMMA_BOUND
+    # llama-server batches these texts its own way, and the CPU kernels are not
+    # batch-invariant: on one CPU the long text's cosine was 0.99968 (most are 1.0000).
+    # A wrong pooling or a missed token gives well under 0.99, so this still tells.
+    assert cosines(session.embed(texts), real).min() >= GEMMA_PEER_BOUND
 
 
 @pytest.mark.parametrize(

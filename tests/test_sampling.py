@@ -22,15 +22,20 @@ from llm_inproc import (
 APPLE = [Message(Role.USER, "Repeat the word apple ten times: apple apple apple")]
 COUNT = [Message(Role.USER, "Count from 1 to 10: 1, 2, 3,")]
 
+# Strings are bounded: at temperature 1 an unbounded string can run past any token budget
+# (CI saw a city name repeat to the limit), and a reply cut short is not whole JSON.
 SCHEMA = {
     "type": "object",
     "properties": {
-        "name": {"type": "string"},
+        "name": {"type": "string", "maxLength": 40},
         "age": {"type": "integer"},
         "color": {"enum": ["red", "green", "blue"]},
         "address": {
             "type": "object",
-            "properties": {"city": {"type": "string"}, "zip": {"type": "integer"}},
+            "properties": {
+                "city": {"type": "string", "maxLength": 40},
+                "zip": {"type": "integer"},
+            },
             "required": ["city", "zip"],
         },
     },

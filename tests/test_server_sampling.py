@@ -17,15 +17,20 @@ from servers import Server, env_without_key, request, sse_data, start_ours
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(300)]
 
+# Strings are bounded: at temperature 1 an unbounded string can run past any token budget
+# (CI saw a city name repeat to the limit), and a reply cut short is not whole JSON.
 SCHEMA = {
     "type": "object",
     "properties": {
-        "name": {"type": "string"},
+        "name": {"type": "string", "maxLength": 40},
         "age": {"type": "integer"},
         "color": {"enum": ["red", "green", "blue"]},
         "address": {
             "type": "object",
-            "properties": {"city": {"type": "string"}, "zip": {"type": "integer"}},
+            "properties": {
+                "city": {"type": "string", "maxLength": 40},
+                "zip": {"type": "integer"},
+            },
             "required": ["city", "zip"],
         },
     },
