@@ -323,6 +323,14 @@ def test_terminal_ctrl_c_stops_a_reply_and_ctrl_d_quits(
         term.expect(r"stopped; the partial reply is kept in the conversation")
         term.expect(r"> ")
         if term.waiting_for_a_key():
+            # Only the main thread may take SIGINT: one taken by another thread never
+            # interrupts readline's wait (CI saw five presses in a row ignored).
+            tasks = Path(f"/proc/{term.proc.pid}/task")
+            for task in tasks.iterdir():
+                if task.name != str(term.proc.pid):
+                    status = (task / "status").read_text()
+                    blocked = int(re.search(r"SigBlk:\s*([0-9a-f]+)", status)[1], 16)
+                    assert blocked & (1 << (signal.SIGINT - 1)), f"thread {task.name} takes SIGINT"
             # Ctrl-C at an empty prompt: quit. A SIGINT that lands just before readline's
             # select() waits only wakes it on the next key (CPython's readline), so a
             # typist presses again; so does the test, while the chat still runs.
