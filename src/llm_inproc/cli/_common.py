@@ -12,7 +12,6 @@ import argparse
 import dataclasses
 import json
 import os
-import signal
 import sys
 from collections.abc import Callable, Iterable
 from datetime import timedelta
@@ -294,19 +293,7 @@ def session_from_args(args: argparse.Namespace) -> Session:
     from ..session import Session
 
     opts, known = session_options(args)
-    # Threads started while the model loads (native ones included) inherit this thread's
-    # signal mask. With SIGINT blocked there, Ctrl-C reaches only the main thread, whose
-    # wait at the chat's prompt it must interrupt: a SIGINT taken by another thread left
-    # readline waiting for the next key. A Ctrl-C pressed during the load stays pending
-    # and is raised once the load is done.
-    blocking = hasattr(signal, "pthread_sigmask")
-    if blocking:
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        return Session(opts, cache_dir=args.cache_dir, known_llms=known)
-    finally:
-        if blocking:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    return Session(opts, cache_dir=args.cache_dir, known_llms=known)
 
 
 def stream_to_stdout(pieces: Iterable[str]) -> str:

@@ -32,21 +32,25 @@ from ..base import (
 )
 from ..stream import RawStream
 from ._llama import lib, signals_blocked
-from .embedder import InprocEmbedder
-from .engine import Engine
-from .model import (
-    Context,
-    Model,
-    can_load_in_place,
-    check_gguf,
-    check_prompt_fits,
-    clamp_threads,
-)
-from .repack import resolve_repack
-from .request import Request
-from .rpc import devices_for, list_devices, register_servers
-from .sampler import build_sampler
-from .state_file import read_states, write_states
+
+# numpy (OpenBLAS) starts threads when imported: they must leave SIGINT to the main thread,
+# or Ctrl-C at a chat prompt can land on one of them and go unheard.
+with signals_blocked():
+    from .embedder import InprocEmbedder
+    from .engine import Engine
+    from .model import (
+        Context,
+        Model,
+        can_load_in_place,
+        check_gguf,
+        check_prompt_fits,
+        clamp_threads,
+    )
+    from .repack import resolve_repack
+    from .request import Request
+    from .rpc import devices_for, list_devices, register_servers
+    from .sampler import build_sampler
+    from .state_file import read_states, write_states
 
 __all__ = ["InprocBackend"]
 

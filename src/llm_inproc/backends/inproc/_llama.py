@@ -105,7 +105,9 @@ def lib() -> ModuleType:
     global _lib, _callback
     if _lib is not None:
         return _lib
-    with _init_lock:
+    # Importing llama_cpp starts a native thread: it must leave SIGINT to the main thread
+    # too, or Ctrl-C at a chat prompt went unheard (CI saw five presses ignored).
+    with _init_lock, signals_blocked():
         if _lib is None:
             import llama_cpp
 
