@@ -82,17 +82,40 @@ def test_the_sampling_example_gives_json_a_cut_reply_and_probabilities() -> None
     assert len(pairs) == 3 and all(0 < p <= 1 for _, p in pairs), pairs
 
 
+_SKY_WORDS = ("light", "scatter", "sun", "atmosphere", "wavelength", "blue")
+
+
+def _on_topic(answer: str) -> bool:
+    answer = answer.lower()
+    return len(answer.split()) >= 10 and sum(w in answer for w in _SKY_WORDS) >= 2
+
+
 @pytest.mark.model
 def test_the_main_command_answers_the_question() -> None:
-    """The first command a new user runs: a real answer, not gibberish."""
-    from subproc import run_cli
+    """The first command a new user runs: a real answer, not gibberish.
+
+    It samples at the default temperature with a random seed, and a 135M model does not
+    always stay on topic: 59 of 60 seeds did here. So the command itself must answer in
+    plain prose, and at least 5 of 6 seeded replies, sampled the same way, must be on topic
+    (a broken template or sampler gets none; chance fails this about once in 200 runs)."""
+    from subproc import run_cli, run_python
 
     done = run_cli("prompt", "Why is the sky blue?", timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    words = ("light", "scatter", "sun", "atmosphere", "wavelength", "blue")
-    answer = done.stdout.lower()
-    assert len(answer.split()) >= 10 and sum(w in answer for w in words) >= 2, done.stdout
+    assert len(done.stdout.split()) >= 10, done.stdout
     assert "<|im_end|>" not in done.stdout and "<|im_start|>" not in done.stdout
+
+    code = (
+        "from llm_inproc import Message, Options, Role, Session\n"
+        "s = Session(Options())\n"
+        "for seed in range(1, 7):\n"
+        "    print(repr(s.prompt([Message(Role.USER, 'Why is the sky blue?')], seed=seed)))\n"
+    )
+    sampled = run_python(code, timeout=300)
+    assert sampled.returncode == 0, sampled.stderr[-2000:]
+    answers = [ast.literal_eval(line) for line in sampled.stdout.splitlines()]
+    assert len(answers) == 6
+    assert sum(map(_on_topic, answers)) >= 5, answers
 
 
 def _installed(dist: str) -> bool:

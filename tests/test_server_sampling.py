@@ -14,28 +14,10 @@ from typing import Any
 import pytest
 
 from servers import Server, env_without_key, request, sse_data, start_ours
+from test_sampling import SCHEMA  # the same bounded person, over HTTP
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(300)]
 
-# Strings are bounded: at temperature 1 an unbounded string can run past any token budget
-# (CI saw a city name repeat to the limit), and a reply cut short is not whole JSON.
-SCHEMA = {
-    "type": "object",
-    "properties": {
-        "name": {"type": "string", "maxLength": 40},
-        "age": {"type": "integer"},
-        "color": {"enum": ["red", "green", "blue"]},
-        "address": {
-            "type": "object",
-            "properties": {
-                "city": {"type": "string", "maxLength": 40},
-                "zip": {"type": "integer"},
-            },
-            "required": ["city", "zip"],
-        },
-    },
-    "required": ["name", "age", "color", "address"],
-}
 COUNT = "Count: 1, 2, 3,"
 HI = [{"role": "user", "content": "Say hello."}]
 
