@@ -5,7 +5,8 @@ sources, one slot each, flash attention off), with and without ``--spec-type
 ngram-simple`` (same n-gram sizes): a rewrite task (fix the typos in a ~300-token text: the
 reply mostly copies its prompt) and a free-form one, greedy, through ``/completion`` with
 the model's raw encoding. Prints the generation rate from the response's ``timings``, and
-the drafted and accepted tokens.
+the drafted and accepted tokens. The four servers run side by side and take the requests in
+turn, round by round.
 
     python benchmarks/bench_speculative.py --rounds 3
 """
@@ -84,29 +85,36 @@ def main() -> None:
         "llama-server": [str(binary), *common],
     }
     rates: dict[tuple[str, str, str], list[float]] = {}
-    for peer, cmd in peers.items():
-        for mode, extra in (("plain", []), ("ngram-simple", spec)):
-            port = free_port()
-            server = ChildServer(peer, [*cmd, *extra, "--port", str(port)], port, Path("/tmp"))
-            try:
-                server.wait_healthy(300)
-                complete(port, gemma_prompt("Hi"), 4)  # warm-up
-                for _ in range(args.rounds):
-                    for task, text in TASKS.items():
-                        t = complete(port, gemma_prompt(text), args.tokens)["timings"]
-                        rates.setdefault((peer, mode, task), []).append(t["predicted_per_second"])
-                        print(
-                            json.dumps(
-                                {"peer": peer, "mode": mode, "task": task,
-                                 "tok_s": round(t["predicted_per_second"], 1),
-                                 "predicted_n": t["predicted_n"],
-                                 "draft_n": t.get("draft_n", 0),
-                                 "draft_n_accepted": t.get("draft_n_accepted", 0)}
-                            ),
-                            flush=True,
-                        )  # fmt: skip
-            finally:
-                server.close()
+    servers: dict[tuple[str, str], tuple[ChildServer, int]] = {}
+    try:
+        # All four up at once, requests interleaved round by round: a machine that slows
+        # down during the run slows every contender alike.
+        for peer, cmd in peers.items():
+            for mode, extra in (("plain", []), ("ngram-simple", spec)):
+                port = free_port()
+                argv = [*cmd, *extra, "--port", str(port)]
+                servers[peer, mode] = ChildServer(peer, argv, port, Path("/tmp")), port
+        for server, port in servers.values():
+            server.wait_healthy(300)
+            complete(port, gemma_prompt("Hi"), 4)  # warm-up
+        for _ in range(args.rounds):
+            for task, text in TASKS.items():
+                for (peer, mode), (_, port) in servers.items():
+                    t = complete(port, gemma_prompt(text), args.tokens)["timings"]
+                    rates.setdefault((peer, mode, task), []).append(t["predicted_per_second"])
+                    print(
+                        json.dumps(
+                            {"peer": peer, "mode": mode, "task": task,
+                             "tok_s": round(t["predicted_per_second"], 1),
+                             "predicted_n": t["predicted_n"],
+                             "draft_n": t.get("draft_n", 0),
+                             "draft_n_accepted": t.get("draft_n_accepted", 0)}
+                        ),
+                        flush=True,
+                    )  # fmt: skip
+    finally:
+        for server, _ in servers.values():
+            server.close()
     print("\n| peer | task | plain tok/s | ngram-simple tok/s | speed-up |")
     print("|---|---|---|---|---|")
     for peer in peers:
@@ -114,6 +122,10 @@ def main() -> None:
             a = statistics.median(rates[peer, "plain", task])
             b = statistics.median(rates[peer, "ngram-simple", task])
             print(f"| {peer} | {task} | {a:.1f} | {b:.1f} | {b / a:.2f}x |")
+    for task in TASKS:
+        ours = statistics.median(rates["ours", "ngram-simple", task])
+        theirs = statistics.median(rates["llama-server", "ngram-simple", task])
+        print(f"{task}: ngram-simple, ours / llama-server = {ours / theirs:.2f}x")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import pytest
 
 from llm_inproc import InvalidInputError, Message, Options, Reply, Role, Sampling, Session
 from llm_inproc.backends.base import GenerationRequest
+from llm_inproc.backends.inproc.draft_cost import DEFAULT_BREAK_EVEN, DraftCost
 from llm_inproc.backends.inproc.engine import drafting_pays
 from llm_inproc.backends.inproc.ngram import NgramDrafter
 from llm_inproc.models.embedded import GEMMA_BASE
@@ -41,10 +42,62 @@ def test_a_draft_is_what_followed_the_last_n_tokens_last_time() -> None:
     assert short.draft() == [5, 6, 7]  # never past the end of the sequence
 
 
+def test_after_a_fixed_typo_drafting_resumes_from_a_shorter_ngram() -> None:
+    text = list(range(100, 140))  # the prompt: 40 distinct tokens
+    d = NgramDrafter(n=12, max_draft=16)
+    d.extend([*text, *text[:20]])  # the reply copies it ...
+    assert d.draft() == text[20:36]  # ... and a 12-gram match drafts the full 16
+    d.extend([999, *text[21:23]])  # the reply fixes token 20, then copies on
+    assert d.draft() == []  # no tail of 3 or more tokens occurred before
+    d.extend([text[23]])
+    assert d.draft() == text[24:30]  # a 3-gram matches: at most 6 tokens
+    d.extend(text[24:27])
+    assert d.draft() == text[27:39]  # a 6-gram: at most 12
+    d.extend(text[27:33])
+    assert d.draft() == [*text[33:], *text[:9]]  # the 12-gram again: 16 tokens
+
+
+def test_drafts_are_as_long_as_their_expected_acceptance_pays() -> None:
+    cost = DraftCost()
+    assert cost.draft_length(accepted=10, refused=10, longest=16) == 16  # nothing measured
+    for _ in range(8):
+        cost.observe(0.020, drafts=0)
+        cost.observe(0.020 + 16 * 0.010, drafts=16)  # a drafted token: half a step
+    # Each drafted token accepted 15 times in 16: the i-th pays while 0.94**i > 0.5.
+    assert cost.draft_length(accepted=149, refused=9, longest=16) == 10
+    assert cost.draft_length(accepted=999, refused=0, longest=16) == 16  # never past longest
+    assert cost.draft_length(accepted=1, refused=9, longest=16) == 1
+    cheap = DraftCost()
+    for _ in range(8):
+        cheap.observe(0.020, drafts=0)
+        cheap.observe(0.020 + 16 * 0.001, drafts=16)  # a drafted token: a twentieth
+    assert cheap.draft_length(accepted=149, refused=9, longest=16) == 16
+
+
 def test_drafting_stops_for_a_reply_whose_drafts_are_refused() -> None:
     assert drafting_pays(16, 0)  # still on probation
-    assert drafting_pays(40, 10) and not drafting_pays(40, 5)
+    assert drafting_pays(40, 10) and not drafting_pays(40, 5)  # the default break-even: 15 %
     assert not drafting_pays(100, 10) and drafting_pays(100, 15)
+    assert not drafting_pays(100, 60, break_even=0.68) and drafting_pays(100, 70, 0.68)
+
+
+def test_the_break_even_is_what_a_drafted_token_costs_against_a_step() -> None:
+    cost = DraftCost()
+    cost.observe(0.100, drafts=16)  # no one-token step seen yet: nothing to compare with
+    for _ in range(7):
+        cost.observe(0.020, drafts=0)
+        cost.observe(0.100, drafts=16)  # 16 drafts added 80 ms: 5 ms each
+    assert cost.break_even() == DEFAULT_BREAK_EVEN  # seven of each: not yet trusted
+    for _ in range(3):
+        cost.observe(0.020, drafts=0)
+        cost.observe(0.100, drafts=16)
+    assert cost.break_even() == pytest.approx(0.25)  # a drafted token: a quarter of a step
+    cost.observe(0.300, drafts=16)  # one slow step moves the average a tenth of the way
+    assert cost.break_even() == pytest.approx(0.25 + 0.1 * (0.875 - 0.25))
+    for _ in range(200):
+        cost.observe(0.020, drafts=0)
+        cost.observe(0.020, drafts=8)  # drafts that cost nothing (an asynchronous GPU)
+    assert cost.break_even() == 0.05  # the floor: a refused draft is never free
 
 
 def test_speculative_options_are_checked() -> None:

@@ -216,9 +216,11 @@ class Options:
     """Speculative decoding without a draft model: ``"ngram-simple"`` drafts what followed
     the reply's last ``spec_ngram_size_n`` tokens earlier in the prompt or reply, and
     verifies the draft in one step (a large win when replies copy their prompt: rewrites,
-    code edits); empty or ``"none"``: off. Used while one or two replies generate, and
-    turned off for a reply whose drafts are mostly refused. Replies are plain decoding's
-    (up to near-ties where repacked CPU kernels are not batch-invariant)."""
+    code edits), backing off to shorter n-grams when that one never occurred; empty or
+    ``"none"``: off. Used while one or two replies generate, with drafts as long as their
+    acceptance pays for at the cost the engine measures on this machine, and turned off for
+    a reply whose drafts are mostly refused. Replies are plain decoding's (up to near-ties
+    where repacked CPU kernels are not batch-invariant)."""
     spec_ngram_size_n: int = 12
     """Tokens looked up for a draft (llama-server's ``--spec-ngram-simple-size-n``)."""
     spec_ngram_size_m: int = 16

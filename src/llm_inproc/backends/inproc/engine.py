@@ -29,6 +29,7 @@ from ...sampling import TokenProb
 from ..base import FinishReason, Outcome
 from ._llama import capture, signals_blocked
 from .admission import Admission
+from .draft_cost import DEFAULT_BREAK_EVEN, DraftCost
 from .logprobs import token_probs
 from .model import Context, Model
 from .ngram import NgramDrafter
@@ -49,17 +50,13 @@ _CLOSE_WAIT = 30.0
 _SPEC_MAX_SLOTS = 2
 _SPEC_PROBATION = 32
 """Drafted tokens after which a reply's acceptance rate is judged."""
-_SPEC_MIN_RATE = 0.15
-"""Below this share of drafted tokens accepted, drafting costs more than it saves and is
-turned off for the rest of the reply. Break-even measured with llama-bench on Gemma 3 270M,
-2 threads: a step with 9 or 17 tokens costs 2.0x or 2.9x a step with one, so 8 or 16
-drafts must yield about one or two accepted tokens (12 %) to pay (benchmarks/RESULTS.md)."""
 
 
-def drafting_pays(drafted: int, accepted: int) -> bool:
-    """Whether a reply keeps drafting: always during its first drafts, then while enough
-    of them are accepted."""
-    return drafted < _SPEC_PROBATION or accepted >= _SPEC_MIN_RATE * drafted
+def drafting_pays(drafted: int, accepted: int, break_even: float = DEFAULT_BREAK_EVEN) -> bool:
+    """Whether a reply keeps drafting: always during its first drafts, then while at least
+    the ``break_even`` share of them is accepted (below it, drafting costs more than it
+    saves; the engine measures it, see :class:`DraftCost`)."""
+    return drafted < _SPEC_PROBATION or accepted >= break_even * drafted
 
 
 _IDLE_EXIT = 1.0
@@ -133,6 +130,7 @@ class Engine:
         self._calls: list[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = []
         self.speculative = speculative
         """(n-gram size, most tokens drafted per step) when drafting; None: off."""
+        self.draft_cost = DraftCost()
         self.context_shift = context_shift and bool(ll.llama_memory_can_shift(ctx.mem))
         """Whether a reply that fills the context goes on, its slot's older half dropped
         (llama-server's ``--context-shift``); off where the KV cache cannot shift."""
@@ -458,8 +456,11 @@ class Engine:
                 logits[n + k - 1] = 1
                 outputs.append((slot, n + k - 1))
             n += k
+        started = time.perf_counter()
         if not self._decode(n, chunks):
             return
+        if self.speculative is not None and not chunks and len(generating) == 1:
+            self.draft_cost.observe(time.perf_counter() - started, extra)
         for slot, k in chunks:
             slot.chunk_evaluated(k)
         for slot, _ in outputs:
@@ -509,7 +510,10 @@ class Engine:
             if slot.drafter is None:
                 continue
             room = min(slot.budget - slot.n_gen - 1, self.ctx.n_ctx - len(slot.cached) - 2)
-            draft = slot.drafter.draft()[: max(0, room)]
+            longest = slot.drafter.max_draft
+            if slot.drafted >= _SPEC_PROBATION:
+                longest = self.draft_cost.draft_length(slot.accepted, slot.refused, longest)
+            draft = slot.drafter.draft()[: max(0, min(room, longest))]
             if draft:
                 out[slot] = draft
         return out
@@ -530,10 +534,11 @@ class Engine:
             slot.token_evaluated()  # the draft token, evaluated in this step
             accepted += 1
         if accepted < len(draft) and slot.state is GENERATING:
+            slot.refused += 1
             self._trim(slot)  # the refused drafts' cells
         slot.accepted += accepted
         self.counters.draft_steps += 1
-        if not drafting_pays(slot.drafted, slot.accepted):
+        if not drafting_pays(slot.drafted, slot.accepted, self.draft_cost.break_even()):
             slot.drafter = None  # drafting does not pay for this reply: plain decoding
 
     def _trim(self, slot: Slot) -> None:
@@ -677,7 +682,11 @@ class Engine:
         if slot.drafted:
             self._trim(slot)  # refused drafts must not outlive the reply in its cells
             logger.debug(
-                "slot %d: %d of %d drafted tokens accepted", slot.seq, slot.accepted, slot.drafted
+                "slot %d: %d of %d drafted tokens accepted (break-even here: %.0f %%)",
+                slot.seq,
+                slot.accepted,
+                slot.drafted,
+                100 * self.draft_cost.break_even(),
             )
         self.prompt += prompt
         self.generated += generated

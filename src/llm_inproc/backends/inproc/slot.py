@@ -67,6 +67,7 @@ class Slot:
         "pending",
         "probs",
         "prompt_started",
+        "refused",
         "req",
         "reused",
         "sampler",
@@ -91,6 +92,8 @@ class Slot:
         """Drafts tokens for speculative decoding; None: off (or turned off: it did not pay)."""
         self.drafted = 0
         self.accepted = 0
+        self.refused = 0
+        """Verification steps whose draft a refused token cut short."""
         self.n_gen = 0
         self.budget = 0
         self.reused = 0
@@ -125,7 +128,7 @@ class Slot:
         self.prompt_started = time.perf_counter()
         self.first_at = 0.0
         self.drafter = None
-        self.drafted = self.accepted = 0
+        self.drafted = self.accepted = self.refused = 0
 
     def chunk_evaluated(self, k: int) -> None:
         """The next ``k`` prompt tokens are now in the cells."""
