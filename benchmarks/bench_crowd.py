@@ -83,6 +83,7 @@ def metrics(port: int) -> Metrics:
 
 def run_crowd(port: int, users: int, turns: int, concurrency: int, tokens: int) -> dict[str, Any]:
     ttft: list[float] = []
+    by_turn: dict[int, list[float]] = {}
     generated: list[int] = []
     lock = threading.Lock()
 
@@ -97,6 +98,7 @@ def run_crowd(port: int, users: int, turns: int, concurrency: int, tokens: int) 
             first, text = chat(port, msgs, tokens)
             with lock:
                 ttft.append(first)
+                by_turn.setdefault(turn, []).append(first)
                 generated.append(len(text))
             msgs.append({"role": "assistant", "content": text})
 
@@ -114,6 +116,9 @@ def run_crowd(port: int, users: int, turns: int, concurrency: int, tokens: int) 
         "p95_ttft_s": round(ttft[int(0.95 * (len(ttft) - 1))], 3),
         "wall_s": round(wall, 1),
         "requests": len(ttft),
+        "median_ttft_s_by_turn": [
+            round(statistics.median(t), 3) for _, t in sorted(by_turn.items())
+        ],
     }
 
 
@@ -127,6 +132,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ctx", type=int, default=8192)
     ap.add_argument("--peers", default="ours,llama-server")
+    ap.add_argument("--ours-args", default="", help="extra flags for our server, one string")
     ap.add_argument("--src", type=Path, default=None, help="our src folder (default: installed)")
     ap.add_argument("--llama-server", default=None, help="the binary (default: the build cache)")
     args = ap.parse_args()
@@ -149,7 +155,7 @@ def main() -> None:
         port = free_port()
         if peer == "ours":
             cmd = [sys.executable, "-m", "llm_inproc.server", *common, "--port", str(port)]
-            cmd.append("--metrics")
+            cmd += ["--metrics", *args.ours_args.split()]
         else:
             binary = args.llama_server or find_llama_server(cache)
             if binary is None:
