@@ -2,7 +2,7 @@
 
 Whether speculative decoding pays depends on the machine and the model: a token verified
 in a batch (with its logits) cost 0.12x a one-token step on a 2-core AVX-512 VM with Gemma 3
-270M, but 0.68x on a 2-core AVX2 one, where the 262k-token output head is computed for
+270M, but 0.65x on a 2-core AVX2 one, where the 262k-token output head is computed for
 every drafted row. A fixed threshold is wrong on one of them, so the break-even acceptance
 rate is the ratio of the two costs, both timed as they happen.
 """
