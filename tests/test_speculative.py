@@ -10,8 +10,7 @@ import pytest
 
 from llm_inproc import InvalidInputError, Message, Options, Reply, Role, Sampling, Session
 from llm_inproc.backends.base import GenerationRequest
-from llm_inproc.backends.inproc.draft_cost import DEFAULT_BREAK_EVEN, DraftCost
-from llm_inproc.backends.inproc.engine import drafting_pays
+from llm_inproc.backends.inproc.draft_cost import DEFAULT_BREAK_EVEN, DraftCost, drafting_pays
 from llm_inproc.backends.inproc.ngram import NgramDrafter
 from llm_inproc.models.embedded import GEMMA_BASE
 from servers import Server, request, start_ours
@@ -59,19 +58,21 @@ def test_after_a_fixed_typo_drafting_resumes_from_a_shorter_ngram() -> None:
 
 def test_drafts_are_as_long_as_their_expected_acceptance_pays() -> None:
     cost = DraftCost()
-    assert cost.draft_length(accepted=10, refused=10, longest=16) == 16  # nothing measured
+    assert cost.draft_length(drafted=160, accepted=10, refused=10, longest=16) == 16  # unmeasured
     for _ in range(8):
         cost.observe(0.020, drafts=0)
         cost.observe(0.020 + 16 * 0.010, drafts=16)  # a drafted token: half a step
     # Each drafted token accepted 15 times in 16: the i-th pays while 0.94**i > 0.5.
-    assert cost.draft_length(accepted=149, refused=9, longest=16) == 10
-    assert cost.draft_length(accepted=999, refused=0, longest=16) == 16  # never past longest
-    assert cost.draft_length(accepted=1, refused=9, longest=16) == 1
+    assert cost.draft_length(drafted=160, accepted=149, refused=9, longest=16) == 10
+    assert (
+        cost.draft_length(drafted=160, accepted=999, refused=0, longest=16) == 16
+    )  # never past longest
+    assert cost.draft_length(drafted=160, accepted=1, refused=9, longest=16) == 1
     cheap = DraftCost()
     for _ in range(8):
         cheap.observe(0.020, drafts=0)
         cheap.observe(0.020 + 16 * 0.001, drafts=16)  # a drafted token: a twentieth
-    assert cheap.draft_length(accepted=149, refused=9, longest=16) == 16
+    assert cheap.draft_length(drafted=160, accepted=149, refused=9, longest=16) == 16
 
 
 def test_drafting_stops_for_a_reply_whose_drafts_are_refused() -> None:

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["DEFAULT_BREAK_EVEN", "DraftCost"]
+__all__ = ["DEFAULT_BREAK_EVEN", "DraftCost", "drafting_pays"]
+
+PROBATION = 32
+"""Drafted tokens before a reply's acceptance is judged (whether it keeps drafting, and
+how long its drafts are)."""
 
 DEFAULT_BREAK_EVEN = 0.15
 """Used until both costs have been seen (a little above the 12 % measured with llama-bench
@@ -64,16 +68,24 @@ class DraftCost:
         """Whether both costs have been timed often enough to be used."""
         return min(self.n_plain, self.n_per_draft) >= _SEEN and self.plain > 0
 
-    def draft_length(self, accepted: int, refused: int, longest: int) -> int:
-        """How many tokens a reply should draft, given its drafts so far: ``accepted``
-        tokens, and ``refused`` steps whose draft was cut by a refused token. With each
+    def draft_length(self, drafted: int, accepted: int, refused: int, longest: int) -> int:
+        """How many tokens a reply should draft, given its drafts so far: ``drafted`` and
+        ``accepted`` tokens, and ``refused`` steps whose draft was cut by a refused token
+        (the ``longest`` while on probation, or until the costs are measured). With each
         drafted token accepted with probability ``p`` (once the ones before it were), the
         i-th one saves a step ``p**i`` of the time and always costs ``per_draft``: drafting
         pays up to ``i = log(cost ratio) / log(p)``. Where a drafted token is cheap the
         ``longest`` draft pays; where it costs most of a step, runs of 16 between two typos
         do not."""
-        if not self.measured():
+        if drafted < PROBATION or not self.measured():
             return longest
         p = (accepted + 1) / (accepted + refused + 2)
         best = math.log(self.break_even()) / math.log(p)
         return max(1, min(longest, int(best)))
+
+
+def drafting_pays(drafted: int, accepted: int, break_even: float = DEFAULT_BREAK_EVEN) -> bool:
+    """Whether a reply keeps drafting: always during its first drafts, then while at least
+    the ``break_even`` share of them is accepted (below it, drafting costs more than it
+    saves; :meth:`DraftCost.break_even` measures it)."""
+    return drafted < PROBATION or accepted >= break_even * drafted

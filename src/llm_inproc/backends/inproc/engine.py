@@ -29,7 +29,7 @@ from ...sampling import TokenProb
 from ..base import FinishReason, Outcome
 from ._llama import capture, signals_blocked
 from .admission import Admission
-from .draft_cost import DEFAULT_BREAK_EVEN, DraftCost
+from .draft_cost import DraftCost, drafting_pays
 from .logprobs import token_probs
 from .model import Context, Model
 from .ngram import NgramDrafter
@@ -37,7 +37,7 @@ from .prompt_cache import CachedPrompt, PromptCache
 from .request import Request
 from .slot import UNBOUNDED, Slot, SlotState, choose_slot, common_prefix, plan_batch
 
-__all__ = ["Engine", "drafting_pays"]
+__all__ = ["Engine"]
 
 GENERATING, PROMPT = SlotState.GENERATING, SlotState.PROMPT
 T = TypeVar("T")
@@ -48,17 +48,6 @@ _DECODE_NO_KV_SLOT = 1
 _DECODE_ABORTED = 2
 _CLOSE_WAIT = 30.0
 _SPEC_MAX_SLOTS = 2
-_SPEC_PROBATION = 32
-"""Drafted tokens after which a reply's acceptance rate is judged."""
-
-
-def drafting_pays(drafted: int, accepted: int, break_even: float = DEFAULT_BREAK_EVEN) -> bool:
-    """Whether a reply keeps drafting: always during its first drafts, then while at least
-    the ``break_even`` share of them is accepted (below it, drafting costs more than it
-    saves; the engine measures it, see :class:`DraftCost`)."""
-    return drafted < _SPEC_PROBATION or accepted >= break_even * drafted
-
-
 _IDLE_EXIT = 1.0
 """Seconds without work after which the engine thread ends (the next request starts a new
 one). An idle thread keeps its OpenMP workers, and libgomp shortens its spin-waits for
@@ -510,10 +499,10 @@ class Engine:
             if slot.drafter is None:
                 continue
             room = min(slot.budget - slot.n_gen - 1, self.ctx.n_ctx - len(slot.cached) - 2)
-            longest = slot.drafter.max_draft
-            if slot.drafted >= _SPEC_PROBATION:
-                longest = self.draft_cost.draft_length(slot.accepted, slot.refused, longest)
-            draft = slot.drafter.draft()[: max(0, min(room, longest))]
+            longest = self.draft_cost.draft_length(
+                slot.drafted, slot.accepted, slot.refused, slot.drafter.max_draft
+            )
+            draft = slot.drafter.draft(min(room, longest))
             if draft:
                 out[slot] = draft
         return out

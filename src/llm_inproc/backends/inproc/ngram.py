@@ -55,16 +55,19 @@ class NgramDrafter:
                     last[tuple(seq[end - k :])] = end  # the k-gram before t; t followed it
             seq.append(t)
 
-    def draft(self) -> list[int]:
-        """Up to ``max_draft`` tokens that followed the latest earlier occurrence of the
-        sequence's last ``n`` tokens (or, failing that, of a shorter tail); empty when none
-        occurred before."""
+    def draft(self, limit: int | None = None) -> list[int]:
+        """Up to ``max_draft`` (and ``limit``) tokens that followed the latest earlier
+        occurrence of the sequence's last ``n`` tokens (or, failing that, of a shorter
+        tail); empty when none occurred before."""
         seq = self.tokens
+        most = self.max_draft if limit is None else min(limit, self.max_draft)
+        if most <= 0:
+            return []
         for k, last in self._index:
             if len(seq) < k:
                 continue
             at = last.get(tuple(seq[-k:]))
             if at is not None:
-                size = self.max_draft if k == self.n else min(self.max_draft, 2 * k)
+                size = most if k == self.n else min(most, 2 * k)
                 return seq[at : min(at + size, len(seq))]
         return []
