@@ -112,9 +112,7 @@ def test_speculative_options_are_checked() -> None:
 
 @pytest.fixture(scope="module")
 def sessions(cache_dir: Path, model_path: Path) -> Iterator[tuple[Session, Session]]:
-    # Without repacking: the repacked CPU kernels take another path for a batch of tokens
-    # (a draft's verification) than for one, which can tip a near-tie (seen on CPUs without
-    # AMX); drafts then change nothing only where the kernels are batch-invariant.
+    # Without repacking, whose kernels differ more between a batch and one token.
     common = {"model": GEMMA_BASE.ref, "context_length": 2048, "parallel": 2, "repack": False}
     with (
         Session(Options(**common), cache_dir=cache_dir) as plain,  # type: ignore[arg-type]
@@ -123,18 +121,39 @@ def sessions(cache_dir: Path, model_path: Path) -> Iterator[tuple[Session, Sessi
         yield plain, spec
 
 
+# How far apart two tokens' log-probabilities may be for the pick between them to count as
+# a near-tie. A draft's verification evaluates several tokens in one batch, and llama.cpp's
+# CPU kernels for a batch differ in the last bits from those for one token (with or
+# without repacking); the gap grows where the model is unsure (measured: up to 0.19 by the
+# 64th token of a rewrite, where the base model babbles, and below 0.04 while it copies).
+NEAR_TIE = 0.5
+
+
 @pytest.mark.model
 @pytest.mark.parametrize("task", [REWRITE, FREE], ids=["rewrite", "free-form"])
 def test_greedy_replies_are_the_same_with_and_without_drafts(
     sessions: tuple[Session, Session], task: list[Message]
 ) -> None:
+    """Token for token what plain decoding gives, up to the first near-tie: there the two
+    runs may pick either token, and from there on they continue different texts."""
     plain, spec = sessions
-    a = plain.complete(task, max_tokens=80, temperature=0)
-    b = spec.complete(task, max_tokens=80, temperature=0)
-    assert a.drafted == 0
-    assert b.text == a.text
-    assert b.generated.count == a.generated.count and b.finish_reason == a.finish_reason
+    sampling = Sampling(temperature=0, max_tokens=80, n_probs=3)
+    a = plain.complete(task, sampling=sampling)
+    b = spec.complete(task, sampling=sampling)
+    assert a.drafted == 0 and a.logprobs is not None and b.logprobs is not None
+    ours, theirs = [t.id for t in a.logprobs], [t.id for t in b.logprobs]
+    split = next((i for i, (x, y) in enumerate(zip(ours, theirs, strict=False)) if x != y), None)
+    if split is None:
+        assert b.text == a.text
+        assert b.generated.count == a.generated.count and b.finish_reason == a.finish_reason
+    else:  # the plain run itself nearly chose the drafted run's token there
+        alternatives = {t.id: t.logprob for t in a.logprobs[split].top}
+        assert theirs[split] in alternatives, (split, a.logprobs[split], b.logprobs[split])
+        gap = alternatives[ours[split]] - alternatives[theirs[split]]
+        assert gap < NEAR_TIE, (split, a.logprobs[split], b.logprobs[split])
+        print(f"the same for {split} of {len(ours)} tokens, then a near-tie (gap {gap:.3f})")
     if task is REWRITE:  # the reply copies its prompt: drafts are made and mostly taken
+        assert split is None or split >= 60, "the copied text itself must come out the same"
         assert b.drafted > 0 and b.draft_accepted >= b.drafted // 2, (b.drafted, b.draft_accepted)
 
 

@@ -219,8 +219,8 @@ class Options:
     code edits), backing off to shorter n-grams when that one never occurred; empty or
     ``"none"``: off. Used while one or two replies generate, with drafts as long as their
     acceptance pays for at the cost the engine measures on this machine, and turned off for
-    a reply whose drafts are mostly refused. Replies are plain decoding's (up to near-ties
-    where repacked CPU kernels are not batch-invariant)."""
+    a reply whose drafts are mostly refused. Replies are plain decoding's up to near-ties
+    (llama.cpp's CPU kernels are not batch-invariant, repacked or not)."""
     spec_ngram_size_n: int = 12
     """Tokens looked up for a draft (llama-server's ``--spec-ngram-simple-size-n``)."""
     spec_ngram_size_m: int = 16
