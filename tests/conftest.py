@@ -24,6 +24,13 @@ os.environ["LLM_INPROC_CACHE"] = str(TEST_CACHE)
 os.environ.setdefault("HF_ENDPOINT", "http://127.0.0.1:9")
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ.pop("LLM_INPROC_MODEL", None)
+# llama.cpp's CPU threads meet at an OpenMP barrier after every graph node, and by default
+# wait there spinning. When two llama.cpp processes share the cores (a test's server beside
+# its in-process session, or two test runs at once), a spinning thread holds the core its
+# partner needs and each barrier costs a scheduler slice (a test took 183 s instead of 7
+# beside three other test runs; 4x faster again with passive waiting). Passive waiting
+# sleeps instead. (Read when llama.cpp's library loads, so it is set before any import.)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture(scope="session")

@@ -75,17 +75,17 @@ def test_streaming_equals_blocking_at_temperature_zero(session: Session) -> None
 
 def test_fixed_seed_repeats_and_random_seed_varies(session: Session, model_path: object) -> None:
     msgs = [Message(Role.USER, "Tell me a story about a dragon.")]
-    a = session.prompt(msgs, max_tokens=32, seed=1234, temperature=1.0)
-    b = session.prompt(msgs, max_tokens=32, seed=1234, temperature=1.0)
-    c = session.prompt(msgs, max_tokens=32, seed=1234, temperature=1.0)
+    a = session.prompt(msgs, max_tokens=16, seed=1234, temperature=1.0)
+    b = session.prompt(msgs, max_tokens=16, seed=1234, temperature=1.0)
+    c = session.prompt(msgs, max_tokens=16, seed=1234, temperature=1.0)
     # b and c start from the same KV cache state, so they are bit-exact. (a was evaluated
     # in other batch splits: llama.cpp's CPU kernels are not batch-invariant, see README.)
     assert b == c and a
     with Session(Options(model=str(model_path), context_length=512, parallel=1)) as s1:
-        first = s1.prompt(msgs, max_tokens=32, seed=1234, temperature=1.0)
+        first = s1.prompt(msgs, max_tokens=16, seed=1234, temperature=1.0)
     with Session(Options(model=str(model_path), context_length=512, parallel=1)) as s2:
-        assert s2.prompt(msgs, max_tokens=32, seed=1234, temperature=1.0) == first
-    others = {session.prompt(msgs, max_tokens=32, seed=s, temperature=1.5) for s in (1, 2, 3)}
+        assert s2.prompt(msgs, max_tokens=16, seed=1234, temperature=1.0) == first
+    others = {session.prompt(msgs, max_tokens=16, seed=s, temperature=1.5) for s in (1, 2, 3)}
     assert len(others) > 1
 
 
@@ -285,17 +285,20 @@ def test_close_while_a_stream_is_left_open_elsewhere(model_path: object) -> None
         list(holder["stream"])  # type: ignore[call-overload]
 
 
+BATCH = 128
+
+
 def test_cancel_during_a_long_prompt_is_prompt(model_path: object) -> None:
     """Cancelling while llama.cpp evaluates a long prompt stops within a batch, not after it:
     the batch being evaluated when the cancel arrives never reaches the KV cache."""
-    long = [Message(Role.USER, "The sea is wide and deep. " * 250)]
+    long = [Message(Role.USER, "The sea is wide and deep. " * 70)]
 
     async def main(s: Session) -> tuple[int, int]:
         task = asyncio.create_task(s.aprompt(long, max_tokens=4, temperature=0))
-        # Cancel as soon as the first 512-token batch is in the cache: the second one has
-        # just started, and a third is to come.
+        # Cancel as soon as the first batch is in the cache: the second one has just
+        # started, and a third is to come.
         deadline = time.monotonic() + 60
-        while s.get_metrics().kv_cache_tokens < 512:
+        while s.get_metrics().kv_cache_tokens < BATCH:
             assert time.monotonic() < deadline, "the first batch never reached the cache"
             await asyncio.sleep(0.002)
         task.cancel()
@@ -307,17 +310,20 @@ def test_cancel_during_a_long_prompt_is_prompt(model_path: object) -> None:
             await asyncio.sleep(0.002)
         return at_cancel, s.get_metrics().kv_cache_tokens
 
-    with Session(Options(model=str(model_path), context_length=2048)) as s:
+    # Small batches: the same three-and-a-bit batches as llama.cpp's default 512 would make of
+    # a 2,000-token prompt, at a quarter of the cost.
+    opts = Options(model=str(model_path), context_length=1024, batch_size=BATCH, ubatch_size=BATCH)
+    with Session(opts) as s:
         n = s.count_tokens(long)
-        assert 3 * 512 < n < 2048  # three full batches, then a partial one
+        assert 3 * BATCH < n < 4 * BATCH  # three full batches, then a partial one
         at_cancel, kept = asyncio.run(main(s))
         # Whole batches evaluated before the cancel are kept; the one in flight was aborted
-        # (evaluated to its end, it would have added 512 more cells after the cancel).
+        # (evaluated to its end, it would have added BATCH more cells after the cancel).
         assert kept == at_cancel, f"{kept - at_cancel} tokens reached the cache after the cancel"
-        assert 512 <= kept < n and kept % 512 == 0
+        assert BATCH <= kept < n and kept % BATCH == 0
         # The cache is consistent: the same prompt now completes and matches a fresh session.
         reply = s.prompt(long, max_tokens=4, temperature=0)
-    with Session(Options(model=str(model_path), context_length=2048)) as fresh:
+    with Session(opts) as fresh:
         assert fresh.prompt(long, max_tokens=4, temperature=0) == reply
 
 
