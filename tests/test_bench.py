@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import math
 import subprocess
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -18,12 +20,30 @@ OURS = "ours (in-process)"
 
 def bench(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     # One thread: on a shared machine, two llama.cpp threads on two busy cores wait on each
-    # other at every barrier and slow down 100x; one thread just gets slower.
+    # other at every barrier and slow down 100x; one thread just gets slower. No waiting
+    # for a quiet machine (up to 3 s a round): the speed it would protect is not checked,
+    # and two benches run here at once.
     env = child_env(HF_HUB_OFFLINE="1")
-    return run_cli("bench", "--threads", "1", *args, env=env, timeout=timeout)
+    return run_cli("bench", "--threads", "1", "--max-wait", "0", *args, env=env, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def without_peers(
+    tmp_path_factory: pytest.TempPathFactory, model_path: Path
+) -> Iterator[tuple[Path, Future[subprocess.CompletedProcess[str]]]]:
+    """``bench --sections scaling`` with no llama-server, started when the quick suite
+    starts: each keeps one core busy (one thread, one peer at a time), so two cores run
+    them side by side. Its output folder and the run."""
+    out = tmp_path_factory.mktemp("without-peers")
+    with ThreadPoolExecutor(1) as pool:
+        yield out, pool.submit(
+            bench, "--quick", "--json", "--no-plot", "--sections", "scaling", "--out", str(out),
+            "--llama-server", str(out / "nowhere" / "llama-server"),
+        )  # fmt: skip
 
 
 @pytest.mark.model
+@pytest.mark.usefixtures("without_peers")  # started first, to run beside this one
 def test_quick_suite_writes_table_json_markdown_and_plot(
     tmp_path: Path, model_path: Path, llama_server_binary: Path
 ) -> None:
@@ -77,18 +97,18 @@ def test_quick_suite_writes_table_json_markdown_and_plot(
 
 
 @pytest.mark.model
-def test_missing_peers_are_skipped_with_how_to_get_them(tmp_path: Path, model_path: Path) -> None:
-    r = bench(
-        "--quick", "--json", "--no-plot", "--sections", "scaling", "--out", str(tmp_path),
-        "--llama-server", str(tmp_path / "nowhere" / "llama-server"),
-    )  # fmt: skip
+def test_missing_peers_are_skipped_with_how_to_get_them(
+    without_peers: tuple[Path, Future[subprocess.CompletedProcess[str]]],
+) -> None:
+    out, run = without_peers
+    r = run.result()
     assert r.returncode == 0, r.stderr[-3000:]
     data = json.loads(r.stdout)
     skipped = {s["peer"]: s for s in data["skipped"]}
     assert {"llama-server (HTTP)", "llama-bench"} <= set(skipped)
     assert all("llm-inproc build" in s["how"] for s in skipped.values())
     assert "skipping llama-server (HTTP)" in r.stderr and "llm-inproc build" in r.stderr
-    assert not (tmp_path / "bench.png").exists()
+    assert not (out / "bench.png").exists()
     series = data["scaling"]["series"]
     assert set(series) == {"context 512, prompt 16", "context 512, prompt 64"}
     for v in series.values():

@@ -10,6 +10,7 @@ import os
 import platform
 import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,7 +26,20 @@ from subproc import child_env, run_cli
 
 # One thread: on a machine shared with other jobs, llama.cpp's threads waiting on each
 # other cost far more than they gain (a 16-token turn took 57 s with two, 1.4 s with one).
-FAST = ("--temperature", "0", "--max-tokens", "16", "--context-length", "1024", "--threads", "1")
+# Four tokens: what is checked is the conversation kept, not what the replies say.
+FAST = ("--temperature", "0", "--max-tokens", "4", "--context-length", "1024", "--threads", "1")
+
+
+@pytest.fixture
+def cache(tmp_path: Path, cache_dir: Path, repack_flags: list[str]) -> Path:
+    """A fresh cache for one test's chats, with what the suite's cache already knows about
+    this machine and model: the repacking probe's verdict (``repack_flags`` saw to it) and
+    the default model's checked checksum. Else each test's first chat would probe and hash
+    again (0.45 s), which no test here checks."""
+    for known in ("probes", "verified"):
+        if (cache_dir / known).is_dir():
+            shutil.copytree(cache_dir / known, tmp_path / known)
+    return tmp_path
 
 
 def chat(cache: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
@@ -85,105 +99,103 @@ def test_fit_history_drops_whole_oldest_turns_and_keeps_the_system_prompt() -> N
 
 
 @pytest.mark.model
-def test_resume_is_announced_and_new_starts_over(chat_model_path: Path, tmp_path: Path) -> None:
-    r = chat(tmp_path, "--system", "You are a pirate.", stdin="Hello\n")
+def test_resume_is_announced_and_new_starts_over(chat_model_path: Path, cache: Path) -> None:
+    r = chat(cache, "--system", "You are a pirate.", stdin="Hello\n")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() and "resuming" not in r.stderr
-    conv = saved(tmp_path)
+    conv = saved(cache)
     assert roles(conv) == [Role.SYSTEM, Role.USER, Role.ASSISTANT]
     assert conv.messages[0].content == "You are a pirate." and conv.messages[1].content == "Hello"
 
-    r = chat(tmp_path, stdin="Again\n")
+    r = chat(cache, stdin="Again\n")
     assert r.returncode == 0, r.stderr
     assert "resuming the conversation in channel 'cli' (3 messages)" in r.stderr
     assert "--new" in r.stderr
-    assert [m.content for m in saved(tmp_path).messages][:4] == [
+    assert [m.content for m in saved(cache).messages][:4] == [
         "You are a pirate.", "Hello", conv.messages[2].content, "Again",
     ]  # fmt: skip
 
     # A different --system replaces the saved one, and says so.
-    r = chat(tmp_path, "--system", "You are a cat.", stdin="Meow\n")
+    r = chat(cache, "--system", "You are a cat.", stdin="Meow\n")
     assert "replaces the system prompt" in r.stderr
-    assert saved(tmp_path).messages[0] == Message(Role.SYSTEM, "You are a cat.")
-    assert len(saved(tmp_path).messages) == 7
+    assert saved(cache).messages[0] == Message(Role.SYSTEM, "You are a cat.")
+    assert len(saved(cache).messages) == 7
 
-    r = chat(tmp_path, "--new", stdin="Fresh\n")
+    r = chat(cache, "--new", stdin="Fresh\n")
     assert r.returncode == 0, r.stderr
     assert "resuming" not in r.stderr
     assert "the saved one in channel 'cli' (7 messages) is replaced" in r.stderr
-    assert [m.content for m in saved(tmp_path).messages][:1] == ["Fresh"]
-    assert roles(saved(tmp_path)) == [Role.USER, Role.ASSISTANT]
-    assert sorted(p.name for p in tmp_path.glob("chat-memory*")) == ["chat-memory.json"]
+    assert [m.content for m in saved(cache).messages][:1] == ["Fresh"]
+    assert roles(saved(cache)) == [Role.USER, Role.ASSISTANT]
+    assert sorted(p.name for p in cache.glob("chat-memory*")) == ["chat-memory.json"]
 
 
 @pytest.mark.model
 def test_another_model_does_not_continue_the_conversation(
-    chat_model_path: Path, tmp_path: Path
+    chat_model_path: Path, cache: Path
 ) -> None:
-    assert chat(tmp_path, stdin="Hello\n").returncode == 0
+    assert chat(cache, stdin="Hello\n").returncode == 0
     # The same weights named by path are another model as far as the memory knows.
-    r = chat(tmp_path, "--model", str(chat_model_path), stdin="Hi\n")
+    r = chat(cache, "--model", str(chat_model_path), stdin="Hi\n")
     assert r.returncode == 0, r.stderr
     assert "resuming" not in r.stderr
-    assert [m.content for m in saved(tmp_path, str(chat_model_path)).messages][:1] == ["Hi"]
-    assert saved(tmp_path).messages[0].content == "Hello"  # the first one is untouched
+    assert [m.content for m in saved(cache, str(chat_model_path)).messages][:1] == ["Hi"]
+    assert saved(cache).messages[0].content == "Hello"  # the first one is untouched
 
 
 @pytest.mark.model
-def test_slash_commands_are_never_sent(chat_model_path: Path, tmp_path: Path) -> None:
+def test_slash_commands_are_never_sent(chat_model_path: Path, cache: Path) -> None:
     stdin = "/help\n/frobnicate now\n/system Be terse.\n//etc is a folder\n/bye\nNever sent\n"
-    r = chat(tmp_path, stdin=stdin)
+    r = chat(cache, stdin=stdin)
     assert r.returncode == 0, r.stderr
     assert "/new" in r.stderr and "/system TEXT" in r.stderr  # /help
     assert "unknown command /frobnicate, not sent to the model" in r.stderr
     assert "/bye" in r.stderr.split("unknown command", 1)[1]  # the list comes with it
     assert "system prompt set" in r.stderr
-    conv = saved(tmp_path)
+    conv = saved(cache)
     assert [m.content for m in conv.messages][:2] == ["Be terse.", "/etc is a folder"]
     assert roles(conv) == [Role.SYSTEM, Role.USER, Role.ASSISTANT]
     assert len(r.stdout.strip().splitlines()) >= 1
 
     # /new keeps a system prompt set in this run; without one it empties the conversation.
-    r = chat(tmp_path, stdin="/system Be brief.\n/new\n/system\n")
+    r = chat(cache, stdin="/system Be brief.\n/new\n/system\n")
     assert "new conversation with the system prompt" in r.stderr
     assert "system prompt: Be brief." in r.stderr
-    assert saved(tmp_path).messages == [Message(Role.SYSTEM, "Be brief.")]
+    assert saved(cache).messages == [Message(Role.SYSTEM, "Be brief.")]
     assert r.stdout == ""
-    r = chat(tmp_path, stdin="/new\n/exit\n")
-    assert r.returncode == 0 and saved(tmp_path).messages == []
+    r = chat(cache, stdin="/new\n/exit\n")
+    assert r.returncode == 0 and saved(cache).messages == []
 
 
 @pytest.mark.model
-def test_corrupt_memory_is_named_and_moved_aside_on_new(
-    chat_model_path: Path, tmp_path: Path
-) -> None:
-    path = tmp_path / "chat-memory.json"
+def test_corrupt_memory_is_named_and_moved_aside_on_new(chat_model_path: Path, cache: Path) -> None:
+    path = cache / "chat-memory.json"
     path.write_text('{"v": 1, "c": [', encoding="utf-8")
-    r = chat(tmp_path, stdin="Hello\n")
+    r = chat(cache, stdin="Hello\n")
     assert r.returncode == 1
     assert str(path) in r.stderr and "--new" in r.stderr and "Traceback" not in r.stderr
     assert path.read_text(encoding="utf-8") == '{"v": 1, "c": ['
 
-    r = chat(tmp_path, "--new", stdin="Hello\n")
+    r = chat(cache, "--new", stdin="Hello\n")
     assert r.returncode == 0, r.stderr
-    (aside,) = tmp_path.glob("chat-memory.json.corrupt-*")
+    (aside,) = cache.glob("chat-memory.json.corrupt-*")
     assert aside.read_text(encoding="utf-8") == '{"v": 1, "c": ['
     assert str(aside) in r.stderr
-    assert [m.content for m in saved(tmp_path).messages][:1] == ["Hello"]
+    assert [m.content for m in saved(cache).messages][:1] == ["Hello"]
 
 
 @pytest.mark.model
-def test_long_history_drops_oldest_turns_keeps_system(
-    chat_model_path: Path, tmp_path: Path
-) -> None:
-    lines = [f"Turn {i}: " + "please remember these words " * 12 for i in range(6)]
+def test_long_history_drops_oldest_turns_keeps_system(chat_model_path: Path, cache: Path) -> None:
+    # 256 is the smallest context (llama.cpp rounds less up to it). Four turns of about 80
+    # tokens: the third and the fourth each outgrow it, so the oldest turn goes twice.
+    lines = [f"Turn {i}: " + "please remember these words " * 16 for i in range(4)]
     r = chat(
-        tmp_path, "--context-length", "256", "--system", "You are terse.",
+        cache, "--context-length", "256", "--system", "You are terse.",
         stdin="".join(line + "\n" for line in lines),
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "outgrew the 256-token context" in r.stderr and "system prompt is kept" in r.stderr
-    conv = saved(tmp_path)
+    conv = saved(cache)
     assert conv.messages[0] == Message(Role.SYSTEM, "You are terse.")
     users = [m.content for m in conv.messages if m.role is Role.USER]
     assert users[-1] == lines[-1].strip()
@@ -194,9 +206,9 @@ def test_long_history_drops_oldest_turns_keeps_system(
 
 @pytest.mark.model
 def test_sigint_stops_a_piped_reply_and_the_chat_goes_on(
-    chat_model_path: Path, tmp_path: Path
+    chat_model_path: Path, cache: Path
 ) -> None:
-    env = child_env(HF_HUB_OFFLINE="1", LLM_INPROC_CACHE=str(tmp_path))
+    env = child_env(HF_HUB_OFFLINE="1", LLM_INPROC_CACHE=str(cache))
     cmd = [sys.executable, "-m", "llm_inproc.cli", "chat", *FAST, "--max-tokens", "0"]
     p = subprocess.Popen(
         cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -213,7 +225,7 @@ def test_sigint_stops_a_piped_reply_and_the_chat_goes_on(
         p.kill()
     assert p.returncode == 0, err
     assert "stopped; the partial reply is kept in the conversation" in err
-    conv = saved(tmp_path)
+    conv = saved(cache)
     assert roles(conv) == [Role.USER, Role.ASSISTANT, Role.USER, Role.ASSISTANT]
     assert conv.messages[1].content.startswith(first.strip())
     assert conv.messages[3].content and conv.messages[3].content in out
@@ -308,11 +320,9 @@ class Terminal:
 
 
 @pytest.mark.model
-def test_terminal_ctrl_c_stops_a_reply_and_ctrl_d_quits(
-    chat_model_path: Path, tmp_path: Path
-) -> None:
+def test_terminal_ctrl_c_stops_a_reply_and_ctrl_d_quits(chat_model_path: Path, cache: Path) -> None:
     ask = "Count from 1 to 500, one number per line."
-    term = Terminal(tmp_path, *FAST, "--max-tokens", "0")
+    term = Terminal(cache, *FAST, "--max-tokens", "0")
     try:
         term.expect(r"/help for commands.*\n")
         term.expect(r"> ")
@@ -345,14 +355,14 @@ def test_terminal_ctrl_c_stops_a_reply_and_ctrl_d_quits(
         assert term.close() == 0
     finally:
         term.proc.kill()
-    conv = saved(tmp_path)
+    conv = saved(cache)
     assert [m.role for m in conv.messages] == [Role.USER, Role.ASSISTANT]
     assert conv.messages[0].content == ask and re.search(r"\d", conv.messages[1].content)
-    history = tmp_path / "chat-history"  # readline's, for the arrow keys of the next run
+    history = cache / "chat-history"  # readline's, for the arrow keys of the next run
     assert ask in history.read_text(encoding="utf-8")
     assert history.stat().st_mode & 0o077 == 0
 
-    term = Terminal(tmp_path, *FAST)
+    term = Terminal(cache, *FAST)
     try:
         term.expect(r"resuming the conversation in channel 'cli' \(2 messages\)")
         term.expect(r"> ")

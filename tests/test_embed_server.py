@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +16,14 @@ import pytest
 
 from llm_inproc import InvalidInputError, Options, Session
 from llm_inproc.server.flags import settings_from_args
-from servers import Answer, Server, both, env_without_key, request, start_llama_server, start_ours
+from servers import Answer, Server, env_without_key, request, start_llama_server, start_ours
 from test_embed import SMOL_BOUND, TEXTS, cosines
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(300)]
 
 COMMON = ("-c", "1024", "-np", "1", "-t", "1")
-LONG = "The history of the river valley is long. " * 70  # ~630 tokens: two of our batches
+LONG = "The history of the river valley is long. " * 58  # 523 tokens: two of our batches
+# (512 each), and past Gemma's 512-token sliding window.
 GEMMA_PEER_BOUND = 0.999  # Gemma against llama-server: see test_gemma_vectors_equal_llama_servers
 
 
@@ -73,7 +75,10 @@ def ours_plain(chat_model_path: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 
 def _both(ours: Server, theirs: Server, path: str, body: Any) -> tuple[Answer, Answer]:
-    return both(ours, theirs, "POST", path, body=body)
+    """The same request to both servers at once: two processes, each answering it alone."""
+    with ThreadPoolExecutor(1) as pool:
+        real = pool.submit(request, theirs.port, "POST", path, body, timeout=180)
+        return request(ours.port, "POST", path, body, timeout=180), real.result()
 
 
 def _vectors(answer: Answer) -> np.ndarray:
@@ -83,12 +88,15 @@ def _vectors(answer: Answer) -> np.ndarray:
 
 def test_vectors_equal_llama_servers(ours: Server, theirs: Server, chat_session: Any) -> None:
     texts = [*TEXTS[:16], LONG]
-    a, b = _both(ours, theirs, "/v1/embeddings", {"input": texts})
+    with ThreadPoolExecutor(1) as pool:
+        answers = pool.submit(_both, ours, theirs, "/v1/embeddings", {"input": texts})
+        local = chat_session.embed(texts)  # meanwhile, in this process
+        a, b = answers.result()
     mine, real = _vectors(a), _vectors(b)
     assert cosines(mine, real).min() >= SMOL_BOUND
     np.testing.assert_allclose(np.linalg.norm(mine, axis=1), 1.0, atol=1e-5)
     assert a.json()["usage"] == b.json()["usage"]
-    assert cosines(chat_session.embed(texts), real).min() >= SMOL_BOUND
+    assert cosines(local, real).min() >= SMOL_BOUND
 
 
 def test_gemma_vectors_equal_llama_servers(
@@ -99,13 +107,24 @@ def test_gemma_vectors_equal_llama_servers(
     tmp_path: Path,
 ) -> None:
     flags = ("--embedding", "--pooling", "mean")
-    with _theirs(llama_server_binary, model_path, tmp_path / "g.log", repack_flags, *flags) as g:
-        texts = [*TEXTS[:16], LONG]
-        real = _vectors(request(g.port, "POST", "/v1/embeddings", {"input": texts}))
+    texts = [*TEXTS[:16], LONG]
+
+    def peer() -> np.ndarray:
+        with _theirs(
+            llama_server_binary, model_path, tmp_path / "g.log", repack_flags, *flags
+        ) as g:
+            return _vectors(
+                request(g.port, "POST", "/v1/embeddings", {"input": texts}, timeout=180)
+            )
+
+    # llama-server starts and embeds in its own process while this one embeds.
+    with ThreadPoolExecutor(1) as pool:
+        real = pool.submit(peer)
+        mine = session.embed(texts)
     # llama-server batches these texts its own way, and the CPU kernels are not
     # batch-invariant: on one CPU the long text's cosine was 0.99968 (most are 1.0000).
     # A wrong pooling or a missed token gives well under 0.99, so this still tells.
-    assert cosines(session.embed(texts), real).min() >= GEMMA_PEER_BOUND
+    assert cosines(mine, real.result()).min() >= GEMMA_PEER_BOUND
 
 
 @pytest.mark.parametrize(
@@ -188,15 +207,20 @@ def test_pooling_none_gives_token_vectors(ours_plain: Server, theirs_plain: Serv
 def test_a_remote_session_embeds_through_either_server(
     ours: Server, theirs: Server, theirs_plain: Server, chat_session: Any
 ) -> None:
-    local = chat_session.embed(TEXTS[:8])
-    for server in (ours, theirs):
+    def through(server: Server) -> tuple[np.ndarray, np.ndarray]:
         with Session(Options(remote=f"127.0.0.1:{server.port}")) as remote:
-            v = remote.embed(TEXTS[:8])
-            assert v.shape == local.shape and cosines(v, local).min() >= SMOL_BOUND
-            raw = remote.embed(TEXTS[0], normalize=False)
-            assert not np.isclose(np.linalg.norm(raw), 1.0)
             with pytest.raises(InvalidInputError, match="--pooling"):
                 remote.embed("x", pooling="last")
+            return remote.embed(TEXTS[:8]), remote.embed(TEXTS[0], normalize=False)
+
+    # Through both servers at once, and in this process meanwhile: three processes.
+    with ThreadPoolExecutor(2) as pool:
+        asked = [pool.submit(through, server) for server in (ours, theirs)]
+        local = chat_session.embed(TEXTS[:8])
+        answers = [f.result() for f in asked]
+    for v, raw in answers:
+        assert v.shape == local.shape and cosines(v, local).min() >= SMOL_BOUND
+        assert not np.isclose(np.linalg.norm(raw), 1.0)
     with Session(Options(remote=f"127.0.0.1:{theirs_plain.port}")) as remote:
         rows = remote.embed(["hello big world"], pooling="none", normalize=False)
         assert rows[0].shape == (len(chat_session.tokenize("hello big world")), 576)

@@ -10,12 +10,22 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from llm_inproc import BackendError, InvalidInputError, Message, Options, Role, Sampling, Session
+from llm_inproc import (
+    BackendError,
+    InvalidInputError,
+    Message,
+    Options,
+    Reply,
+    Role,
+    Sampling,
+    Session,
+)
 from llm_inproc.backends.inproc.sampler import grammar_for
 from llm_inproc.config import DEFAULT_MODEL
 from llm_inproc.models.embedded import GEMMA_BASE
@@ -89,18 +99,25 @@ def test_model_python_serves_the_default_model_in_our_server(
 def test_backend_llama_server_runs_the_binary_with_the_raw_encoding(
     cache_dir: Path, model_path: Path, llama_server_binary: Path
 ) -> None:
-    opts = Options(backend="llama-server", model=GEMMA_BASE.ref, **SMALL)
-    with Session(opts, cache_dir=cache_dir) as s:
-        assert s.backend == "llama-server" and s.encoding is not None
-        assert s.model_path == model_path
-        assert (s.model_info.architecture, s.model_info.n_ctx_train) == ("gemma3", 32768)
-        port = _port(s)
-        whole = s.prompt(MSGS, max_tokens=8, temperature=0)
-        assert "".join(s.prompt_streaming(MSGS, max_tokens=8, temperature=0)).strip() == whole
-        with pytest.raises(InvalidInputError, match="llama-server does not embed"):
-            s.embed(["x"])  # its --embedding would turn completions off
+    def inproc_reply() -> str:
         with Session(Options(model=GEMMA_BASE.ref, **SMALL), cache_dir=cache_dir) as inproc:
-            assert inproc.prompt(MSGS, max_tokens=8, temperature=0) == whole
+            return inproc.prompt(MSGS, max_tokens=8, temperature=0)
+
+    opts = Options(backend="llama-server", model=GEMMA_BASE.ref, **SMALL)
+    with ThreadPoolExecutor(1) as pool:
+        # The in-process reply is worked out meanwhile, its engine alone in this process.
+        alone = pool.submit(inproc_reply)
+        with Session(opts, cache_dir=cache_dir) as s:
+            assert s.backend == "llama-server" and s.encoding is not None
+            assert s.model_path == model_path
+            assert (s.model_info.architecture, s.model_info.n_ctx_train) == ("gemma3", 32768)
+            port = _port(s)
+            whole = s.prompt(MSGS, max_tokens=8, temperature=0)
+            streamed = "".join(s.prompt_streaming(MSGS, max_tokens=8, temperature=0))
+            assert streamed.strip() == whole
+            with pytest.raises(InvalidInputError, match="llama-server does not embed"):
+                s.embed(["x"])  # its --embedding would turn completions off
+            assert alone.result() == whole
     assert _gone(port, within=10)
 
 
@@ -127,25 +144,36 @@ def test_seeded_draws_are_llama_servers_draws(
         ("pilot", 1.0, Sampling(grammar=grammar, top_k=0)),
     ]
     opts = {"model": GEMMA_BASE.ref, **SMALL}
-    with (
-        Session(Options(backend="llama-server", **opts), cache_dir=cache_dir) as server,
-        Session(Options(**opts), cache_dir=cache_dir) as inproc,
-    ):
-        replies = {}
-        for hero, temperature, sampling in chains:
-            story = [Message(Role.USER, f"Tell me about a {hero} who likes tea.")]
-            kw = {"max_tokens": 24, "temperature": temperature, "seed": 7, "sampling": sampling}
-            theirs = server.complete(story, **kw)
-            replies[hero] = ours = inproc.complete(story, **kw)
+
+    def story(hero: str) -> list[Message]:
+        return [Message(Role.USER, f"Tell me about a {hero} who likes tea.")]
+
+    def draw(session: Session, hero: str, temperature: float, sampling: Sampling) -> Reply:
+        return session.complete(
+            story(hero), max_tokens=24, temperature=temperature, seed=7, sampling=sampling
+        )
+
+    def theirs() -> list[Reply]:
+        with Session(Options(backend="llama-server", **opts), cache_dir=cache_dir) as server:
+            return [draw(server, *chain) for chain in chains]
+
+    with ThreadPoolExecutor(1) as pool:
+        # llama-server starts and draws in its process while ours draws in this one, one
+        # request at a time in each (one slot each): neither's tokens depend on the other's.
+        asked = pool.submit(theirs)
+        with Session(Options(**opts), cache_dir=cache_dir) as inproc:
+            replies = {chain[0]: draw(inproc, *chain) for chain in chains}
+            # As long as the penalised reply: only the penalties can tell the two apart.
+            plain = inproc.complete(story("dragon"), max_tokens=24, temperature=0.0)
+        for (hero, _, sampling), reply in zip(chains, asked.result(), strict=True):
+            ours = replies[hero]
             assert ours.generated.count > 8, (hero, ours)
-            assert ours.text == theirs.text, (hero, sampling)
+            assert ours.text == reply.text, (hero, sampling)
             if sampling.grammar and ours.finish_reason == "stop":
                 assert isinstance(json.loads(ours.text)["age"], int)
             elif sampling.grammar:  # cut by max_tokens: still the grammar's JSON so far
                 assert ours.text.startswith("{") and '"name"' in ours.text, ours.text
-        dragon = [Message(Role.USER, "Tell me about a dragon who likes tea.")]
-        plain = inproc.complete(dragon, max_tokens=40, temperature=0.0)
-        assert plain.text != replies["dragon"].text  # the penalties did change the reply
+    assert plain.text != replies["dragon"].text  # the penalties did change the reply
 
 
 def test_no_llama_server_binary_names_the_build_command(

@@ -22,6 +22,8 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -30,10 +32,11 @@ import pytest
 
 from llm_inproc import Message, Options, Role, Session
 from llm_inproc.backends.base import GenerationRequest, Outcome
+from llm_inproc.backends.child import ChildServer
 from llm_inproc.metrics import TokenPerformance
 from llm_inproc.sampling import Sampling
 from llm_inproc.tools.types import ToolCall, tool_request
-from servers import Server, env_without_key, free_port, request, start_ours, started
+from servers import Server, env_without_key, free_port, ours_cmd, request
 from subproc import child_env, run_python
 from tool_data import WEATHER
 
@@ -198,27 +201,38 @@ def servers(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[dict[str, Server]]:
     """Ours on SmolLM2's own template (the generic JSON format) and on Qwen 2.5's, and
-    llama-server --jinja on Qwen 2.5's (see the module docstring)."""
-    from contextlib import ExitStack
-
+    llama-server --jinja on Qwen 2.5's (see the module docstring). All three start at
+    once (their model loads overlap); each is used once its /health answers 200."""
     logs = tmp_path_factory.mktemp("tools")
     qwen = ("--chat-template-file", str(QWEN_TEMPLATE))
+    ports = {kind: free_port() for kind in ("ours", "ours-qwen", "llama-qwen")}
+    llama = [str(llama_server_binary), "-m", str(chat_model_path)]
+    llama += ["--port", str(ports["llama-qwen"]), *FLAGS, "-t", "1", *qwen, "-fa", "off"]
+    commands = {
+        "ours": ours_cmd(chat_model_path, ports["ours"], *FLAGS),
+        "ours-qwen": ours_cmd(chat_model_path, ports["ours-qwen"], *FLAGS, *qwen),
+        "llama-qwen": [*llama, *repack_flags],
+    }
     env = env_without_key()
     with ExitStack() as stack:
-        out = {
-            "ours": stack.enter_context(
-                start_ours(chat_model_path, logs / "ours.log", *FLAGS, env=env)
-            ),
-            "ours-qwen": stack.enter_context(
-                start_ours(chat_model_path, logs / "ours-qwen.log", *FLAGS, *qwen, env=env)
-            ),
-        }
-        port = free_port()
-        cmd = [str(llama_server_binary), "-m", str(chat_model_path), "--port", str(port)]
-        cmd += [*FLAGS, "-t", "1", *qwen, "-fa", "off", *repack_flags]
-        out["llama-qwen"] = stack.enter_context(
-            started(cmd, port, logs / "llama-qwen.log", env=env)
-        )
+        out: dict[str, Server] = {}
+        for kind, cmd in commands.items():
+            # Started from this (the main) thread: unreaped, a server dies with its
+            # starting thread. The same settings as servers.started.
+            server = ChildServer(
+                "server",
+                cmd,
+                ports[kind],
+                logs,
+                env=env,
+                inherit_env=False,
+                reaped=False,
+                log_path=logs / f"{kind}.log",
+            )
+            stack.callback(server.close)
+            out[kind] = server
+        for server in out.values():
+            server.wait_healthy(120)
         yield out
 
 
@@ -413,19 +427,39 @@ def _one_shot() -> list[Message]:
     ]
 
 
+def _remote_calls(server: Server, cache_dir: Path) -> tuple[ToolCall, ToolCall]:
+    """A required call, then a named one, through a remote session on ``server``."""
+    call = _remote_call(server, cache_dir, _one_shot(), tools=[WEATHER], tool_choice="required")
+    named = _remote_call(
+        server, cache_dir, _one_shot(), tools=[CLOCK, WEATHER], tool_choice="get_weather"
+    )
+    return call, named
+
+
+@pytest.fixture(scope="module")
+def remote_calls(
+    servers: dict[str, Server], cache_dir: Path
+) -> Iterator[dict[str, Future[tuple[ToolCall, ToolCall]]]]:
+    """:func:`_remote_calls` on the three servers at once (one thread each: a server runs
+    its own requests alone and in order, as one test would); each test takes its server's
+    result, or the error its server's calls raised."""
+    pool = ThreadPoolExecutor(len(servers))
+    try:
+        yield {
+            kind: pool.submit(_remote_calls, server, cache_dir) for kind, server in servers.items()
+        }
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
 @pytest.mark.model
 @pytest.mark.parametrize("kind", ["ours", "ours-qwen", "llama-qwen"])
 def test_a_remote_session_returns_the_servers_calls(
-    servers: dict[str, Server], kind: str, cache_dir: Path
+    remote_calls: dict[str, Future[tuple[ToolCall, ToolCall]]], kind: str
 ) -> None:
-    call = _remote_call(
-        servers[kind], cache_dir, _one_shot(), tools=[WEATHER], tool_choice="required"
-    )
+    call, named = remote_calls[kind].result()
     assert call.name == "get_weather" and call.arguments.get("city")
     assert call.id  # as the server made it (ours and llama-server both make one)
-    named = _remote_call(
-        servers[kind], cache_dir, _one_shot(), tools=[CLOCK, WEATHER], tool_choice="get_weather"
-    )
     assert named.name == "get_weather"
 
 
@@ -443,9 +477,14 @@ def test_llama_server_and_ours_make_the_same_call(
         "temperature": 0,
         "max_tokens": 64,
     }
+    kinds = ("llama-qwen", "ours-qwen", "ours")
+    # One request per server, all at once: each server generates it alone.
+    with ThreadPoolExecutor(len(kinds)) as pool:
+        answers = pool.map(
+            lambda kind: request(servers[kind].port, "POST", "/v1/chat/completions", body), kinds
+        )
     found = {}
-    for kind in ("llama-qwen", "ours-qwen", "ours"):
-        answer = request(servers[kind].port, "POST", "/v1/chat/completions", body)
+    for kind, answer in zip(kinds, answers, strict=True):
         assert answer.status == 200, answer.text
         choice = answer.json()["choices"][0]
         assert choice["finish_reason"] == "tool_calls", (kind, choice)
