@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from cores import all_cores, pin_xdist_worker
+
 TEST_CACHE = Path(
     os.environ.get("LLM_INPROC_TEST_CACHE")
     or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llm-inproc-tests"
@@ -31,6 +33,45 @@ os.environ.pop("LLM_INPROC_MODEL", None)
 # beside three other test runs; 4x faster again with passive waiting). Passive waiting
 # sleeps instead. (Read when llama.cpp's library loads, so it is set before any import.)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+pin_xdist_worker()  # before llama.cpp starts a thread (see cores.py)
+
+# The longest files first (seconds on one core each, measured on 2 cores): pytest-xdist
+# hands whole files to workers in collection order (``--no-loadscope-reorder``), and a long
+# file handed out last keeps one worker busy while the other has nothing left to run. The
+# rest, each under 9 s, keep their order and fill the gaps.
+_LONGEST_FIRST = (
+    "test_tools.py",  # 44
+    "test_cli.py",  # 38
+    "test_sampling.py",  # 35
+    "test_embed.py",  # 30
+    "test_session.py",  # 29
+    "test_readme.py",  # 26
+    "test_bench.py",  # 24
+    "test_webui.py",  # 23
+    "test_prompt_cache.py",  # 22
+    "test_tools_http.py",  # 21
+    "test_spawn.py",  # 21
+    "test_engine.py",  # 19
+    "test_embed_server.py",  # 19
+    "test_server_sampling.py",  # 17
+    "test_speculative.py",  # 16
+    "test_remote.py",  # 14
+    "test_server_flags.py",  # 13
+    "test_chat_cli.py",  # 12
+    "test_tool_functions.py",  # 11
+    "test_saved_conversations.py",  # 11
+    "test_examples.py",  # 11
+    "test_rpc.py",  # 9
+    "test_context_sweep.py",  # 9
+    "test_anthropic_api.py",  # 9
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole
 
 
 @pytest.fixture(scope="session")
@@ -85,7 +126,8 @@ def llama_server_binary(cache_dir: Path) -> Path:
     comparisons against the real server are core tests."""
     from llm_inproc.build.servers import build_llama_server
 
-    return build_llama_server(cache_dir, "cpu").llama_server
+    with all_cores():
+        return build_llama_server(cache_dir, "cpu").llama_server
 
 
 @pytest.fixture(scope="session")

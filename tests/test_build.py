@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from cores import all_cores
 from llm_inproc.build.presets import list_presets
 from llm_inproc.build.python import installed_llama_cpp_version
 from llm_inproc.build.servers import (
@@ -41,7 +42,8 @@ pytestmark = pytest.mark.timeout(3600)
 def cpu_build() -> ServerBuild:
     """The CPU llama-server build in the persistent cache (compiled on the first run only)."""
     lines: list[str] = []
-    build = build_llama_server(default_cache_dir(), "cpu", on_output=lines.append)
+    with all_cores():
+        build = build_llama_server(default_cache_dir(), "cpu", on_output=lines.append)
     if lines:  # it really compiled: the progress went through the callback
         assert any(line.startswith("==> build:") for line in lines)
     return build

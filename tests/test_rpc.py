@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from cores import all_cores
 from llm_inproc import BackendError, InvalidInputError, Message, Options, Session
 from llm_inproc.backends.child import free_port
 from subproc import child_env, run_cli
@@ -49,7 +50,7 @@ def rpc_lib(cache_dir: Path) -> Path:
     if all((final / f).exists() for f in _RPC_FILES):
         return final
     version_dir.mkdir(parents=True, exist_ok=True)
-    with BuildLog(version_dir / "rpc-libs.log") as blog:
+    with all_cores(), BuildLog(version_dir / "rpc-libs.log") as blog:
         source = _sources(version_dir, version, blog) / "vendor" / "llama.cpp"
         build = version_dir / ".build-rpc-libs"
         generator = ["-G", "Ninja"] if shutil.which("ninja") else []

@@ -150,7 +150,7 @@ def test_seeded_draws_are_llama_servers_draws(
 
     def draw(session: Session, hero: str, temperature: float, sampling: Sampling) -> Reply:
         return session.complete(
-            story(hero), max_tokens=24, temperature=temperature, seed=7, sampling=sampling
+            story(hero), max_tokens=16, temperature=temperature, seed=7, sampling=sampling
         )
 
     def theirs() -> list[Reply]:
@@ -164,7 +164,7 @@ def test_seeded_draws_are_llama_servers_draws(
         with Session(Options(**opts), cache_dir=cache_dir) as inproc:
             replies = {chain[0]: draw(inproc, *chain) for chain in chains}
             # As long as the penalised reply: only the penalties can tell the two apart.
-            plain = inproc.complete(story("dragon"), max_tokens=24, temperature=0.0)
+            plain = inproc.complete(story("dragon"), max_tokens=16, temperature=0.0)
         for (hero, _, sampling), reply in zip(chains, asked.result(), strict=True):
             ours = replies[hero]
             assert ours.generated.count > 8, (hero, ours)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from gguf_tools import copy_with_metadata
+from gguf_tools import copy_with_metadata, requantized_q8_0
 from llm_inproc import (
     InvalidInputError,
     KnownLLM,
@@ -263,7 +263,7 @@ def test_run_tools_needs_functions(chat_session: Session) -> None:
         chat_session.run_tools((Message(Role.USER, "hi"),), [multiply])  # type: ignore[arg-type]
 
 
-# -- each template family, on a copy of the default model ---------------------------------------
+# -- each template family, on a Q8_0 copy of the default model -------------------------------------
 
 FAMILIES = {
     "NousResearch-Hermes-2-Pro-Llama-3-8B-tool_use.jinja": "hermes",
@@ -282,10 +282,11 @@ def family_sessions(
 ) -> Iterator[dict[str, Session]]:
     sessions: dict[str, Session] = {}
     where = tmp_path_factory.mktemp("templates")
+    model = requantized_q8_0(chat_model_path, cache_dir)  # the templates' preambles are long
     try:
         for name in FAMILIES:
             path = copy_with_metadata(
-                chat_model_path,
+                model,
                 where / (name.removesuffix(".jinja") + ".gguf"),
                 {"tokenizer.chat_template": (TEMPLATES / name).read_text()},
             )
