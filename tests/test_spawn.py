@@ -122,12 +122,13 @@ def test_backend_llama_server_runs_the_binary_with_the_raw_encoding(
 
 
 def test_seeded_draws_are_llama_servers_draws(
-    cache_dir: Path, model_path: Path, llama_server_binary: Path
+    cache_dir: Path, chat_model_path: Path, llama_server_binary: Path
 ) -> None:
-    # Same model, KV layout (unified, full-size sliding window), seed and chain: the same
-    # tokens as llama-server, for every path our sampler takes: greedy as an argmax, the
-    # prompt in the penalties' history, penalties on a shortlist, the full vocabulary, and
-    # a grammar checked on the drawn token and redrawn under the grammar when refused.
+    # Same model, KV layout (unified), seed and chain: the same tokens as llama-server, for
+    # every path our sampler takes: greedy as an argmax, the prompt in the penalties'
+    # history, penalties on a shortlist, the full vocabulary, and a grammar checked on the
+    # drawn token and redrawn under the grammar when refused. (Gemma's sliding-window
+    # layout meets llama-server's in test_remote's greedy replies.)
     person = {
         "type": "object",
         "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
@@ -143,7 +144,7 @@ def test_seeded_draws_are_llama_servers_draws(
         ("baker", 0.8, Sampling(grammar=grammar)),
         ("pilot", 1.0, Sampling(grammar=grammar, top_k=0)),
     ]
-    opts = {"model": GEMMA_BASE.ref, **SMALL}
+    opts = {"model": DEFAULT_MODEL, **SMALL}  # its 49k-token vocabulary: quick draws
 
     def story(hero: str) -> list[Message]:
         return [Message(Role.USER, f"Tell me about a {hero} who likes tea.")]

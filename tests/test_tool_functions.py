@@ -11,6 +11,7 @@ import inspect
 import json
 import typing
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 from typing import Annotated, Any, Literal, NewType, Optional, TypedDict, Union
@@ -18,7 +19,7 @@ from typing import Annotated, Any, Literal, NewType, Optional, TypedDict, Union
 import pytest
 from llama_cpp.llama_grammar import json_schema_to_gbnf
 
-from llm_inproc import InvalidInputError, Message, Role, Sampling, Session
+from llm_inproc import InvalidInputError, Message, Reply, Role, Sampling, Session
 from llm_inproc.tools.functions import call_tool, tool_from_function
 from llm_inproc.tools.types import Tool, as_tools
 
@@ -564,14 +565,19 @@ def plan_trip(
 def test_model_calls_constrained_by_the_schema_run(chat_session: Session, fn: Any) -> None:
     tool = tool_from_function(fn)
     finished = 0
-    for seed in (1, 2, 3, 4, 5):
-        r = chat_session.complete(
+
+    def ask(seed: int) -> Reply:
+        return chat_session.complete(
             [Message(Role.USER, f"Call {tool.name} with JSON arguments.")],
             temperature=1.0,
             seed=seed,
             max_tokens=200,
             sampling=Sampling(json_schema=tool.parameters),
         )
+
+    with ThreadPoolExecutor(5) as pool:  # generated together, on the session's slots
+        replies = list(pool.map(ask, (1, 2, 3, 4, 5)))
+    for r in replies:
         # At temperature 1 a string may run past the budget (not guaranteed to close, and
         # CPU batches are not bit-reproducible); every call that finished must run.
         if r.finish_reason != "stop":

@@ -52,6 +52,15 @@ TIME = Tool(
 ASK = [Message(Role.USER, "What is the weather like in Paris today?")]
 
 
+@pytest.fixture(scope="module")
+def smol_q8(cache_dir: Path, chat_model_path: Path) -> Iterator[Session]:
+    """The default model, SmolLM2, as a Q8_0 copy: tool prompts carry long preambles (see
+    gguf_tools.requantized_q8_0). The README's tools example runs on the packaged file."""
+    model = requantized_q8_0(chat_model_path, cache_dir)
+    with Session(Options(model=str(model), context_length=4096), cache_dir=cache_dir) as s:
+        yield s
+
+
 def _check_weather(calls: tuple[ToolCall, ...]) -> None:
     assert len(calls) == 1, calls
     call = calls[0]
@@ -61,20 +70,18 @@ def _check_weather(calls: tuple[ToolCall, ...]) -> None:
     assert call.id
 
 
-def test_required_gives_one_valid_call_from_the_default_model(chat_session: Session) -> None:
-    reply = chat_session.complete(ASK, tools=[WEATHER, TIME], tool_choice="required", temperature=0)
+def test_required_gives_one_valid_call_from_the_default_model(smol_q8: Session) -> None:
+    reply = smol_q8.complete(ASK, tools=[WEATHER, TIME], tool_choice="required", temperature=0)
     _check_weather(reply.tool_calls)
     assert reply.finish_reason == "tool_calls"
     assert reply.text == ""
 
 
 def test_a_streamed_call_shows_no_markup_and_ends_with_the_same_call(
-    chat_session: Session,
+    smol_q8: Session,
 ) -> None:
-    whole = chat_session.complete(ASK, tools=[WEATHER], tool_choice="required", temperature=0)
-    stream = chat_session.prompt_streaming(
-        ASK, tools=[WEATHER], tool_choice="required", temperature=0
-    )
+    whole = smol_q8.complete(ASK, tools=[WEATHER], tool_choice="required", temperature=0)
+    stream = smol_q8.prompt_streaming(ASK, tools=[WEATHER], tool_choice="required", temperature=0)
     shown = "".join(stream)
     assert shown == ""
     assert stream.reply is not None
@@ -84,14 +91,14 @@ def test_a_streamed_call_shows_no_markup_and_ends_with_the_same_call(
     ]
 
 
-def test_a_named_tool_is_the_one_called(chat_session: Session) -> None:
-    reply = chat_session.complete(ASK, tools=[WEATHER, TIME], tool_choice="get_time", temperature=0)
+def test_a_named_tool_is_the_one_called(smol_q8: Session) -> None:
+    reply = smol_q8.complete(ASK, tools=[WEATHER, TIME], tool_choice="get_time", temperature=0)
     assert [c.name for c in reply.tool_calls] == ["get_time"]
     assert reply.tool_calls[0].arguments["zone"] in ("UTC", "CET", "PST")
 
 
-def test_parallel_calls_are_one_or_more(chat_session: Session) -> None:
-    reply = chat_session.complete(
+def test_parallel_calls_are_one_or_more(smol_q8: Session) -> None:
+    reply = smol_q8.complete(
         [Message(Role.USER, "Weather in Paris and in Rome?")],
         tools=[WEATHER],
         tool_choice="required",
@@ -103,58 +110,54 @@ def test_parallel_calls_are_one_or_more(chat_session: Session) -> None:
     assert len({c.id for c in reply.tool_calls}) == len(reply.tool_calls)
 
 
-def test_none_gives_text_and_no_call(chat_session: Session) -> None:
-    reply = chat_session.complete(
-        ASK, tools=[WEATHER], tool_choice="none", temperature=0, max_tokens=8
-    )
+def test_none_gives_text_and_no_call(smol_q8: Session) -> None:
+    reply = smol_q8.complete(ASK, tools=[WEATHER], tool_choice="none", temperature=0, max_tokens=8)
     assert reply.tool_calls == ()
     assert reply.text
     assert reply.finish_reason in ("stop", "length")
     # "none" shows the model no tools: the prompt is the plain one.
-    plain = chat_session.count_tokens(ASK)
-    assert chat_session.count_tokens(ASK, tools=[WEATHER]) > plain
+    plain = smol_q8.count_tokens(ASK)
+    assert smol_q8.count_tokens(ASK, tools=[WEATHER]) > plain
 
 
-def test_async_call(chat_session: Session) -> None:
+def test_async_call(smol_q8: Session) -> None:
     async def ask() -> Any:
-        return await chat_session.acomplete(
-            ASK, tools=[WEATHER], tool_choice="required", temperature=0
-        )
+        return await smol_q8.acomplete(ASK, tools=[WEATHER], tool_choice="required", temperature=0)
 
     _check_weather(asyncio.run(ask()).tool_calls)
 
 
-def test_a_call_and_its_result_in_the_history_reach_the_model(chat_session: Session) -> None:
+def test_a_call_and_its_result_in_the_history_reach_the_model(smol_q8: Session) -> None:
     call = ToolCall("call_1", "get_weather", {"city": "Paris"})
     history = [
         *ASK,
         Message(Role.TOOL_CALL, "", tool_calls=[call]),
         Message.result(call, "Sunny, 24 degrees Celsius."),
     ]
-    request = chat_session.chat_request(history, Sampling(temperature=0))
-    text = chat_session.render(request)
+    request = smol_q8.chat_request(history, Sampling(temperature=0))
+    text = smol_q8.render(request)
     assert "Sunny, 24 degrees Celsius." in text and "get_weather" in text
-    reply = chat_session.complete(
+    reply = smol_q8.complete(
         history, tools=[WEATHER], tool_choice="none", temperature=0, max_tokens=40
     )
     assert reply.text and not reply.tool_calls
 
 
-def test_bad_tools_are_refused_before_anything_runs(chat_session: Session) -> None:
+def test_bad_tools_are_refused_before_anything_runs(smol_q8: Session) -> None:
     with pytest.raises(InvalidInputError, match="type 'object'"):
-        chat_session.complete(ASK, tools=[{"name": "f", "parameters": {"type": "string"}}])
+        smol_q8.complete(ASK, tools=[{"name": "f", "parameters": {"type": "string"}}])
     with pytest.raises(InvalidInputError, match="two tools are named"):
-        chat_session.complete(ASK, tools=[WEATHER, WEATHER])
+        smol_q8.complete(ASK, tools=[WEATHER, WEATHER])
 
     def untyped(city):  # type: ignore[no-untyped-def]
         return city
 
     with pytest.raises(InvalidInputError, match="city"):
-        chat_session.complete(ASK, tools=[untyped])
+        smol_q8.complete(ASK, tools=[untyped])
     with pytest.raises(InvalidInputError, match="not among the tools"):
-        chat_session.complete(ASK, tools=[WEATHER], tool_choice="get_time")
+        smol_q8.complete(ASK, tools=[WEATHER], tool_choice="get_time")
     with pytest.raises(InvalidInputError, match="grammar or json_schema"):
-        chat_session.complete(
+        smol_q8.complete(
             ASK,
             tools=[WEATHER],
             tool_choice="required",
@@ -211,10 +214,10 @@ def broken(city: str) -> str:
     raise RuntimeError("the population service is down")
 
 
-def test_run_tools_calls_the_function_and_ends_in_text(chat_session: Session) -> None:
+def test_run_tools_calls_the_function_and_ends_in_text(smol_q8: Session) -> None:
     messages = [Message(Role.USER, "What is 12 times 34? Use the tool.")]
     # 48 tokens: room for a call (about 32), and the final text need not be long.
-    reply = chat_session.run_tools(
+    reply = smol_q8.run_tools(
         messages, [multiply], tool_choice="required", max_rounds=2, temperature=0, max_tokens=48
     )
     assert messages[1].role is Role.TOOL_CALL and messages[1].tool_calls[0].name == "multiply"
@@ -227,9 +230,9 @@ def test_run_tools_calls_the_function_and_ends_in_text(chat_session: Session) ->
     assert len(messages) <= 1 + 2 * 2 + 1  # at most max_rounds rounds of calls, then text
 
 
-def test_a_failing_tool_becomes_a_result_the_model_reads(chat_session: Session) -> None:
+def test_a_failing_tool_becomes_a_result_the_model_reads(smol_q8: Session) -> None:
     messages = [Message(Role.USER, "How many people live in Lyon?")]
-    reply = chat_session.run_tools(
+    reply = smol_q8.run_tools(
         messages, [broken], tool_choice="required", max_rounds=1, temperature=0, max_tokens=60
     )
     assert messages[2].role is Role.TOOL_CALL_RESULT
@@ -237,7 +240,7 @@ def test_a_failing_tool_becomes_a_result_the_model_reads(chat_session: Session) 
     assert messages[-1].role is Role.ASSISTANT and not reply.tool_calls
 
 
-def test_arun_tools_awaits_async_functions(chat_session: Session) -> None:
+def test_arun_tools_awaits_async_functions(smol_q8: Session) -> None:
     async def lookup(city: str) -> dict[str, Any]:
         """Facts about a city.
 
@@ -249,18 +252,18 @@ def test_arun_tools_awaits_async_functions(chat_session: Session) -> None:
 
     messages = [Message(Role.USER, "Tell me about Lyon.")]
     asyncio.run(
-        chat_session.arun_tools(
+        smol_q8.arun_tools(
             messages, [lookup], tool_choice="required", max_rounds=1, temperature=0, max_tokens=60
         )
     )
     assert json.loads(messages[2].content)["population"] == 513275
 
 
-def test_run_tools_needs_functions(chat_session: Session) -> None:
+def test_run_tools_needs_functions(smol_q8: Session) -> None:
     with pytest.raises(InvalidInputError, match="no Python function"):
-        chat_session.run_tools([Message(Role.USER, "hi")], [WEATHER])
+        smol_q8.run_tools([Message(Role.USER, "hi")], [WEATHER])
     with pytest.raises(InvalidInputError, match="as a list"):
-        chat_session.run_tools((Message(Role.USER, "hi"),), [multiply])  # type: ignore[arg-type]
+        smol_q8.run_tools((Message(Role.USER, "hi"),), [multiply])  # type: ignore[arg-type]
 
 
 # -- each template family, on a Q8_0 copy of the default model -------------------------------------
