@@ -83,12 +83,12 @@ def test_normalize_false_gives_the_raw_vectors(chat_session: Any) -> None:
 @pytest.mark.parametrize(
     ("fixture", "bound"), [("chat_session", SMOL_BOUND), ("session", GEMMA_BOUND)]
 )
-def test_alone_equals_within_a_batch_of_64(
+def test_alone_equals_within_a_batch_of_32(
     request: pytest.FixtureRequest, fixture: str, bound: float
 ) -> None:
     s = request.getfixturevalue(fixture)
-    batch = s.embed(TEXTS)
-    alone = np.array([s.embed(t) for t in TEXTS[::8]])
+    batch = s.embed(TEXTS[:32])
+    alone = np.array([s.embed(t) for t in TEXTS[:32:8]])
     assert cosines(alone, batch[::8]).min() >= bound
 
 
