@@ -102,17 +102,17 @@ def batch_session(cache_dir: Path, chat_model_path: Path) -> Iterator[Session]:
     """The instruct model in a session of its own, for requests generated together: a
     prefix evaluated in a shared batch differs in its last bits from one evaluated alone,
     and the suite's ``chat_session`` keeps its cached prefixes one-request-at-a-time."""
-    options = Options(model=str(chat_model_path), context_length=4096, parallel=10)
+    options = Options(model=str(chat_model_path), context_length=4096, parallel=6)
     with Session(options, cache_dir=cache_dir) as s:
         yield s
 
 
 @pytest.mark.model
-def test_json_schema_gives_valid_json_ten_times_at_temperature_one(
+def test_json_schema_gives_valid_json_six_times_at_temperature_one(
     batch_session: Session,
 ) -> None:
-    # All ten at once, one slot each (each reply is checked against the schema only).
-    async def ten() -> list[Reply]:
+    # All six at once, one slot each (each reply is checked against the schema only).
+    async def six() -> list[Reply]:
         return await asyncio.gather(
             *(
                 batch_session.acomplete(
@@ -122,12 +122,12 @@ def test_json_schema_gives_valid_json_ten_times_at_temperature_one(
                     max_tokens=200,
                     sampling=Sampling(json_schema=SCHEMA),
                 )
-                for i in range(10)
+                for i in range(6)
             )
         )
 
-    replies = asyncio.run(ten())
-    assert len(replies) == 10
+    replies = asyncio.run(six())
+    assert len(replies) == 6
     for r in replies:
         assert r.finish_reason == "stop", r.text
         doc = json.loads(r.text)
@@ -222,7 +222,7 @@ def test_the_penalties_shortlist_changes_no_draw(chat_session: Session) -> None:
         (1.5, {"top_k": 100, "min_p": 0.0, "top_p": 1.0, "presence_penalty": 2.0}),
     ]
     for temperature, fields in chains:
-        for seed in (1, 2, 3):
+        for seed in (1, 2):
             kw = {"max_tokens": 16, "temperature": temperature, "seed": seed}
             short = s.complete(prompt, **kw, sampling=Sampling(**fields))  # type: ignore[arg-type]
             whole = s.complete(

@@ -187,8 +187,9 @@ def test_prompt_longer_than_context(model_path: object) -> None:
         with pytest.raises(ContextOverflowError, match=r"is \d+ tokens but the context holds 256"):
             s.prompt(long)
         assert s.prompt(Q, max_tokens=8, temperature=0)
-        # max_tokens=0 stops when the context is full, without error, and says so.
-        msgs = [Message(Role.USER, "count: " + "1 2 3 " * 25)]
+        # max_tokens=0 stops when the context is full, without error, and says so (a prompt
+        # of 222 tokens: a few dozen left to generate).
+        msgs = [Message(Role.USER, "count: " + "1 2 3 " * 35)]
         n_prompt = s.count_tokens(msgs)
         reply = s.complete(msgs, temperature=0, seed=7)
         if reply.finish_reason == "length":
