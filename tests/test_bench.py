@@ -79,6 +79,9 @@ def test_quick_suite_writes_table_json_markdown_and_plot(
             assert positive(m[key]), (peer, key, m)
         assert m["rss_kib"] > 50_000, (peer, m)  # a loaded model, not an empty process
     assert med[OURS]["gen_n"] == 8  # what was actually generated: the 8 tokens asked
+    # Every reply's real length, per peer and round: ours (EOS banned) made all 8.
+    assert data["tokens_generated"]["peers"][OURS] == [8]
+    assert data["short_replies"] == []
     bench_row = med["llama-bench"]
     assert positive(bench_row["gen_rate"]) and positive(bench_row["prompt_rate"])
     # simonw's llm runs on its own model, SmolLM2, next to ours on the same file.

@@ -141,31 +141,9 @@ def test_chat_keeps_history_in_memory(model_path: Path, tmp_path: Path) -> None:
     assert memory.conversations()[0].messages == []
 
 
-@pytest.mark.model
-def test_bench_reports_rates(model_path: Path, tmp_path: Path) -> None:
-    # Without llama-server and llama-bench, built or not (test_bench runs every peer and
-    # draws the plot). The JSON's shape is checked, not this machine's speed: a short
-    # prompt, and no waiting for a quiet machine.
-    r, no_runs = at_once(
-        partial(
-            cli, "bench", "--json", "--quick", "--sections", "peers", "--tokens", "8",
-            "--runs", "1", "--prompt", "16", "--context-length", "1024", "--max-wait", "0",
-            "--no-plot", "--out", str(tmp_path),
-            "--llama-server", str(tmp_path / "none" / "llama-server"),
-        ),
-        partial(cli, "bench", "--runs", "0"),
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout)
-    peers = {"ours (in-process)", "llama-cpp-python", "our server (HTTP)"}
-    assert set(out["peers"]["series"]) == peers
-    assert out["generation"] > 0 and out["prompt"] > 0
-    assert out["tokens"] == 8 and out["runs"] == 1
-    # What was generated, not only what was asked: ours (EOS banned) made all 8 each time.
-    assert out["tokens_generated"]["peers"]["ours (in-process)"] == [8]
-    assert out["short_replies"] == []
-    assert not (tmp_path / "bench.png").exists()  # --no-plot
-    assert no_runs.returncode == 1
+def test_bench_refuses_zero_runs() -> None:
+    # What bench measures and writes: test_bench, which runs it whole.
+    assert cli("bench", "--runs", "0").returncode == 1
 
 
 @pytest.mark.model
