@@ -198,8 +198,8 @@ def test_plain_greedy_picks_what_llama_cpps_greedy_sampler_picks(
     native = Sampling(presence_penalty=1e-12)
     s.complete(prompt, max_tokens=1, temperature=0)
     for extra in ({}, {"ignore_eos": True}, {"logit_bias": {"fox": -math.inf, " the": 2.5}}):
-        fast = s.complete(prompt, max_tokens=24, temperature=0, sampling=Sampling(**extra))
-        chain = s.complete(prompt, max_tokens=24, temperature=0, sampling=replace(native, **extra))
+        fast = s.complete(prompt, max_tokens=16, temperature=0, sampling=Sampling(**extra))
+        chain = s.complete(prompt, max_tokens=16, temperature=0, sampling=replace(native, **extra))
         assert fast.generated.count == chain.generated.count > 8, extra
         assert fast.text == chain.text, extra
         if "logit_bias" in extra:
