@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import anthropic
 import pytest
 
 from servers import Server, env_without_key, named_events, request, start_ours
@@ -44,7 +43,15 @@ def server(chat_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> I
 
 
 def _client(server: Server, key: str = "none") -> Any:
-    return anthropic.Anthropic(base_url=server.url, api_key=key, max_retries=0, timeout=120)
+    return _anthropic().Anthropic(base_url=server.url, api_key=key, max_retries=0, timeout=120)
+
+
+def _anthropic() -> Any:
+    """The client package, imported on first use: it takes a second, in every worker that
+    collects this file."""
+    import anthropic
+
+    return anthropic
 
 
 def _create(server: Server, **kw: Any) -> Any:
@@ -232,7 +239,7 @@ def test_an_api_key_comes_as_x_api_key(
     with start_ours(chat_model_path, log, *FLAGS, "--api-key", "right-key", env=env) as keyed:
         r = _client(keyed, "right-key").messages.create(model="x", max_tokens=2, messages=ASK)
         assert r.type == "message"
-        with pytest.raises(anthropic.AuthenticationError):
+        with pytest.raises(_anthropic().AuthenticationError):
             _client(keyed, "wrong-key").messages.create(model="x", max_tokens=2, messages=ASK)
 
 
@@ -287,8 +294,8 @@ def test_bad_requests_are_a_400_that_names_the_field(
 
 def test_the_client_sees_a_bad_request_as_one(server: Server) -> None:
     image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": ""}}
-    with pytest.raises(anthropic.BadRequestError) as caught:
+    with pytest.raises(_anthropic().BadRequestError) as caught:
         _create(server, messages=[{"role": "user", "content": [image]}])
     assert caught.value.status_code == 400 and "image" in str(caught.value)
-    with pytest.raises(anthropic.BadRequestError):
+    with pytest.raises(_anthropic().BadRequestError):
         _client(server).messages.count_tokens(model="x", messages=[])

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import openai
 import pytest
 
 from servers import Server, env_without_key, request, start_ours
@@ -48,8 +47,15 @@ def server(chat_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         yield s
 
 
-def _client(server: Server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0, timeout=120)
+def _openai() -> Any:
+    """The client package, imported on first use, not at collection."""
+    import openai
+
+    return openai
+
+
+def _client(server: Server) -> Any:
+    return _openai().OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0, timeout=120)
 
 
 def _create(server: Server, **kw: Any) -> Any:
@@ -204,6 +210,6 @@ def test_bad_requests_are_a_400_that_names_the_field(
 
 
 def test_the_client_sees_a_bad_request_as_one(server: Server) -> None:
-    with pytest.raises(openai.BadRequestError) as caught:
+    with pytest.raises(_openai().BadRequestError) as caught:
         _create(server, previous_response_id="resp_1")
     assert "previous_response_id" in str(caught.value)
