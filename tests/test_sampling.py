@@ -140,6 +140,22 @@ def test_json_schema_gives_valid_json_six_times_at_temperature_one(
 
 
 @pytest.mark.model
+def test_marker_text_inside_a_grammar_reply_is_content(chat_session: Session) -> None:
+    """Turn markers' text (``</s>``, ``<|im_end|>``) inside a constrained reply does not
+    end it: the grammar decides where it ends, and the document comes out whole (cut at
+    the marker, a JSON string was left open with ``finish_reason="stop"``)."""
+    doc = '{"html": "<s>old</s> new", "note": "then <|im_end|> ends a turn"}'
+    reply = chat_session.complete(
+        [Message(Role.USER, "Give the JSON.")],
+        temperature=0,
+        max_tokens=96,
+        sampling=Sampling(grammar="root ::= " + json.dumps(doc)),
+    )
+    assert (reply.text, reply.finish_reason) == (doc, "stop")
+    assert json.loads(reply.text)["html"] == "<s>old</s> new"
+
+
+@pytest.mark.model
 def test_a_grammar_restricts_the_reply(chat_session: Session) -> None:
     yes_no = Sampling(grammar='root ::= "yes" | "no"')
     for seed in (1, 2, 3):

@@ -157,6 +157,14 @@ def _plain(messages: Sequence[Message]) -> list[Message]:
 
 
 def _stops(markers: tuple[str, ...], sampling: Sampling) -> tuple[str, ...]:
+    """The reply's stop strings: the turn markers, and the caller's own.
+
+    Under a grammar the grammar decides where the reply ends (llama.cpp allows an
+    end-of-generation token only where the grammar is complete), and a marker's text
+    inside it, such as ``</s>`` in a JSON string, is content: cut there, the document
+    would end half-written with ``finish_reason="stop"``."""
+    if sampling.grammar or sampling.json_schema is not None:
+        markers = ()
     return tuple(dict.fromkeys(markers + sampling.stop))
 
 
