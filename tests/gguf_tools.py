@@ -9,7 +9,9 @@ vocabulary; walking it here takes a fraction of a second).
 
 from __future__ import annotations
 
+import ctypes
 import math
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,10 +148,7 @@ def requantized_q8_0(src: Path, cache: Path) -> Path:
     preamble): its Q4_1 weights evaluate a prompt at half Q8_0's speed on CPUs where
     llama.cpp has no repacked Q4_1 kernel (176 against 358 tokens/s on one AVX-512 core),
     and Q8_0 holds Q4_1's values almost exactly, so the replies are the same model's."""
-    import ctypes
-    import os
-
-    import llama_cpp
+    import llama_cpp  # here: the other helpers only read and write bytes
 
     stat = src.stat()
     dst = cache / "requantized" / f"{src.stem}-{stat.st_size}-{int(stat.st_mtime)}.q8_0.gguf"

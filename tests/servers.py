@@ -9,6 +9,7 @@ import json
 import os
 import sys
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ __all__ = [
     "Server",
     "both",
     "free_port",
+    "launch",
     "named_events",
     "request",
     "sse_data",
@@ -66,8 +68,11 @@ def request(
 def both(
     ours: ChildServer, theirs: ChildServer, method: str, path: str, **kw: Any
 ) -> tuple[Answer, Answer]:
-    """The same request to our server and to llama-server."""
-    return request(ours.port, method, path, **kw), request(theirs.port, method, path, **kw)
+    """The same request to our server and to llama-server, at once: two processes, each
+    answering it alone."""
+    with ThreadPoolExecutor(1) as pool:
+        real = pool.submit(request, theirs.port, method, path, **kw)
+        return request(ours.port, method, path, **kw), real.result()
 
 
 def sse_data(text: str) -> list[dict[str, Any]]:
@@ -90,12 +95,10 @@ Server = ChildServer
 start a server and wait for it, :class:`llm_inproc.backends.child.ChildServer`)."""
 
 
-@contextmanager
-def started(
-    cmd: list[str], port: int, log: Path, env: Mapping[str, str] | None = None, timeout: float = 120
-) -> Iterator[Server]:
-    """Run ``cmd`` until the block ends; yields once ``/health`` answers 200."""
-    server = ChildServer(
+def launch(cmd: list[str], port: int, log: Path, env: Mapping[str, str] | None = None) -> Server:
+    """Start ``cmd`` (output in ``log``) without waiting for it. Started from the calling
+    thread and unreaped: the server dies with that thread, so start it from the main one."""
+    return ChildServer(
         "server",
         cmd,
         port,
@@ -105,6 +108,14 @@ def started(
         reaped=False,
         log_path=log,
     )
+
+
+@contextmanager
+def started(
+    cmd: list[str], port: int, log: Path, env: Mapping[str, str] | None = None, timeout: float = 120
+) -> Iterator[Server]:
+    """Run ``cmd`` until the block ends; yields once ``/health`` answers 200."""
+    server = launch(cmd, port, log, env)
     try:
         server.wait_healthy(timeout)
         yield server

@@ -32,8 +32,9 @@ def without_peers(
     tmp_path_factory: pytest.TempPathFactory, model_path: Path
 ) -> Iterator[tuple[Path, Future[subprocess.CompletedProcess[str]]]]:
     """``bench --sections scaling`` with no llama-server, started when the quick suite
-    starts: each keeps one core busy (one thread, one peer at a time), so two cores run
-    them side by side. Its output folder and the run."""
+    starts: each keeps one core busy (one thread, one peer at a time), so two free cores
+    run them side by side (under xdist they share their worker's core). Its output folder
+    and the run."""
     out = tmp_path_factory.mktemp("without-peers")
     with ThreadPoolExecutor(1) as pool:
         yield out, pool.submit(

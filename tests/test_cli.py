@@ -35,8 +35,9 @@ Ran = subprocess.CompletedProcess[str]
 
 def at_once(*runs: Callable[[], Ran]) -> list[Ran]:
     """Independent command lines started together, their results in order: each is its
-    own process, so the two cores run two at a time. One that loads a model must then
-    use one thread, else each process's threads wait on the other's at every step."""
+    own process, so free cores run them side by side (under xdist they share their
+    worker's core, and only their waits overlap). One that loads a model must then use
+    one thread, else each process's threads wait on the other's at every step."""
     with ThreadPoolExecutor(len(runs)) as pool:
         return list(pool.map(lambda run: run(), runs))
 

@@ -16,7 +16,15 @@ import pytest
 
 from llm_inproc import InvalidInputError, Options, Session
 from llm_inproc.server.flags import settings_from_args
-from servers import Answer, Server, env_without_key, request, start_llama_server, start_ours
+from servers import (
+    Answer,
+    Server,
+    both,
+    env_without_key,
+    request,
+    start_llama_server,
+    start_ours,
+)
 from test_embed import SMOL_BOUND, TEXTS, cosines
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(300)]
@@ -75,10 +83,7 @@ def ours_plain(chat_model_path: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 
 def _both(ours: Server, theirs: Server, path: str, body: Any) -> tuple[Answer, Answer]:
-    """The same request to both servers at once: two processes, each answering it alone."""
-    with ThreadPoolExecutor(1) as pool:
-        real = pool.submit(request, theirs.port, "POST", path, body, timeout=180)
-        return request(ours.port, "POST", path, body, timeout=180), real.result()
+    return both(ours, theirs, "POST", path, body=body, timeout=180)
 
 
 def _vectors(answer: Answer) -> np.ndarray:

