@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -30,6 +31,11 @@ class LineReader:
         self.interactive = sys.stdin.isatty()
         self._history_file = history_file
         self._readline = _readline() if self.interactive else None
+        if self.interactive and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+            # A parent that ignores SIGINT (a launcher that starts it in the background
+            # without job control, say) passes that on, and Python keeps it: Ctrl-C at the
+            # prompt would do nothing. On a terminal, the user's Ctrl-C is meant for the chat.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         if self._readline is not None:
             self._readline.set_history_length(_HISTORY_LINES)
             with contextlib.suppress(OSError):
