@@ -139,6 +139,7 @@ class Session:
             tools=tools,
             chat_template=self.model_info.chat_template if local else None,
             local=local,
+            template_tokens=self.model_info.template_tokens,
         )
         fmt = request.tool_format
         if fmt is not None and request.tools is not None:

@@ -416,12 +416,16 @@ def chat_response(
     logprobs: list[dict[str, Any]] | None = None,
     index: int = 0,
     tool_calls: Sequence[ToolCall] = (),
+    reasoning: str | None = None,
 ) -> dict[str, Any]:
     """``logprobs``: :func:`token_probs`, sent as ``choices[].logprobs.content``.
 
     With ``tool_calls``, the message carries them (OpenAI's shape, arguments as JSON
-    text) and its ``content`` is null unless the model wrote text beside them."""
+    text) and its ``content`` is null unless the model wrote text beside them.
+    ``reasoning``: the thinking split from the reply (``reasoning_content``)."""
     message: dict[str, Any] = {"role": "assistant", "content": content}
+    if reasoning:
+        message["reasoning_content"] = reasoning
     if tool_calls:
         message["content"] = content if content.strip() else None
         message["tool_calls"] = [c.to_openai() for c in tool_calls]
@@ -452,10 +456,11 @@ def chat_chunk(
     logprobs: list[dict[str, Any]] | None = None,
     index: int = 0,
     tool_call: dict[str, Any] | None = None,
+    reasoning: str | None = None,
 ) -> dict[str, Any]:
     """A ``chat.completion.chunk``: the role first, then content deltas (or ``tool_call``
-    deltas, :func:`tool_call_deltas`), then the finish reason; with ``cost`` alone, the
-    usage chunk (``choices`` empty) of ``include_usage``."""
+    deltas, :func:`tool_call_deltas`, or ``reasoning_content`` deltas), then the finish
+    reason; with ``cost`` alone, the usage chunk (``choices`` empty) of ``include_usage``."""
     body: dict[str, Any] = {"choices": []}
     if cost is None:
         delta: dict[str, Any] = {}
@@ -463,6 +468,8 @@ def chat_chunk(
             delta = {"role": "assistant", "content": None}
         elif tool_call is not None:
             delta = {"tool_calls": [tool_call]}
+        elif reasoning is not None:
+            delta = {"reasoning_content": reasoning}
         elif content is not None:
             delta = {"content": content}
         reason = None if finish_reason is None else oai_finish_reason(finish_reason)

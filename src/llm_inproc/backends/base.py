@@ -71,6 +71,9 @@ class ModelInfo:
     devices: tuple[DeviceUse, ...] = ()
     """The devices holding the model, local and RPC, with the layers each holds (in
     process; empty where a server does not say)."""
+    template_tokens: tuple[str, str] = ("", "")
+    """The text of the BOS and EOS tokens, which chat templates write as ``bos_token`` and
+    ``eos_token`` (empty where unknown)."""
 
 
 @dataclass(frozen=True)

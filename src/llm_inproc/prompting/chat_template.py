@@ -19,7 +19,13 @@ from .messages import Message, Role
 if TYPE_CHECKING:
     from ..tools.types import Tool, ToolCall
 
-__all__ = ["fallback_encoding", "render_chat_template", "template_messages", "tools_polyfill"]
+__all__ = [
+    "fallback_encoding",
+    "render_chat_template",
+    "render_raw",
+    "template_messages",
+    "tools_polyfill",
+]
 
 _GEMMA = PromptEncoding(
     system_token_start="<start_of_turn>user\n",
@@ -198,6 +204,7 @@ def render_chat_template(
                 else not messages or messages[-1].role is not Role.TOOL_CALL,
                 bos_token=bos_token,
                 eos_token=eos_token,
+                enable_thinking=True,  # as llama-server renders (R1's template closes it else)
                 **extra,
             )
         )
@@ -206,6 +213,12 @@ def render_chat_template(
             f"the model's chat template failed on these messages ({e}); "
             "check the roles (some templates refuse a system message) or use a raw prompt encoding"
         ) from e
+
+
+def render_raw(template: str, messages: list[dict[str, Any]]) -> str:
+    """``messages`` (already in the template's shape) rendered as history, without the
+    generation prompt: for looking at how a template writes a turn."""
+    return str(_compile(template).render(messages=messages, add_generation_prompt=False))
 
 
 _PROBE_TOOL = "zq_probe_tool"

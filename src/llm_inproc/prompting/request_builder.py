@@ -46,6 +46,7 @@ def build_request(
     tools: ToolRequest | None = None,
     chat_template: str | None = None,
     local: bool = True,
+    template_tokens: tuple[str, str] = ("", ""),
 ) -> GenerationRequest:
     """The request for ``messages``: through ``template`` when given (a name from
     :data:`NAMED_TEMPLATES` or a Jinja template), else the raw ``encoding``, else the
@@ -80,8 +81,10 @@ def build_request(
         tools = None  # not shown to the model at all: it cannot call what it does not see
     if template and template not in NAMED_TEMPLATES:
         req = _tool_fields(tools, msgs, template, None)
+        bos, eos = template_tokens  # as the model's own template gets them
+        offered = tools.offered if tools is not None else ()
         text = render_chat_template(
-            template, req.messages, tools=tools.offered if tools is not None else ()
+            template, req.messages, bos_token=bos, eos_token=eos, tools=offered
         )
         return dataclasses.replace(
             req,

@@ -165,9 +165,11 @@ def _add_compat_flags(p: argparse.ArgumentParser) -> None:
         "--reasoning-format",
         choices=("auto", "none", "deepseek", "deepseek-legacy"),
         default="auto",
-        help="accepted for compatibility: replies come as the model wrote them, except that "
-        "a DeepSeek R1 or Command R7B reply with tool calls leaves its thinking out; "
-        "reasoning_content is not returned yet (default: auto)",
+        help="where a chat reply's thinking goes, for templates that think (<think> ... "
+        "</think>, found in the template): auto and deepseek put it in "
+        "message.reasoning_content (streamed as delta.reasoning_content), deepseek-legacy "
+        "also keeps it in the content, none leaves it in the content as written; a request's "
+        "reasoning_format overrides it (default: auto)",
     )
     c.add_argument(
         "--sleep-idle-seconds",

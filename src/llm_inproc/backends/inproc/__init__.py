@@ -167,6 +167,7 @@ class InprocBackend:
             flash_attention=ctx.flash_attention,
             repack=repack,
             devices=_device_use(model),
+            template_tokens=(model.token_text(model.bos), model.token_text(model.eos)),
         )
         self._n_ctx = ctx.n_ctx
         limit = None if cache_ram == -1 else cache_ram * 2**20

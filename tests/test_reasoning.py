@@ -1,0 +1,204 @@
+"""A reply's thinking apart from its answer (``reasoning_content``): the markers found in a
+chat template, the split of a whole reply and of a stream, and the server against
+llama-server built from the same sources, each with a thinking template (Qwen3's, whose
+reply opens ``<think>`` itself, and DeepSeek R1's, whose prompt opens it).
+
+SmolLM2 does not think on its own, so the requests carry a grammar that makes it write a
+thought, then an answer: the same text from both servers at temperature 0, which each
+must split the same way."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llm_inproc.prompting.reasoning import (
+    ReasoningSplitter,
+    ThinkingMarkers,
+    split_reasoning,
+    thinking_markers,
+)
+from servers import Server, env_without_key, free_port, launch, ours_cmd, request, sse_data
+
+pytestmark = pytest.mark.timeout(300)
+
+TEMPLATES = Path(__file__).parent / "data" / "templates"
+QWEN3 = TEMPLATES / "Qwen-Qwen3-0.6B.jinja"
+R1 = TEMPLATES / "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja"
+THINK = ThinkingMarkers("<think>", "</think>")
+
+
+# -- the markers and the split (no model) --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "markers"),
+    [
+        ("Qwen-Qwen3-0.6B.jinja", THINK),  # rendered around a past turn's reasoning
+        ("deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja", THINK),  # drops it; named in source
+        (
+            "CohereForAI-c4ai-command-r7b-12-2024-tool_use.jinja",
+            ThinkingMarkers("<|START_THINKING|>", "<|END_THINKING|>"),
+        ),
+        ("SmolLM2-135M-Instruct.jinja", None),
+        ("Qwen-Qwen2.5-7B-Instruct.jinja", None),
+        ("meta-llama-Llama-3.3-70B-Instruct.jinja", None),
+    ],
+)
+def test_markers_come_from_the_template(name: str, markers: ThinkingMarkers | None) -> None:
+    assert thinking_markers((TEMPLATES / name).read_text()) == markers
+
+
+def test_a_template_that_renders_reasoning_in_its_own_markers() -> None:
+    source = (
+        "{% for m in messages %}<|{{ m.role }}|>{% if m.reasoning_content %}[[plan]] "
+        "{{ m.reasoning_content }} [[/plan]]{% endif %}{{ m.content }}{% endfor %}"
+    )
+    assert thinking_markers(source) == ThinkingMarkers("[[plan]]", "[[/plan]]")
+
+
+@pytest.mark.parametrize(
+    ("text", "opened", "split"),
+    [
+        ("<think>\nweigh it\n</think>\n\nThe answer.", False, ("weigh it\n", "The answer.")),
+        ("  <think>a</think>b", False, ("a", "b")),
+        ("weigh it\n</think>\n\nThe answer.", True, ("weigh it\n", "The answer.")),
+        ("The answer, no thinking.", False, ("", "The answer, no thinking.")),
+        ("<think>cut by max_tokens", False, ("cut by max_tokens", "")),
+        ("cut while thinking", True, ("cut while thinking", "")),
+        ("<think></think>Plain.", False, ("", "Plain.")),
+        (
+            "An answer that mentions <think> later.",
+            False,
+            ("", "An answer that mentions <think> later."),
+        ),
+        ("", False, ("", "")),
+    ],
+)
+def test_a_whole_reply_splits(text: str, opened: bool, split: tuple[str, str]) -> None:
+    assert split_reasoning(text, THINK, opened=opened) == split
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<think>\nweigh it\n</think>\n\nThe answer.",
+        "<think>a < b, and </thin is not the end</think>  x",
+        "<thin and more",
+        "no thinking at all",
+    ],
+)
+@pytest.mark.parametrize("size", [1, 2, 5])
+def test_a_stream_splits_as_the_whole_reply_does(text: str, size: int) -> None:
+    """Markers cut across pieces anywhere: the pieces add up to the whole reply's split."""
+    for opened in (False, True):
+        splitter = ReasoningSplitter(THINK, opened=opened)
+        parts = [splitter.feed(text[i : i + size]) for i in range(0, len(text), size)]
+        parts.append(splitter.flush())
+        joined = ("".join(p[0] for p in parts), "".join(p[1] for p in parts))
+        assert joined == split_reasoning(text, THINK, opened=opened)
+
+
+# -- the server against llama-server --------------------------------------------------------
+
+# A thought, then an answer; where the prompt opened the thinking (R1), the thought only.
+_THOUGHT = '[a-z]+ [a-z]+ [a-z]+ "\\n</think>\\n\\n" [A-Z][a-z]+ [a-z]+ [a-z]+'
+GRAMMARS = {"qwen3": f'root ::= "<think>\\n" {_THOUGHT}', "r1": f"root ::= {_THOUGHT}"}
+ASK = [{"role": "user", "content": "Is the sea salty?"}]
+
+
+@pytest.fixture(scope="module")
+def servers(
+    chat_model_path: Path,
+    llama_server_binary: Path,
+    repack_flags: list[str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[dict[tuple[str, str], Server]]:
+    """Ours and llama-server, each with Qwen3's and with R1's template, started at once."""
+    where = tmp_path_factory.mktemp("reasoning")
+    common = ("-c", "1024", "-np", "1", "-t", "1", "--jinja")
+    with ExitStack() as stack:
+        out: dict[tuple[str, str], Server] = {}
+        for name, template in (("qwen3", QWEN3), ("r1", R1)):
+            flags = (*common, "--chat-template-file", str(template))
+            port = free_port()
+            cmd = ours_cmd(chat_model_path, port, *flags)
+            out["ours", name] = launch(cmd, port, where / f"ours-{name}.log", env_without_key())
+            port = free_port()
+            theirs = [str(llama_server_binary), "-m", str(chat_model_path), "--port", str(port)]
+            cmd = [*theirs, "-fa", "off", *flags, *repack_flags]
+            out["llama", name] = launch(cmd, port, where / f"llama-{name}.log")
+        for server in out.values():
+            stack.callback(server.close)
+        for server in out.values():
+            server.wait_healthy(120)
+        yield out
+
+
+def _ask(server: Server, template: str, **extra: Any) -> Any:
+    body = {"messages": ASK, "grammar": GRAMMARS[template], "temperature": 0, "max_tokens": 40}
+    answer = request(server.port, "POST", "/v1/chat/completions", {**body, **extra})
+    assert answer.status == 200, answer.text
+    return answer
+
+
+def _streamed(server: Server, template: str, **extra: Any) -> tuple[str, str]:
+    events = sse_data(_ask(server, template, stream=True, **extra).text)
+    deltas = [e["choices"][0]["delta"] for e in events if e["choices"]]
+    thought = "".join(d.get("reasoning_content") or "" for d in deltas)
+    return thought, "".join(d.get("content") or "" for d in deltas)
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("template", ["qwen3", "r1"])
+def test_the_thinking_comes_apart_as_llama_servers_does(
+    servers: dict[tuple[str, str], Server], template: str
+) -> None:
+    messages = {}
+    for kind in ("ours", "llama"):
+        messages[kind] = _ask(servers[kind, template], template).json()["choices"][0]["message"]
+    ours, theirs = messages["ours"], messages["llama"]
+    assert ours["reasoning_content"] and ours["content"] and "think>" not in ours["content"]
+    # Where the prompt opened the thinking (R1), llama-server keeps the prompt's newline at
+    # the thought's start and the blank lines before the answer; ours trims them there as
+    # both do where the reply opens it (Qwen3).
+    assert ours["reasoning_content"].strip() == theirs["reasoning_content"].strip()
+    assert ours["content"] == theirs["content"].lstrip(), messages
+    # Streamed: the reasoning in its own deltas, adding up to the whole reply's.
+    thought, content = _streamed(servers["ours", template], template)
+    assert (thought, content) == (ours["reasoning_content"], ours["content"])
+    their_thought, their_content = _streamed(servers["llama", template], template)
+    assert (thought.strip(), content) == (their_thought.strip(), their_content.lstrip())
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("template", ["qwen3", "r1"])
+def test_reasoning_format_none_leaves_the_whole_thinking_in_the_content(
+    servers: dict[tuple[str, str], Server], template: str
+) -> None:
+    """As written, with the ``<think>`` a prompt opened put back, as llama-server does."""
+    whole = {
+        kind: _ask(servers[kind, template], template, reasoning_format="none").json()
+        for kind in ("ours", "llama")
+    }
+    ours, theirs = (whole[k]["choices"][0]["message"] for k in ("ours", "llama"))
+    assert ours["content"].startswith("<think>\n") and "</think>" in ours["content"]
+    assert ours["content"] == theirs["content"]
+    assert not ours.get("reasoning_content") and not theirs.get("reasoning_content")
+    thought, content = _streamed(servers["ours", template], template, reasoning_format="none")
+    assert (thought, content) == ("", ours["content"])
+
+
+@pytest.mark.model
+def test_an_unknown_reasoning_format_is_refused(servers: dict[tuple[str, str], Server]) -> None:
+    answer = request(
+        servers["ours", "qwen3"].port,
+        "POST",
+        "/v1/chat/completions",
+        {"messages": ASK, "reasoning_format": "telepathy", "max_tokens": 1},
+    )
+    assert answer.status == 400 and "reasoning_format" in answer.text
