@@ -64,6 +64,7 @@ _LONGEST_FIRST = (
     "test_saved_conversations.py",  # 11
     "test_examples.py",  # 11
     "test_rpc.py",  # 9
+    "test_reasoning.py",  # 9
     "test_context_sweep.py",  # 9
     "test_anthropic_api.py",  # 9
 )
