@@ -22,32 +22,16 @@ from starlette.responses import Response
 from .. import wire
 from ..backends.base import GenerationRequest
 from ..prompting.messages import Role
-from ..prompting.reasoning import ReasoningSplitter, ThinkingMarkers, split_reasoning
 from ..session import Session
 from .chat import parse_messages, parse_tools
 from .conversation import chat_request
-from .errors import invalid
 from .loop import Choice, Done, Format, answer, state_of, submit, total
 from .parse import Generation, Route, parse_generation, parse_json, parse_prompts
 from .prompts import completion_request
 from .state import ServerState
+from .thinking import Thinking, reasoning_style, thinking_for
 
 __all__ = ["chat_completions", "completion", "oai_completions"]
-
-
-@dataclasses.dataclass(frozen=True)
-class _Thinking:
-    """How a chat reply's thinking is returned (``reasoning_format``)."""
-
-    markers: ThinkingMarkers
-    opening: dict[int, str]
-    """Per result to split: the prompt's end from the start marker on, where the prompt
-    opened the thinking (R1's ``<think>\n``), else ""."""
-    split: bool
-    """Whether ``reasoning_content`` is returned (all but ``none``)."""
-    keep: bool
-    """Whether the content keeps the thinking as written (``none``, ``deepseek-legacy``):
-    then it starts with the opening, so that it shows the whole thinking block."""
 
 
 class _Native(Format):
@@ -144,23 +128,15 @@ class _Chat(Format):
         state: ServerState,
         gen: Generation,
         prefill: str = "",
-        thinking: _Thinking | None = None,
+        thinking: dict[int, Thinking] | None = None,
     ) -> None:
         super().__init__(gen)
         self.model, self.response_id, self.created = state.model_name, wire.new_id(), _now()
         self.prefill = prefill
         """A continued last assistant message: llama-server's whole reply starts with it
         (its stream sends only what follows)."""
-        self.thinking = thinking
-        self._splitters: dict[int, ReasoningSplitter] = {}
-        self._unopened: set[int] = set()
-        """Results whose stream has not yet sent the thinking's opening (kept content)."""
-        if thinking is not None:
-            self._splitters = {
-                i: ReasoningSplitter(thinking.markers, opened=bool(o))
-                for i, o in thinking.opening.items()
-            }
-            self._unopened = {i for i, o in thinking.opening.items() if o and thinking.keep}
+        self.thinking = thinking or {}
+        """Per result to split: where its thinking goes."""
 
     def _chunk(self, **kw: Any) -> dict[str, Any]:
         return wire.chat_chunk(
@@ -174,32 +150,23 @@ class _Chat(Format):
         return [self._chunk(role=True, index=index)]
 
     def piece(self, text: str, n: int, index: int) -> list[dict[str, Any]]:
-        splitter = self._splitters.get(index)
-        if splitter is None:
+        thinking = self.thinking.get(index)
+        if thinking is None:
             return [self._chunk(content=text, index=index)]
-        return self._split(index, *splitter.feed(text), raw=text)
+        return self._split(index, *thinking.feed(text))
 
-    def _split(self, index: int, thought: str, answer: str, raw: str) -> list[dict[str, Any]]:
-        """Reasoning deltas, then content deltas (or the text as written)."""
-        assert self.thinking is not None
-        out = []
-        if thought and self.thinking.split:
-            out.append(self._chunk(reasoning=thought, index=index))
-        content = raw if self.thinking.keep else answer
-        if content and index in self._unopened:
-            self._unopened.discard(index)
-            content = self.thinking.opening[index] + content
-        if content:
-            out.append(self._chunk(content=content, index=index))
-        return out
+    def _split(self, index: int, thought: str, text: str) -> list[dict[str, Any]]:
+        """A reasoning delta, then a content delta, each where there is one."""
+        out = [self._chunk(reasoning=thought, index=index)] if thought else []
+        return [*out, self._chunk(content=text, index=index)] if text else out
 
     def tail(self, done: Done) -> list[dict[str, Any]]:
         """What a reasoning split held back, the calls (once the reply is whole: the
         model's markup is read at its end), the probabilities, then the finish reason, with
         the timings unless a usage chunk comes last (llama-server puts them on the stream's
         last chunk)."""
-        splitter = self._splitters.get(done.index)
-        out = [] if splitter is None else self._split(done.index, *splitter.flush(), raw="")
+        thinking = self.thinking.get(done.index)
+        out = [] if thinking is None else self._split(done.index, *thinking.flush())
         out += [
             self._chunk(tool_call=delta, index=done.index)
             for delta in wire.tool_call_deltas(done.reply.tool_calls)
@@ -217,12 +184,9 @@ class _Chat(Format):
 
     def whole(self, done: Done) -> dict[str, Any]:
         content, reasoning = self.prefill + done.content, None
-        thinking = self.thinking
-        if thinking is not None and done.index in thinking.opening:
-            opening = thinking.opening[done.index]
-            thought, answer = split_reasoning(content, thinking.markers, opened=bool(opening))
-            reasoning = thought if thinking.split else None
-            content = opening + content if thinking.keep else answer
+        thinking = self.thinking.get(done.index)
+        if thinking is not None:
+            reasoning, content = thinking.whole(content)
         return wire.chat_response(
             content,
             done.cost,
@@ -299,26 +263,13 @@ async def chat_completions(request: Request) -> Response:
     choices = await submit(gen, make, [None], session)
     last = messages[-1]
     prefill = last.content if last.role is Role.ASSISTANT else ""
-    thinking = None
-    style = _reasoning_format(body, state)
-    markers = None if prefill else state.thinking_markers()
-    if markers is not None:
+    style = reasoning_style(body.get("reasoning_format", state.settings.reasoning_format))
+    thinking: dict[int, Thinking] = {}
+    if not prefill and state.thinking_markers() is not None:
         # Replies whose tool format reads the calls already leave the thinking out.
         plain = [c for c in choices if c.req.tool_format is None]
         prompts = await anyio.to_thread.run_sync(lambda: [session.render(c.req) for c in plain])
-        opening = {c.index: markers.opening(p) for c, p in zip(plain, prompts, strict=True)}
-        keep = style in ("none", "deepseek-legacy")
-        thinking = _Thinking(markers, opening, split=style != "none", keep=keep)
+        for c, prompt in zip(plain, prompts, strict=True):
+            if (split := thinking_for(state, prompt, style)) is not None:
+                thinking[c.index] = split
     return await answer(request, state, choices, gen, _Chat(state, gen, prefill, thinking))
-
-
-_STYLES = ("auto", "none", "deepseek", "deepseek-legacy")
-
-
-def _reasoning_format(body: dict[str, Any], state: ServerState) -> str:
-    """The request's ``reasoning_format``, else ``--reasoning-format``: where the model's
-    thinking goes (``none``: left in the content as written)."""
-    style = body.get("reasoning_format", state.settings.reasoning_format)
-    if style not in _STYLES:
-        raise invalid(f"'reasoning_format' must be one of {', '.join(_STYLES)}; got {style!r}")
-    return str(style)
