@@ -22,7 +22,16 @@ from llm_inproc.prompting.reasoning import (
     split_reasoning,
     thinking_markers,
 )
-from servers import Server, env_without_key, free_port, launch, ours_cmd, request, sse_data
+from servers import (
+    Server,
+    env_without_key,
+    free_port,
+    launch,
+    named_events,
+    ours_cmd,
+    request,
+    sse_data,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -203,3 +212,41 @@ def test_an_unknown_reasoning_format_is_refused(servers: dict[tuple[str, str], S
         {"messages": ASK, "reasoning_format": "telepathy", "max_tokens": 1},
     )
     assert answer.status == 400 and "reasoning_format" in answer.text
+
+
+@pytest.mark.model
+def test_anthropic_messages_carry_a_thinking_block_as_llama_servers_do(
+    servers: dict[tuple[str, str], Server],
+) -> None:
+    """R1's prompt opens the thinking and SmolLM2 never closes it: the whole reply is a
+    ``thinking`` block, first, closed with an empty signature (a local model signs none)."""
+    import anthropic
+
+    body = {"messages": ASK, "max_tokens": 12, "temperature": 0}
+    whole, streamed = {}, {}
+    for kind in ("ours", "llama"):
+        port = servers[kind, "r1"].port
+        answer = request(port, "POST", "/v1/messages", body)
+        assert answer.status == 200, answer.text
+        whole[kind] = answer.json()["content"]
+        events = named_events(request(port, "POST", "/v1/messages", {**body, "stream": True}).text)
+        # The same sequence of events, however many deltas the text comes in.
+        seen = [(name, data.get("index"), _kind(data)) for name, data in events]
+        streamed[kind] = [e for i, e in enumerate(seen) if i == 0 or seen[i - 1] != e]
+    assert [b["type"] for b in whole["ours"]] == [b["type"] for b in whole["llama"]] == ["thinking"]
+    ours, theirs = whole["ours"][0], whole["llama"][0]
+    assert ours["thinking"].strip() == theirs["thinking"].strip() and ours["signature"] == ""
+    assert streamed["ours"] == streamed["llama"], streamed
+    # The official client reads it as a thinking block.
+    client = anthropic.Anthropic(base_url=servers["ours", "r1"].url, api_key="none")
+    message = client.messages.create(
+        model="any", max_tokens=12, messages=ASK, extra_body={"temperature": 0}
+    )
+    assert message.content[0].type == "thinking"
+    assert message.content[0].thinking == ours["thinking"]
+
+
+def _kind(data: dict[str, Any]) -> str | None:
+    """What an event carries: its block's type or its delta's."""
+    block = data.get("content_block") or data.get("delta") or {}
+    return block.get("type")

@@ -1,7 +1,8 @@
 """Anthropic's Messages API (``/v1/messages``, ``/v1/messages/count_tokens``), as
 llama-server serves it: the request becomes a chat request (:mod:`.anthropic_request`),
-the reply a ``message`` with ``text`` and ``tool_use`` blocks, or a stream of Anthropic's
-typed events.
+the reply a ``message`` with ``thinking`` (where the template thinks and
+``--reasoning-format`` is not ``none``), ``text`` and ``tool_use`` blocks, or a stream of
+Anthropic's typed events.
 
 The shapes are llama-server's (``to_json_anthropic`` and ``to_json_anthropic_stream``):
 the id is a ``chatcmpl-`` one, ``stop_reason`` is ``end_turn``, ``max_tokens`` or
@@ -30,6 +31,7 @@ from .errors import translate
 from .loop import Done, NamedEvents, state_of
 from .parse import Generation, parse_json
 from .state import ServerState
+from .thinking import Thinking
 
 __all__ = ["routes"]
 
@@ -42,9 +44,9 @@ def stop_reason(done: Done) -> str:
     return "tool_use" if done.reply.tool_calls else "end_turn"
 
 
-def _has_text(done: Done) -> bool:
+def _has_text(done: Done, text: str) -> bool:
     # Beside calls, whitespace is what is left of the call markup, not text.
-    return bool(done.content.strip() if done.reply.tool_calls else done.content)
+    return bool(text.strip() if done.reply.tool_calls else text)
 
 
 def _tool_use(call: ToolCall) -> dict[str, Any]:
@@ -52,9 +54,13 @@ def _tool_use(call: ToolCall) -> dict[str, Any]:
 
 
 class _Messages(NamedEvents):
-    def __init__(self, state: ServerState, gen: Generation, n_prompt: int) -> None:
+    def __init__(
+        self, state: ServerState, gen: Generation, n_prompt: int, thinking: Thinking | None
+    ) -> None:
         super().__init__(gen)
         self.model, self.id, self.n_prompt = state.model_name, wire.new_id(), n_prompt
+        self.thinking = thinking
+        self.thinking_started = False
         self.text_started = False
 
     def _block(self, kind: str, index: int, **data: Any) -> dict[str, Any]:
@@ -80,28 +86,52 @@ class _Messages(NamedEvents):
         return [{"type": "message_start", "message": message}]
 
     def piece(self, text: str, n: int, index: int) -> list[dict[str, Any]]:
+        if self.thinking is None:
+            return self._text(text)
+        thought, text = self.thinking.feed(text)
+        return self._thought(thought) + self._text(text)
+
+    def _thought(self, thought: str) -> list[dict[str, Any]]:
+        """A ``thinking`` block, first (index 0), as llama-server streams it."""
+        if not thought:
+            return []
+        out = []
+        if not self.thinking_started:
+            self.thinking_started = True
+            start = {"type": "thinking", "thinking": ""}
+            out.append(self._block("content_block_start", 0, content_block=start))
+        delta = {"type": "thinking_delta", "thinking": thought}
+        return [*out, self._block("content_block_delta", 0, delta=delta)]
+
+    def _text(self, text: str) -> list[dict[str, Any]]:
         if not text:
             return []
         out = []
+        at = 1 if self.thinking_started else 0
         if not self.text_started:
             self.text_started = True
             start = {"type": "text", "text": ""}
-            out.append(self._block("content_block_start", 0, content_block=start))
+            out.append(self._block("content_block_start", at, content_block=start))
         delta = {"type": "text_delta", "text": text}
-        return [*out, self._block("content_block_delta", 0, delta=delta)]
+        return [*out, self._block("content_block_delta", at, delta=delta)]
 
     def tail(self, done: Done) -> list[dict[str, Any]]:
-        first = 1 if self.text_started else 0
-        calls = done.reply.tool_calls
         out: list[dict[str, Any]] = []
+        if self.thinking is not None:
+            thought, text = self.thinking.flush()
+            out += self._thought(thought) + self._text(text)
+        first = int(self.thinking_started) + int(self.text_started)
+        calls = done.reply.tool_calls
         for i, call in enumerate(calls):
             block = {"type": "tool_use", "id": call.id, "name": call.name}
             out.append(self._block("content_block_start", first + i, content_block=block))
             if call.raw:
                 json_delta = {"type": "input_json_delta", "partial_json": call.raw}
                 out.append(self._block("content_block_delta", first + i, delta=json_delta))
-        opened = ([0] if self.text_started else []) + [first + i for i in range(len(calls))]
-        out += [self._block("content_block_stop", i) for i in opened]
+        if self.thinking_started:  # closed with an empty signature (a local model signs none)
+            signature = {"type": "signature_delta", "signature": ""}
+            out.append(self._block("content_block_delta", 0, delta=signature))
+        out += [self._block("content_block_stop", i) for i in range(first + len(calls))]
         delta: dict[str, Any] = {
             "stop_reason": stop_reason(done),
             "stop_sequence": done.stopping_word or None,
@@ -112,8 +142,13 @@ class _Messages(NamedEvents):
 
     def whole(self, done: Done) -> dict[str, Any]:
         content: list[dict[str, Any]] = []
-        if _has_text(done):
-            content.append({"type": "text", "text": done.content})
+        text = done.content
+        if self.thinking is not None:
+            thought, text = self.thinking.whole(text)
+            if thought:
+                content.append({"type": "thinking", "thinking": thought, "signature": ""})
+        if _has_text(done, text):
+            content.append({"type": "text", "text": text})
         content += [_tool_use(c) for c in done.reply.tool_calls]
         cost = done.cost
         return {
@@ -143,8 +178,8 @@ async def messages(request: Request) -> Response:
     session = state.ready()
     req = parse_anthropic(body, state.settings.defaults)
 
-    def make_format(n_prompt: int) -> _Messages:
-        return _Messages(state, req.gen, n_prompt)
+    def make_format(n_prompt: int, thinking: Thinking | None) -> _Messages:
+        return _Messages(state, req.gen, n_prompt, thinking)
 
     return await answer_conversation(
         request, state, session, req.messages, req.tools, req.gen, make_format

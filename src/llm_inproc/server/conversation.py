@@ -22,6 +22,7 @@ from ..tools.types import ToolRequest
 from .loop import Format, answer, submit
 from .parse import Generation
 from .state import ServerState
+from .thinking import Thinking, thinking_for
 
 __all__ = ["answer_conversation", "chat_request", "count_conversation"]
 
@@ -52,23 +53,29 @@ async def answer_conversation(
     messages: Sequence[Message],
     tools: ToolRequest | None,
     gen: Generation,
-    make_format: Callable[[int], Format],
+    make_format: Callable[[int, Thinking | None], Format],
 ) -> Response:
     """Generate the reply; ``make_format`` gets the prompt's token count (counted only for
-    a stream, whose first event reports it before generation ends; 0 otherwise)."""
+    a stream, whose first event reports it before generation ends; 0 otherwise) and where
+    the reply's thinking goes (``--reasoning-format``; None: the template does not think,
+    or a tool format reads the reply)."""
 
-    def build() -> tuple[GenerationRequest, int]:
+    def build() -> tuple[GenerationRequest, int, Thinking | None]:
         # In a worker thread: rendering, tokenizing and a tools grammar take a while.
         req = chat_request(state, session, messages, gen.sampling, tools)
-        return req, _prompt_tokens(session, req) if gen.stream else 0
+        thinks = req.tool_format is None and state.thinking_markers() is not None
+        prompt = session.render(req) if gen.stream or thinks else ""
+        n_prompt = len(session.tokenize(prompt)) if gen.stream else 0
+        style = state.settings.reasoning_format
+        return req, n_prompt, thinking_for(state, prompt, style) if thinks else None
 
-    req, n_prompt = await anyio.to_thread.run_sync(build)
+    req, n_prompt, thinking = await anyio.to_thread.run_sync(build)
 
     def make(_: Any) -> GenerationRequest:
         return req
 
     choices = await submit(gen, make, [None], session)
-    return await answer(request, state, choices, gen, make_format(n_prompt))
+    return await answer(request, state, choices, gen, make_format(n_prompt, thinking))
 
 
 async def count_conversation(

@@ -31,6 +31,7 @@ from .loop import Done, NamedEvents, state_of
 from .parse import Generation, parse_json
 from .responses_request import parse_responses
 from .state import ServerState
+from .thinking import Thinking
 
 __all__ = ["routes"]
 
@@ -169,7 +170,7 @@ async def create(request: Request) -> Response:
     session = state.ready()
     req = parse_responses(body, state.settings.defaults)
 
-    def make_format(_: int) -> _Responses:
+    def make_format(_: int, __: Thinking | None) -> _Responses:  # (thinking: kept in the text)
         return _Responses(state, req.gen)
 
     return await answer_conversation(
