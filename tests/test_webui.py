@@ -132,6 +132,21 @@ def keyed(chat_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         yield s
 
 
+@pytest.fixture(scope="module")
+def thinker(chat_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """DeepSeek R1's template, whose prompt opens the thinking: SmolLM2 never closes it, so
+    its (short, greedy) replies are all reasoning."""
+    template = (
+        ROOT / "tests" / "data" / "templates" / "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja"
+    )
+    log = tmp_path_factory.mktemp("webui-thinker") / "server.log"
+    flags = ("-c", "1024", "-np", "1", "-n", "12", "--temp", "0", "--jinja")
+    with start_ours(
+        chat_model_path, log, *flags, "--chat-template-file", str(template), env=env_without_key()
+    ) as s:
+        yield s
+
+
 # -- helpers ---------------------------------------------------------------------------------
 
 
@@ -663,3 +678,22 @@ def test_a_missing_path_directory_stops_the_server_at_startup(tmp_path: Path) ->
     assert done.returncode == 1, done.stderr
     assert f"--path {missing}: no such directory" in done.stderr
     assert "listening" not in done.stderr
+
+
+def test_a_reply_s_thinking_is_shown_apart_and_folded(browser: Any, thinker: Server) -> None:
+    """``reasoning_content`` streams into a "Thinking" section, not into the answer, and
+    folds away when the reply ends; it is what the API returns for the same request."""
+    open_page(browser, thinker.url)
+    send(browser, "Is the sea salty?")
+    wait_js(browser, "document.querySelector('.msg.assistant .reasoning div')?.textContent")
+    wait_reply_ended(browser)
+    shown = browser.execute_script(
+        "const d = document.querySelector('.msg.assistant .reasoning');"
+        "return {open: d.open, summary: d.querySelector('summary').textContent,"
+        " text: d.querySelector('div').textContent};"
+    )
+    body = {"messages": [{"role": "user", "content": "Is the sea salty?"}]}
+    api = request(thinker.port, "POST", "/v1/chat/completions", body).json()
+    message = api["choices"][0]["message"]
+    assert shown == {"open": False, "summary": "Thinking", "text": message["reasoning_content"]}
+    assert last_reply(browser)["text"] == message["content"] == ""

@@ -181,6 +181,9 @@ function onEvent(event, reply) {
   const chunk = JSON.parse(data);
   if (chunk.error) throw new StreamError(chunk.error.message || JSON.stringify(chunk.error));
   for (const choice of chunk.choices || []) {
+    if (choice.delta?.reasoning_content) {
+      reply.reasoning = (reply.reasoning || "") + choice.delta.reasoning_content;
+    }
     if (choice.delta?.content) reply.content += choice.delta.content;
     if (choice.finish_reason) reply.finish = choice.finish_reason;
   }
@@ -332,6 +335,18 @@ function renderMessage(conv, index) {
   content.className = "content";
   if (msg.role === "assistant") content.innerHTML = renderMarkdown(msg.content);
   else content.textContent = msg.content;
+  if (msg.reasoning) {
+    // The model's thinking (reasoning_content), folded away once the answer begins.
+    const thinking = document.createElement("details");
+    thinking.className = "reasoning";
+    thinking.open = msg.state === "streaming" && !msg.content;
+    const summary = document.createElement("summary");
+    summary.textContent = msg.state === "streaming" && !msg.content ? "Thinking…" : "Thinking";
+    const text = document.createElement("div");
+    text.textContent = msg.reasoning;
+    thinking.append(summary, text);
+    bubble.append(thinking);
+  }
   bubble.append(content);
   if (msg.error) {
     const error = document.createElement("div");
