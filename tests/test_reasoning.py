@@ -250,3 +250,52 @@ def _kind(data: dict[str, Any]) -> str | None:
     """What an event carries: its block's type or its delta's."""
     block = data.get("content_block") or data.get("delta") or {}
     return block.get("type")
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("template", ["qwen3", "r1"])
+def test_enable_thinking_false_renders_and_answers_as_llama_servers_does(
+    servers: dict[tuple[str, str], Server], template: str
+) -> None:
+    """``chat_template_kwargs``: the prompt closes the thinking (or never opens it), so the
+    reply is all answer."""
+    off = {"messages": ASK, "chat_template_kwargs": {"enable_thinking": False}}
+    prompts = {
+        kind: request(servers[kind, template].port, "POST", "/apply-template", off).json()
+        for kind in ("ours", "llama")
+    }
+    assert prompts["ours"] == prompts["llama"]
+    assert prompts["ours"]["prompt"].rstrip().endswith("</think>")
+    body = {**off, "temperature": 0, "max_tokens": 8}
+    replies = {
+        kind: request(servers[kind, template].port, "POST", "/v1/chat/completions", body).json()
+        for kind in ("ours", "llama")
+    }
+    ours, theirs = (replies[k]["choices"][0]["message"] for k in ("ours", "llama"))
+    assert not ours.get("reasoning_content") and ours["content"] == theirs["content"]
+    bad = {**off, "chat_template_kwargs": ["enable_thinking"]}
+    answer = request(servers["ours", template].port, "POST", "/v1/chat/completions", bad)
+    assert answer.status == 400 and "chat_template_kwargs" in answer.text
+
+
+def test_template_kwargs_and_reasoning_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from llm_inproc import InvalidInputError
+    from llm_inproc.server.flags import add_server_flags, settings_from_args
+
+    def parse(*argv: str) -> Any:
+        p = argparse.ArgumentParser()
+        add_server_flags(p)
+        return settings_from_args(p.parse_args(list(argv)))
+
+    assert parse().chat_template_kwargs == {}
+    assert parse("--reasoning", "off").chat_template_kwargs == {"enable_thinking": False}
+    kw = parse("--chat-template-kwargs", '{"enable_thinking": true, "x": 1}', "-rea", "off")
+    assert kw.chat_template_kwargs == {"enable_thinking": False, "x": 1}
+    with pytest.raises(InvalidInputError, match=r"--chat-template-kwargs: not JSON"):
+        parse("--chat-template-kwargs", "enable_thinking=false")
+    with pytest.raises(InvalidInputError, match=r"must be a JSON object"):
+        parse("--chat-template-kwargs", "[1]")
+    monkeypatch.setenv("LLAMA_ARG_CHAT_TEMPLATE_KWARGS", '{"y": 2}')
+    assert parse().chat_template_kwargs == {"y": 2}

@@ -128,6 +128,7 @@ class Session:
         sampling: Sampling,
         tools: ToolRequest | None,
         template: str = "",
+        template_kwargs: Mapping[str, Any] | None = None,
     ) -> GenerationRequest:
         local = self._backend.in_process
         request = build_request(
@@ -140,6 +141,7 @@ class Session:
             chat_template=self.model_info.chat_template if local else None,
             local=local,
             template_tokens=self.model_info.template_tokens,
+            template_kwargs=template_kwargs,
         )
         fmt = request.tool_format
         if fmt is not None and request.tools is not None:
@@ -554,14 +556,16 @@ class Session:
         *,
         template: str = "",
         tools: ToolRequest | None = None,
+        template_kwargs: Mapping[str, Any] | None = None,
     ) -> GenerationRequest:
         """The request :meth:`prompt` would make for ``messages`` (encoding or chat template,
         system-prompt template, stop markers, tools), to pass to :meth:`generate`;
-        ``template`` overrides the model's chat template (a format name or a Jinja template)."""
+        ``template`` overrides the model's chat template (a format name or a Jinja template);
+        ``template_kwargs`` are the template's other variables (``enable_thinking``)."""
         if self._closed:
             raise SessionClosedError("the session is closed; create a new Session")
         sampling = self._sampling(sampling, None, None, None)
-        return self._build(messages, sampling, tools, template)
+        return self._build(messages, sampling, tools, template, template_kwargs)
 
     def generate(self, request: GenerationRequest, *, timeout: float | None = None) -> ReplyStream:
         """Start a prepared request (raw text, token ids, or :meth:`chat_request`); the

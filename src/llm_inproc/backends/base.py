@@ -9,7 +9,7 @@ same way for every backend, in threads and in asyncio alike.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
@@ -115,6 +115,9 @@ class GenerationRequest:
     cache_prompt: bool = True
     """Reuse a cached prefix of the prompt (the slot's cells, the prompt cache); False
     evaluates it all (llama-server's ``cache_prompt``)."""
+    template_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    """Variables the chat template reads besides the messages, such as ``enable_thinking``
+    (llama-server's ``chat_template_kwargs``)."""
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -165,9 +165,12 @@ def render_chat_template(
     eos_token: str = "",
     tools: Sequence[Tool] = (),
     generation_prompt: bool | None = None,
+    variables: Mapping[str, Any] | None = None,
 ) -> str:
     """Render ``messages`` with a Hugging Face style chat template, ready for the reply;
-    ``tools`` are passed as templates expect them (OpenAI's tool objects).
+    ``tools`` are passed as templates expect them (OpenAI's tool objects); ``variables``
+    are the other values it reads (``enable_thinking``, true unless they say otherwise, as
+    llama-server renders).
 
     A last assistant message is a prefill, as llama-server continues it: the conversation
     before it, the template's generation prompt, then its text, which the reply goes on
@@ -187,6 +190,7 @@ def render_chat_template(
             eos_token=eos_token,
             tools=tools,
             generation_prompt=True,
+            variables=variables,
         )
         return head + messages[-1].content
     extra: dict[str, Any] = {}
@@ -204,7 +208,7 @@ def render_chat_template(
                 else not messages or messages[-1].role is not Role.TOOL_CALL,
                 bos_token=bos_token,
                 eos_token=eos_token,
-                enable_thinking=True,  # as llama-server renders (R1's template closes it else)
+                **{"enable_thinking": True, **(variables or {})},  # R1's closes it else
                 **extra,
             )
         )

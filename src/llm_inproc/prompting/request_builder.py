@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ..backends.base import GenerationRequest
 from ..errors import InvalidInputError
@@ -47,6 +48,7 @@ def build_request(
     chat_template: str | None = None,
     local: bool = True,
     template_tokens: tuple[str, str] = ("", ""),
+    template_kwargs: Mapping[str, Any] | None = None,
 ) -> GenerationRequest:
     """The request for ``messages``: through ``template`` when given (a name from
     :data:`NAMED_TEMPLATES` or a Jinja template), else the raw ``encoding``, else the
@@ -71,7 +73,11 @@ def build_request(
         msgs[0] = Message(Role.SYSTEM, render_system_prompt(msgs[0].content, model))
     if not local and (tools is not None or any(m.tool_calls or m.tool_call_id for m in msgs)):
         return GenerationRequest(
-            sampling, messages=msgs, stops=_stops(_TEMPLATE_MARKERS, sampling), tools=tools
+            sampling,
+            messages=msgs,
+            stops=_stops(_TEMPLATE_MARKERS, sampling),
+            tools=tools,
+            template_kwargs=dict(template_kwargs or {}),
         )
     if (
         tools is not None
@@ -84,7 +90,12 @@ def build_request(
         bos, eos = template_tokens  # as the model's own template gets them
         offered = tools.offered if tools is not None else ()
         text = render_chat_template(
-            template, req.messages, bos_token=bos, eos_token=eos, tools=offered
+            template,
+            req.messages,
+            bos_token=bos,
+            eos_token=eos,
+            tools=offered,
+            variables=template_kwargs,
         )
         return dataclasses.replace(
             req,
@@ -106,7 +117,12 @@ def build_request(
             stops=_stops(markers, sampling),
         )
     req = _tool_fields(tools, msgs, chat_template, None)
-    return dataclasses.replace(req, sampling=sampling, stops=_stops(_TEMPLATE_MARKERS, sampling))
+    return dataclasses.replace(
+        req,
+        sampling=sampling,
+        stops=_stops(_TEMPLATE_MARKERS, sampling),
+        template_kwargs=dict(template_kwargs or {}),
+    )
 
 
 def _tool_fields(

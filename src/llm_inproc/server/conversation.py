@@ -7,7 +7,7 @@ both APIs report (a stream's first event, their ``count_tokens``/``input_tokens`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import anyio.to_thread
@@ -19,12 +19,13 @@ from ..prompting.messages import Message
 from ..sampling import Sampling
 from ..session import Session
 from ..tools.types import ToolRequest
+from .errors import invalid
 from .loop import Format, answer, submit
 from .parse import Generation
 from .state import ServerState
 from .thinking import Thinking, thinking_for
 
-__all__ = ["answer_conversation", "chat_request", "count_conversation"]
+__all__ = ["answer_conversation", "chat_request", "count_conversation", "template_kwargs"]
 
 
 def chat_request(
@@ -33,11 +34,28 @@ def chat_request(
     messages: Sequence[Message],
     sampling: Sampling,
     tools: ToolRequest | None,
+    template_kwargs: Mapping[str, Any] | None = None,
 ) -> GenerationRequest:
     """The request for a conversation through the served chat template (``--chat-template``
-    or the model's): every chat-shaped route builds it here."""
+    or the model's), with ``--chat-template-kwargs`` and the request's own
+    ``template_kwargs`` over them: every chat-shaped route builds it here."""
     template = state.settings.chat_template
-    return session.chat_request(messages, sampling, template=template, tools=tools)
+    kwargs = {**state.settings.chat_template_kwargs, **(template_kwargs or {})}
+    return session.chat_request(
+        messages, sampling, template=template, tools=tools, template_kwargs=kwargs
+    )
+
+
+def template_kwargs(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A chat body's ``chat_template_kwargs`` (an object), checked."""
+    kwargs = body.get("chat_template_kwargs")
+    if kwargs is None:
+        return {}
+    if not isinstance(kwargs, dict):
+        raise invalid(
+            "Field 'chat_template_kwargs': must be an object, such as {\"enable_thinking\": false}"
+        )
+    return kwargs
 
 
 def _prompt_tokens(session: Session, req: GenerationRequest) -> int:

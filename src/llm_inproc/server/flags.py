@@ -4,6 +4,7 @@ besides our long ones, so a script that starts llama-server can start this serve
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,6 +39,10 @@ class ServerSettings:
     """Directory for ``POST /slots/{id}?action=save|restore`` files; empty: actions off."""
     chat_template: str = ""
     """A Jinja template or a format name (chatml, gemma, llama3, phi3) overriding the model's."""
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+    """``--chat-template-kwargs`` (and ``--reasoning off``: ``enable_thinking`` false): the
+    template's other variables for every request; a request's ``chat_template_kwargs``
+    add to them."""
     defaults: Defaults = field(default_factory=Defaults)
     webui: bool = True
     """Serve the chat page at ``/`` (``--no-webui``: 404 there)."""
@@ -197,6 +202,8 @@ ENV_FLAGS: dict[str, tuple[str, str | None]] = {
     "LLAMA_ARG_ALIAS": ("--alias", None),
     "LLAMA_ARG_CHAT_TEMPLATE": ("--chat-template", None),
     "LLAMA_ARG_CHAT_TEMPLATE_FILE": ("--chat-template-file", None),
+    "LLAMA_ARG_CHAT_TEMPLATE_KWARGS": ("--chat-template-kwargs", None),
+    "LLAMA_ARG_REASONING": ("--reasoning", None),
     "LLAMA_ARG_JINJA": ("--jinja", None),
     "LLAMA_ARG_HOST": ("--host", None),
     "LLAMA_ARG_PORT": ("--port", None),
@@ -469,6 +476,21 @@ def add_server_flags(p: argparse.ArgumentParser) -> None:
         "llama-server; beats --chat-template) (default: none)",
     )
     m.add_argument(
+        "--chat-template-kwargs",
+        default="",
+        metavar="JSON",
+        help="a JSON object of variables every chat template rendering gets, e.g. "
+        "'{\"enable_thinking\": false}' (as llama-server) (default: none)",
+    )
+    m.add_argument(
+        "-rea",
+        "--reasoning",
+        choices=("on", "off", "auto"),
+        default="auto",
+        help="whether a thinking template thinks: off renders it with enable_thinking "
+        "false (as llama-server) (default: auto, the template's own)",
+    )
+    m.add_argument(
         "--jinja",
         "--no-jinja",
         action="store_true",
@@ -585,6 +607,27 @@ def _save_dir(path: str) -> str:
     return path
 
 
+def _template_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """``--chat-template-kwargs`` as an object, with ``--reasoning``'s ``enable_thinking``."""
+    kwargs: dict[str, Any] = {}
+    if args.chat_template_kwargs:
+        try:
+            kwargs = json.loads(args.chat_template_kwargs)
+        except json.JSONDecodeError as e:
+            raise InvalidInputError(
+                f"--chat-template-kwargs: not JSON ({e.msg}); give an object such as "
+                "'{\"enable_thinking\": false}'"
+            ) from None
+        if not isinstance(kwargs, dict):
+            raise InvalidInputError(
+                "--chat-template-kwargs: must be a JSON object, such as "
+                "'{\"enable_thinking\": false}'"
+            )
+    if args.reasoning != "auto":
+        kwargs["enable_thinking"] = args.reasoning == "on"
+    return kwargs
+
+
 def _chat_template(args: argparse.Namespace) -> str:
     """``--chat-template-file``'s text (an unreadable or empty file is refused at startup),
     else ``--chat-template``."""
@@ -691,6 +734,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         slots=args.slots,
         slot_save_path=_save_dir(args.slot_save_path),
         chat_template=_chat_template(args),
+        chat_template_kwargs=_template_kwargs(args),
         cors_origins=args.cors_origins,
         cors_methods=args.cors_methods,
         cors_headers=args.cors_headers,

@@ -24,7 +24,7 @@ from ..backends.base import GenerationRequest
 from ..prompting.messages import Role
 from ..session import Session
 from .chat import parse_messages, parse_tools
-from .conversation import chat_request
+from .conversation import chat_request, template_kwargs
 from .loop import Choice, Done, Format, answer, state_of, submit, total
 from .parse import Generation, Route, parse_generation, parse_json, parse_prompts
 from .prompts import completion_request
@@ -255,10 +255,11 @@ async def chat_completions(request: Request) -> Response:
     session = state.ready()
     messages = parse_messages(body)
     tools = parse_tools(body)
+    kwargs = template_kwargs(body)
     gen = parse_generation(body, state.settings.defaults, "chat", session.model_info.parallel)
 
     def make(_: Any) -> GenerationRequest:
-        return chat_request(state, session, messages, gen.sampling, tools)
+        return chat_request(state, session, messages, gen.sampling, tools, kwargs)
 
     choices = await submit(gen, make, [None], session)
     last = messages[-1]

@@ -16,7 +16,7 @@ from ..backends.base import SlotInfo
 from ..metrics import PROMETHEUS_CONTENT_TYPE
 from ..sampling import Sampling
 from .chat import parse_messages, parse_tools
-from .conversation import chat_request
+from .conversation import chat_request, template_kwargs
 from .errors import ApiError, invalid
 from .parse import parse_json
 from .prompts import tokenize
@@ -287,8 +287,10 @@ async def apply_template(request: Request) -> Response:
     session = state.ready()
     messages = parse_messages(body)
     tools = parse_tools(body)
+    kwargs = template_kwargs(body)
 
     def run() -> str:
-        return session.render(chat_request(state, session, messages, Sampling(), tools))
+        req = chat_request(state, session, messages, Sampling(), tools, kwargs)
+        return session.render(req)
 
     return JSONResponse({"prompt": await anyio.to_thread.run_sync(run)})

@@ -191,7 +191,7 @@ class RemoteBackend:
             return request.prompt
         self._llama_only("show the prompt its chat template makes")
         body = generation_call(request, "llama").body
-        shown = ("messages", "tools", "tool_choice", "parallel_tool_calls")
+        shown = ("messages", "tools", "tool_choice", "parallel_tool_calls", "chat_template_kwargs")
         data = self._call("POST", "/apply-template", {k: body[k] for k in shown if k in body})
         return str(data.get("prompt", ""))
 

@@ -192,6 +192,8 @@ def generation_call(request: GenerationRequest, dialect: Dialect) -> Call:
         body: dict[str, Any] = {"messages": [_message(m) for m in request.messages]}
         if request.tools is not None:
             body.update(_tools(request.tools, dialect))
+        if request.template_kwargs:
+            body["chat_template_kwargs"] = dict(request.template_kwargs)
     else:
         route = "completion" if dialect == "llama" else "oai_completion"
         path = "/completion" if dialect == "llama" else "/v1/completions"

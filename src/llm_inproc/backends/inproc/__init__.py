@@ -221,7 +221,7 @@ class InprocBackend:
         if request.prompt is not None:
             return request.prompt
         tools = request.tools.offered if request.tools is not None else ()
-        return self._model.render(request.messages, tools)
+        return self._model.render(request.messages, tools, request.template_kwargs)
 
     def count_tokens(self, request: GenerationRequest) -> int:
         return len(self._tokens(request))

@@ -11,7 +11,7 @@ import ctypes
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -195,9 +195,14 @@ class Model:
         text = self.ll.llama_vocab_get_text(self.vocab, token)
         return text.decode("utf-8", errors="replace") if text else ""
 
-    def render(self, messages: Sequence[Message], tools: Sequence[Tool] = ()) -> str:
-        """The prompt text for ``messages`` (and ``tools``) through the model's own chat
-        template."""
+    def render(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[Tool] = (),
+        variables: Mapping[str, Any] | None = None,
+    ) -> str:
+        """The prompt text for ``messages`` (and ``tools``, and the template's other
+        ``variables``) through the model's own chat template."""
         if not self.chat_template:
             raise InvalidInputError("this model has no chat template; use a raw prompt encoding")
         return render_chat_template(
@@ -206,6 +211,7 @@ class Model:
             bos_token=self.token_text(self.bos),
             eos_token=self.token_text(self.eos),
             tools=tools,
+            variables=variables,
         )
 
     def free(self) -> None:
