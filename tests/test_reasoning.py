@@ -299,3 +299,33 @@ def test_template_kwargs_and_reasoning_flags(monkeypatch: pytest.MonkeyPatch) ->
         parse("--chat-template-kwargs", "[1]")
     monkeypatch.setenv("LLAMA_ARG_CHAT_TEMPLATE_KWARGS", '{"y": 2}')
     assert parse().chat_template_kwargs == {"y": 2}
+
+
+@pytest.mark.model
+def test_the_responses_api_gives_a_reasoning_item_as_llama_servers_does(
+    servers: dict[tuple[str, str], Server],
+) -> None:
+    """A reasoning item before the message, whole and streamed; read by the openai client."""
+    from openai import OpenAI
+
+    body = {"input": "Is the sea salty?", "grammar": GRAMMARS["qwen3"], "temperature": 0}
+    whole, streamed = {}, {}
+    for kind in ("ours", "llama"):
+        port = servers[kind, "qwen3"].port
+        answer = request(port, "POST", "/v1/responses", {**body, "max_output_tokens": 32})
+        assert answer.status == 200, answer.text
+        whole[kind] = answer.json()["output"]
+        text = request(port, "POST", "/v1/responses", {**body, "stream": True}).text
+        seen = [(name, (data.get("item") or {}).get("type")) for name, data in named_events(text)]
+        streamed[kind] = [e for i, e in enumerate(seen) if i == 0 or seen[i - 1] != e]
+    types = [[item["type"] for item in whole[k]] for k in ("ours", "llama")]
+    assert types == [["reasoning", "message"]] * 2, whole
+    ours, theirs = whole["ours"], whole["llama"]
+    assert ours[0]["content"][0]["text"].strip() == theirs[0]["content"][0]["text"].strip()
+    assert ours[1]["content"][0]["text"] == theirs[1]["content"][0]["text"]
+    assert streamed["ours"] == streamed["llama"], streamed
+    client = OpenAI(base_url=servers["ours", "qwen3"].url + "/v1", api_key="none")
+    response = client.responses.create(
+        model="any", input="Is the sea salty?", extra_body={"grammar": GRAMMARS["qwen3"]}
+    )
+    assert response.output[0].type == "reasoning" and response.output_text

@@ -1,7 +1,8 @@
 """OpenAI's Responses API (``/v1/responses``, ``/v1/responses/input_tokens``), as
 llama-server serves it: the request becomes a chat request (:mod:`.responses_request`),
-the reply a ``response`` whose ``output`` holds a ``message`` item and ``function_call``
-items, or a stream of typed events.
+the reply a ``response`` whose ``output`` holds a ``reasoning`` item (where the template
+thinks), a ``message`` item and ``function_call`` items, or a stream of typed events (the
+thinking as ``response.reasoning_text.delta``, first).
 
 The shapes and the event sequence are llama-server's (``to_json_oaicompat_resp`` and its
 stream): ``response.created`` and ``response.in_progress``; with the first text
@@ -68,16 +69,33 @@ def _text_part(text: str) -> dict[str, Any]:
     return {"type": "output_text", "annotations": [], "logprobs": [], "text": text}
 
 
-def _has_text(done: Done) -> bool:
+def _has_text(done: Done, text: str) -> bool:
     # Beside calls, whitespace is what is left of the call markup, not text.
-    return bool(done.content.strip() if done.reply.tool_calls else done.content)
+    return bool(text.strip() if done.reply.tool_calls else text)
+
+
+def _reasoning_item(item_id: str, thought: str, status: str) -> dict[str, Any]:
+    """A ``reasoning`` output item, as llama-server writes one (no summary, no encryption)."""
+    content = [{"text": thought, "type": "reasoning_text"}] if thought else []
+    return {
+        "id": item_id,
+        "summary": [],
+        "type": "reasoning",
+        "content": content,
+        "encrypted_content": "",
+        "status": status,
+    }
 
 
 class _Responses(NamedEvents):
-    def __init__(self, state: ServerState, gen: Generation) -> None:
+    def __init__(self, state: ServerState, gen: Generation, thinking: Thinking | None) -> None:
         super().__init__(gen)
         self.model, self.created = state.model_name, int(time.time())
         self.id, self.message_id = wire.new_id("resp_"), wire.new_id("msg_")
+        self.reasoning_id = wire.new_id("rs_")
+        self.thinking = thinking
+        self.thought = ""
+        """The reasoning streamed so far."""
         self.text_started = False
 
     def _progress(self, kind: str) -> dict[str, Any]:
@@ -88,6 +106,23 @@ class _Responses(NamedEvents):
         return [self._progress("response.created"), self._progress("response.in_progress")]
 
     def piece(self, text: str, n: int, index: int) -> list[dict[str, Any]]:
+        if self.thinking is None:
+            return self._text(text)
+        thought, text = self.thinking.feed(text)
+        return self._thought(thought) + self._text(text)
+
+    def _thought(self, thought: str) -> list[dict[str, Any]]:
+        if not thought:
+            return []
+        out = []
+        if not self.thought:
+            item = _reasoning_item(self.reasoning_id, "", "in_progress")
+            out.append({"type": "response.output_item.added", "item": item})
+        self.thought += thought
+        delta = {"delta": thought, "item_id": self.reasoning_id}
+        return [*out, {"type": "response.reasoning_text.delta", **delta}]
+
+    def _text(self, text: str) -> list[dict[str, Any]]:
         if not text:
             return []
         out = []
@@ -108,15 +143,26 @@ class _Responses(NamedEvents):
         delta = {"type": "response.output_text.delta", "item_id": self.message_id, "delta": text}
         return [*out, delta]
 
-    def _output(self, done: Done, message_id: str, text: bool) -> list[dict[str, Any]]:
+    def _split(self, done: Done) -> tuple[str, str]:
+        """The whole reply's reasoning ("" if none) and text."""
+        if self.thinking is None:
+            return "", done.content
+        thought, text = self.thinking.whole(done.content)
+        return thought or "", text
+
+    def _output(
+        self, done: Done, message_id: str, text: str | None, thought: str, reasoning_id: str
+    ) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
-        if text:
+        if thought:
+            out.append(_reasoning_item(reasoning_id, thought, "completed"))
+        if text is not None:
             out.append(
                 {
                     "type": "message",
                     "status": "completed",
                     "id": message_id,
-                    "content": [_text_part(done.content)],
+                    "content": [_text_part(text)],
                     "role": "assistant",
                 }
             )
@@ -124,20 +170,25 @@ class _Responses(NamedEvents):
 
     def tail(self, done: Done) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
+        if self.thinking is not None:
+            held_thought, held_text = self.thinking.flush()
+            out += self._thought(held_thought) + self._text(held_text)
         for call in done.reply.tool_calls:
             item = _call_item(call, "in_progress", "")
             out.append({"type": "response.output_item.added", "item": item})
             if call.raw:
                 delta = {"delta": call.raw, "item_id": item["id"]}
                 out.append({"type": "response.function_call_arguments.delta", **delta})
-        output = self._output(done, self.message_id, self.text_started)
-        if self.text_started:
+        text = self._split(done)[1] if self.text_started else None
+        output = self._output(done, self.message_id, text, self.thought, self.reasoning_id)
+        items = [{"type": "response.output_item.done", "item": item} for item in output]
+        if self.thought:  # the reasoning is done first, as llama-server ends it
+            out.append(items.pop(0))
+        if text is not None:
             at = {"item_id": self.message_id}
-            out.append({"type": "response.output_text.done", **at, "text": done.content})
-            out.append(
-                {"type": "response.content_part.done", **at, "part": _text_part(done.content)}
-            )
-        out += [{"type": "response.output_item.done", "item": item} for item in output]
+            out.append({"type": "response.output_text.done", **at, "text": text})
+            out.append({"type": "response.content_part.done", **at, "part": _text_part(text)})
+        out += items
         response = {
             "id": self.id,
             "object": "response",
@@ -151,13 +202,20 @@ class _Responses(NamedEvents):
         return [*out, {"type": "response.completed", "response": response, "timings": timings}]
 
     def whole(self, done: Done) -> dict[str, Any]:
+        thought, text = self._split(done)
         return {
             "completed_at": int(time.time()),
             "created_at": self.created,
             "id": self.id,
             "model": self.model,
             "object": "response",
-            "output": self._output(done, wire.new_id("msg_"), _has_text(done)),
+            "output": self._output(
+                done,
+                wire.new_id("msg_"),
+                text if _has_text(done, text) else None,
+                thought,
+                wire.new_id("rs_"),
+            ),
             "status": "completed",
             "usage": _usage(done.cost),
         }
@@ -170,8 +228,8 @@ async def create(request: Request) -> Response:
     session = state.ready()
     req = parse_responses(body, state.settings.defaults)
 
-    def make_format(_: int, __: Thinking | None) -> _Responses:  # (thinking: kept in the text)
-        return _Responses(state, req.gen)
+    def make_format(_: int, thinking: Thinking | None) -> _Responses:
+        return _Responses(state, req.gen, thinking)
 
     return await answer_conversation(
         request, state, session, req.messages, req.tools, req.gen, make_format
