@@ -256,6 +256,7 @@ async def chat_completions(request: Request) -> Response:
     messages = parse_messages(body)
     tools = parse_tools(body)
     kwargs = template_kwargs(body)
+    style = reasoning_style(body.get("reasoning_format", state.settings.reasoning_format))
     gen = parse_generation(body, state.settings.defaults, "chat", session.model_info.parallel)
 
     def make(_: Any) -> GenerationRequest:
@@ -264,7 +265,6 @@ async def chat_completions(request: Request) -> Response:
     choices = await submit(gen, make, [None], session)
     last = messages[-1]
     prefill = last.content if last.role is Role.ASSISTANT else ""
-    style = reasoning_style(body.get("reasoning_format", state.settings.reasoning_format))
     thinking: dict[int, Thinking] = {}
     if not prefill and state.thinking_markers() is not None:
         # Replies whose tool format reads the calls already leave the thinking out.
