@@ -167,6 +167,13 @@ def test_a_build_without_rpc_names_the_fix(model_path: Path, tmp_path: Path) -> 
         InprocBackend(model_path, rpc_servers=[_dead_endpoint()], cache_dir=tmp_path)
 
 
+def test_info_rpc_on_a_build_without_rpc_names_the_fix(tmp_path: Path) -> None:
+    r = run_cli("info", "--rpc", _dead_endpoint(), env=child_env(LLM_INPROC_CACHE=str(tmp_path)))
+    assert r.returncode == 1 and "llm-inproc build --preset rpc" in r.stderr, r.stderr
+    bad = run_cli("info", "--rpc", "nohost", env=child_env(LLM_INPROC_CACHE=str(tmp_path)))
+    assert bad.returncode == 2 and "has no port" in bad.stderr
+
+
 def test_the_cli_takes_rpc_as_llama_server_spells_it(tmp_path: Path) -> None:
     bad = run_cli("prompt", "--rpc", "nohost", "hi", env=child_env(LLM_INPROC_CACHE=str(tmp_path)))
     assert bad.returncode == 2 and "--rpc" in bad.stderr and "has no port" in bad.stderr
@@ -319,3 +326,20 @@ def test_a_session_survives_a_server_killed_during_a_reply(
         with pytest.raises(BackendError, match="cannot continue"):
             s.get_health()
     assert two_servers[1].proc.poll() is None  # the other server, and this process, live on
+
+
+def test_info_lists_the_devices_rpc_servers_offer(
+    two_servers: list[RpcServer], rpc_lib: Path, tmp_path: Path
+) -> None:
+    """``info --rpc``: each server's device with its memory, as llama.cpp would use it."""
+    env = child_env(LLAMA_CPP_LIB_PATH=str(rpc_lib), LLM_INPROC_CACHE=str(tmp_path))
+    endpoints = [s.endpoint for s in two_servers]
+    r = run_cli("info", "--json", "--rpc", ",".join(endpoints), env=env)
+    assert r.returncode == 0, r.stderr
+    remote = [d for d in json.loads(r.stdout)["devices"] if d["backend"] == "RPC"]
+    assert [d["description"] for d in remote] == endpoints
+    assert all(d["memory_total"] >= d["memory_free"] > 0 for d in remote)
+    shown = run_cli("info", "--rpc", endpoints[0], env=env).stdout
+    assert "RPC0 (gpu, " in shown and f"): {endpoints[0]}" in shown
+    dead = run_cli("info", "--rpc", _dead_endpoint(), env=env)
+    assert dead.returncode == 1 and "is unreachable" in dead.stderr, dead.stderr

@@ -9,6 +9,7 @@ from typing import Any
 
 from . import add_cache_dir_flag
 from ._models import format_size, mark_default
+from ._rpc import rpc_server_list
 
 __all__ = ["add_parser", "format_info", "run"]
 
@@ -21,6 +22,16 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "the default thread count, and the cached models and llama-server builds.",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--rpc",
+        metavar="SERVERS",
+        dest="rpc_servers",
+        type=rpc_server_list,
+        default=None,
+        help="also connect to these llama.cpp rpc-server instances (comma-separated "
+        "host:port) and list their devices and memory (needs llama.cpp built with RPC: "
+        "llm-inproc build --preset rpc) (default: none)",
+    )
     add_cache_dir_flag(p)
     p.set_defaults(func=run)
 
@@ -72,6 +83,16 @@ def run(args: argparse.Namespace) -> int:
     from ._common import chosen_model
 
     cache_dir = resolve_cache_dir(args.cache_dir)
+    if args.rpc_servers:
+        from ..backends.inproc.rpc import RPC_BUILD_HINT, register_servers, rpc_supported
+
+        if not rpc_supported():
+            sys.stderr.write(
+                f"llm-inproc info: --rpc needs llama.cpp's RPC backend, which this build "
+                f"lacks; {RPC_BUILD_HINT}\n"
+            )
+            return 1
+        register_servers(args.rpc_servers)  # their devices join ggml's registry, listed below
     info = system_info(cache_dir)
     # The model prompt and chat run without --model, marked as `models` marks it.
     default = chosen_model(args)[0] or DEFAULT_MODEL

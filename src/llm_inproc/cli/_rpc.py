@@ -19,7 +19,7 @@ from typing import Any
 
 from . import add_cache_dir_flag, checked_type
 
-__all__ = ["add_parser", "add_rpc_flags", "apply_rpc_flags", "run"]
+__all__ = ["add_parser", "add_rpc_flags", "apply_rpc_flags", "rpc_server_list", "run"]
 
 DEFAULT_PORT = 50052
 """rpc-server's own default port."""
@@ -48,13 +48,17 @@ def _float_list(text: str) -> list[float]:
 _float_list.__name__ = "list of numbers"
 
 
+rpc_server_list = checked_type(_server_list, _check_servers)
+"""``--rpc``'s argparse type: comma-separated ``host:port``, checked as ``rpc_servers`` is."""
+
+
 def add_rpc_flags(group: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """``--rpc SERVERS`` and ``-ts/--tensor-split N0,N1,…`` (llama-server's spelling)."""
     group.add_argument(
         "--rpc",
         metavar="SERVERS",
         dest="rpc_servers",
-        type=checked_type(_server_list, _check_servers),
+        type=rpc_server_list,
         default=None,
         help="comma-separated host:port of llama.cpp rpc-server instances that hold part of "
         "the model (needs llama.cpp built with RPC: llm-inproc build --preset rpc) "

@@ -8,7 +8,6 @@ Everything is read from llama.cpp itself, never guessed from the build flags.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 from pathlib import Path
@@ -72,53 +71,27 @@ def llama_system_info() -> str:
 
 
 def llama_cpp_devices() -> list[dict[str, Any]]:
-    """The devices ggml registered (name, description, type, memory), or [] if unreadable.
+    """The devices ggml registered (name, description, type, memory, and the RPC servers
+    this process registered), or [] if unreadable: read through the ``libggml`` beside the
+    ``libllama`` that llama_cpp loaded (``rpc.list_devices``)."""
+    from ..backends.inproc.rpc import list_devices
 
-    llama-cpp-python does not bind ggml's device registry, so this calls it through
-    the ``libggml`` it already loaded.
-    """
     try:
-        from llama_cpp import _ggml
-
-        lib = _ggml.libggml
-        count_fn = lib.ggml_backend_dev_count
-        get_fn = lib.ggml_backend_dev_get
-        name_fn = lib.ggml_backend_dev_name
-        desc_fn = lib.ggml_backend_dev_description
-        type_fn = lib.ggml_backend_dev_type
-        memory_fn = lib.ggml_backend_dev_memory
+        found = list_devices()
     except (ImportError, OSError, AttributeError) as e:
         log.info("ggml device registry not reachable: %s", e)
         return []
-    count_fn.restype, count_fn.argtypes = ctypes.c_size_t, []
-    get_fn.restype, get_fn.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
-    for fn in (name_fn, desc_fn):
-        fn.restype, fn.argtypes = ctypes.c_char_p, [ctypes.c_void_p]
-    type_fn.restype, type_fn.argtypes = ctypes.c_int, [ctypes.c_void_p]
-    memory_fn.restype = None
-    memory_fn.argtypes = [
-        ctypes.c_void_p,
-        ctypes.POINTER(ctypes.c_size_t),
-        ctypes.POINTER(ctypes.c_size_t),
+    return [
+        {
+            "name": d.name,
+            "description": d.description,
+            "type": d.kind.lower(),
+            "backend": d.backend,
+            "memory_free": d.memory_free,
+            "memory_total": d.memory_total,
+        }
+        for d in found
     ]
-    devices = []
-    for i in range(int(count_fn())):
-        dev = get_fn(i)
-        if not dev:
-            continue
-        kind = int(type_fn(dev))
-        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
-        memory_fn(dev, ctypes.byref(free), ctypes.byref(total))
-        devices.append(
-            {
-                "name": (name_fn(dev) or b"").decode("utf-8", "replace"),
-                "description": (desc_fn(dev) or b"").decode("utf-8", "replace"),
-                "type": DEVICE_TYPES[kind] if 0 <= kind < len(DEVICE_TYPES) else str(kind),
-                "memory_free": int(free.value),
-                "memory_total": int(total.value),
-            }
-        )
-    return devices
 
 
 def _cached_models(cache_dir: Path) -> list[dict[str, Any]] | None:
