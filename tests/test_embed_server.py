@@ -217,6 +217,9 @@ def test_a_remote_session_embeds_through_either_server(
         with Session(Options(remote=f"127.0.0.1:{server.port}")) as remote:
             with pytest.raises(InvalidInputError, match="--pooling"):
                 remote.embed("x", pooling="last")
+            # Started with --pooling mean: its one row per text is no token vector.
+            with pytest.raises(InvalidInputError, match="restart it with --pooling none"):
+                remote.embed(["x", "hello big world"], pooling="none")
             return remote.embed(TEXTS[:8]), remote.embed(TEXTS[0], normalize=False)
 
     # Through both servers at once, and in this process meanwhile: three processes.

@@ -225,7 +225,8 @@ class RemoteBackend:
                 "truncate=True needs the model in this process: llama-server refuses a text "
                 "longer than its context; shorten the texts"
             )
-        return remote_embed(self._call_post, self.url, inputs, pooling)
+        count = (lambda text: len(self.tokenize(text))) if self.dialect == "llama" else None
+        return remote_embed(self._call_post, self.url, inputs, pooling, count)
 
     def rerank(self, query: str, documents: Sequence[str], *, truncate: bool) -> Vectors:
         from .embed import remote_rerank

@@ -23,8 +23,14 @@ Post = Callable[[str, Any], Any]
 
 
 def remote_embed(
-    post: Post, where: str, inputs: Sequence[str | Sequence[int]], pooling: str | None
+    post: Post,
+    where: str,
+    inputs: Sequence[str | Sequence[int]],
+    pooling: str | None,
+    count: Callable[[str], int] | None = None,
 ) -> Vectors:
+    """``count``: a text's tokens as the server reads it (its ``/tokenize``), to tell token
+    vectors from a pooled row where ``pooling="none"`` is asked."""
     if pooling not in (None, "none"):
         raise InvalidInputError(
             f"pooling={pooling!r}: a server pools as it was started (llama-server "
@@ -35,6 +41,7 @@ def remote_embed(
     if pooling == "none":
         data = post("/embedding", {"content": items, "embd_normalize": -1})
         rows = decode_native(data, len(items), where + "/embedding")
+        _check_token_rows(rows, items, count, where)
         return Vectors(rows, [len(r) for r in rows], "none")
     body = {"input": items, "encoding_format": "base64", "embd_normalize": -1}
     data = post("/v1/embeddings", body)
@@ -44,6 +51,27 @@ def remote_embed(
     # The server counts tokens for the whole request only; spread it for the record.
     share = [int(total) // len(items)] * len(items)
     return Vectors(rows, share, "server")
+
+
+def _check_token_rows(
+    rows: Sequence[Any],
+    items: Sequence[str | list[int]],
+    count: Callable[[str], int] | None,
+    where: str,
+) -> None:
+    """A server started with a pooling answers ``/embedding`` with one pooled row per text,
+    shaped like a one-token text's token vectors: a single row for a longer text gives it
+    away."""
+    for row, item in zip(rows, items, strict=True):
+        if len(row) != 1:
+            continue
+        n = len(item) if isinstance(item, list) else count(item) if count is not None else 1
+        if n > 1:
+            raise InvalidInputError(
+                f"pooling='none' needs token vectors, but the server at {where} pools them "
+                "(it was started with a pooling); restart it with --pooling none, or leave "
+                "pooling out for its pooled vectors"
+            )
 
 
 def remote_rerank(post: Post, where: str, query: str, documents: Sequence[str]) -> Vectors:
