@@ -123,6 +123,8 @@ class ServerState:
                 session.close()
             else:
                 self.session = session
+        if self.session is not None:
+            self.thinking_markers()  # rendered here, not on the event loop at the first chat
         self.loaded.set()
 
     def not_ready(self) -> ApiError:
@@ -152,7 +154,10 @@ class ServerState:
                 template = "" if session.encoding else session.model_info.chat_template or ""
             found = None
             if template and template not in NAMED_TEMPLATES:
-                found = thinking_markers(template)
+                try:
+                    found = thinking_markers(template)
+                except Exception as e:  # a template this cannot read: replies stay whole
+                    logger.warning("could not look for thinking markers in the template: %s", e)
             self._thinking = (found,)
         return self._thinking[0]
 
