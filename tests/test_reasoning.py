@@ -329,3 +329,22 @@ def test_the_responses_api_gives_a_reasoning_item_as_llama_servers_does(
         model="any", input="Is the sea salty?", extra_body={"grammar": GRAMMARS["qwen3"]}
     )
     assert response.output[0].type == "reasoning" and response.output_text
+
+
+@pytest.mark.model
+def test_a_remote_session_gets_the_reply_as_written(
+    servers: dict[tuple[str, str], Server],
+) -> None:
+    """A Session's text is the reply as the model wrote it, thinking and all, on every
+    backend: remote ones ask the server not to split it (``reasoning_format: none``)."""
+    from llm_inproc import Message, Options, Role, Session
+    from llm_inproc.sampling import Sampling
+
+    ask = [Message(Role.USER, "Is the sea salty?")]
+    sampling = Sampling(grammar=GRAMMARS["qwen3"], max_tokens=32)
+    texts = {}
+    for kind in ("ours", "llama"):
+        with Session(Options(remote=f"127.0.0.1:{servers[kind, 'qwen3'].port}")) as remote:
+            texts[kind] = remote.prompt(ask, sampling=sampling, temperature=0)
+    assert texts["ours"].startswith("<think>\n") and "\n</think>\n\n" in texts["ours"]
+    assert texts["ours"] == texts["llama"]

@@ -203,6 +203,8 @@ def generation_call(request: GenerationRequest, dialect: Dialect) -> Call:
     if dialect == "llama":
         body.update(_llama_sampling(s, route))
         body["cache_prompt"] = True
+        if route == "chat":  # the reply as written, thinking and all, as in this process
+            body["reasoning_format"] = "none"
         stops = list(request.stops)
     else:
         body.update(_openai_sampling(s, route))
