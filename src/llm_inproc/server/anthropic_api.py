@@ -31,7 +31,7 @@ from .errors import translate
 from .loop import Done, NamedEvents, state_of
 from .parse import Generation, parse_json
 from .state import ServerState
-from .thinking import Thinking
+from .thinking import SplitPieces, Thinking
 
 __all__ = ["routes"]
 
@@ -53,7 +53,7 @@ def _tool_use(call: ToolCall) -> dict[str, Any]:
     return {"type": "tool_use", "id": call.id, "name": call.name, "input": dict(call.arguments)}
 
 
-class _Messages(NamedEvents):
+class _Messages(SplitPieces, NamedEvents):
     def __init__(
         self, state: ServerState, gen: Generation, n_prompt: int, thinking: Thinking | None
     ) -> None:
@@ -85,12 +85,6 @@ class _Messages(NamedEvents):
         }
         return [{"type": "message_start", "message": message}]
 
-    def piece(self, text: str, n: int, index: int) -> list[dict[str, Any]]:
-        if self.thinking is None:
-            return self._text(text)
-        thought, text = self.thinking.feed(text)
-        return self._thought(thought) + self._text(text)
-
     def _thought(self, thought: str) -> list[dict[str, Any]]:
         """A ``thinking`` block, first (index 0), as llama-server streams it."""
         if not thought:
@@ -116,10 +110,7 @@ class _Messages(NamedEvents):
         return [*out, self._block("content_block_delta", at, delta=delta)]
 
     def tail(self, done: Done) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        if self.thinking is not None:
-            thought, text = self.thinking.flush()
-            out += self._thought(thought) + self._text(text)
+        out = self.held()
         first = int(self.thinking_started) + int(self.text_started)
         calls = done.reply.tool_calls
         for i, call in enumerate(calls):

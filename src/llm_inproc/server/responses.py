@@ -32,7 +32,7 @@ from .loop import Done, NamedEvents, state_of
 from .parse import Generation, parse_json
 from .responses_request import parse_responses
 from .state import ServerState
-from .thinking import Thinking
+from .thinking import SplitPieces, Thinking
 
 __all__ = ["routes"]
 
@@ -87,7 +87,7 @@ def _reasoning_item(item_id: str, thought: str, status: str) -> dict[str, Any]:
     }
 
 
-class _Responses(NamedEvents):
+class _Responses(SplitPieces, NamedEvents):
     def __init__(self, state: ServerState, gen: Generation, thinking: Thinking | None) -> None:
         super().__init__(gen)
         self.model, self.created = state.model_name, int(time.time())
@@ -104,12 +104,6 @@ class _Responses(NamedEvents):
 
     def head(self, index: int) -> list[dict[str, Any]]:
         return [self._progress("response.created"), self._progress("response.in_progress")]
-
-    def piece(self, text: str, n: int, index: int) -> list[dict[str, Any]]:
-        if self.thinking is None:
-            return self._text(text)
-        thought, text = self.thinking.feed(text)
-        return self._thought(thought) + self._text(text)
 
     def _thought(self, thought: str) -> list[dict[str, Any]]:
         if not thought:
@@ -169,10 +163,7 @@ class _Responses(NamedEvents):
         return out + [_call_item(c, "completed", c.raw) for c in done.reply.tool_calls]
 
     def tail(self, done: Done) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        if self.thinking is not None:
-            held_thought, held_text = self.thinking.flush()
-            out += self._thought(held_thought) + self._text(held_text)
+        out = self.held()
         for call in done.reply.tool_calls:
             item = _call_item(call, "in_progress", "")
             out.append({"type": "response.output_item.added", "item": item})

@@ -5,11 +5,13 @@ answer a conversation, whole or streamed."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..prompting.reasoning import ReasoningSplitter, ThinkingMarkers, split_reasoning
 from .errors import invalid
 from .state import ServerState
 
-__all__ = ["STYLES", "Thinking", "reasoning_style", "thinking_for"]
+__all__ = ["STYLES", "SplitPieces", "Thinking", "reasoning_style", "thinking_for"]
 
 STYLES = ("auto", "none", "deepseek", "deepseek-legacy")
 
@@ -53,6 +55,33 @@ class Thinking:
             self._unopened = False
             text = self.opening + text
         return (thought if self.split else ""), text
+
+
+class SplitPieces:
+    """For a stream format that sends one result's thinking apart (Anthropic's ``thinking``
+    block, a Responses ``reasoning`` item): each piece is split, and its parts go to
+    :meth:`_thought` and :meth:`_text`, which write the format's events."""
+
+    thinking: Thinking | None
+
+    def piece(self, text: str, n: int, index: int) -> list[dict[str, Any]]:
+        if self.thinking is None:
+            return self._text(text)
+        thought, text = self.thinking.feed(text)
+        return self._thought(thought) + self._text(text)
+
+    def held(self) -> list[dict[str, Any]]:
+        """The events for what the split still held at the reply's end."""
+        if self.thinking is None:
+            return []
+        thought, text = self.thinking.flush()
+        return self._thought(thought) + self._text(text)
+
+    def _thought(self, thought: str) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def _text(self, text: str) -> list[dict[str, Any]]:
+        raise NotImplementedError
 
 
 def thinking_for(state: ServerState, prompt: str, style: str) -> Thinking | None:
