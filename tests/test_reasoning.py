@@ -76,6 +76,7 @@ def test_a_template_that_renders_reasoning_in_its_own_markers() -> None:
         ("<think>\nweigh it\n</think>\n\nThe answer.", False, ("weigh it\n", "The answer.")),
         ("  <think>a</think>b", False, ("a", "b")),
         ("weigh it\n</think>\n\nThe answer.", True, ("weigh it\n", "The answer.")),
+        ("\n weigh it\n</think>\n\nThe answer.", True, ("weigh it\n", "The answer.")),
         ("The answer, no thinking.", False, ("", "The answer, no thinking.")),
         ("<think>cut by max_tokens", False, ("cut by max_tokens", "")),
         ("cut while thinking", True, ("cut while thinking", "")),

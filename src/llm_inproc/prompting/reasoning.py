@@ -86,6 +86,8 @@ class ReasoningSplitter:
         self._markers = markers
         self._state = "thinking" if opened else "before"
         self._held = ""
+        self._fresh = True
+        """No thought yet: the whitespace that starts it is left out."""
 
     def feed(self, piece: str) -> tuple[str, str]:
         """The reasoning and the content that ``piece`` adds (either may be empty)."""
@@ -103,6 +105,11 @@ class ReasoningSplitter:
                 else:
                     self._state = "answering"
             elif self._state == "thinking":
+                if self._fresh:
+                    self._held = self._held.lstrip()
+                    if not self._held:
+                        break
+                    self._fresh = False
                 end = self._held.find(self._markers.end)
                 if end < 0:
                     keep = _partial_suffix(self._held, self._markers.end)
