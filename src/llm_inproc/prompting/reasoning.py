@@ -24,7 +24,7 @@ class ThinkingMarkers:
 
     def opening(self, prompt: str) -> str:
         """Where ``prompt`` (a rendered generation prompt) already opened the thinking, so
-        that the reply starts inside it (DeepSeek R1's template ends with ``<think>\n``):
+        that the reply starts inside it (DeepSeek R1's template ends with ``<think>\\n``):
         the prompt's end from the start marker on; else ""."""
         if not prompt.rstrip().endswith(self.start):
             return ""
@@ -100,7 +100,7 @@ class ReasoningSplitter:
                 if not rest or self._markers.start.startswith(rest):
                     break  # not yet known
                 if rest.startswith(self._markers.start):
-                    self._held = rest[len(self._markers.start) :].lstrip()
+                    self._held = rest[len(self._markers.start) :]
                     self._state = "thinking"
                 else:
                     self._state = "answering"
@@ -136,8 +136,8 @@ class ReasoningSplitter:
         held, self._held = self._held, ""
         if self._state == "thinking":
             return held, ""
-        if self._state == "before":
-            return "", held.lstrip() if not held.strip() else held
+        if self._state == "before":  # a reply too short to tell: content, unless blank
+            return "", held if held.strip() else ""
         return "", held if self._state == "answering" else ""
 
 
