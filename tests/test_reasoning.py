@@ -349,3 +349,31 @@ def test_a_remote_session_gets_the_reply_as_written(
             texts[kind] = remote.prompt(ask, sampling=sampling, temperature=0)
     assert texts["ours"].startswith("<think>\n") and "\n</think>\n\n" in texts["ours"]
     assert texts["ours"] == texts["llama"]
+
+
+def test_chat_template_kwargs_are_an_option(chat_model_path: Path, tmp_path: Path) -> None:
+    """``Options.chat_template_kwargs`` (YAML, ``--chat-template-kwargs``) reach every
+    rendering; a request's own add to them."""
+    from llm_inproc import InvalidInputError, Message, Options, Role, Session
+    from llm_inproc.sampling import Sampling
+
+    opts = Options.from_dict({"chat_template_kwargs": {"enable_thinking": False}})
+    assert Options.from_dict(opts.to_dict()) == opts
+    with pytest.raises(InvalidInputError, match=r"llm\.chat_template_kwargs: expected"):
+        Options.from_dict({"chat_template_kwargs": ["enable_thinking"]})
+    r1 = R1.read_text()
+    ask = [Message(Role.USER, "Is the sea salty?")]
+    kwargs = opts.chat_template_kwargs
+    local = Options(model=str(chat_model_path), context_length=512, chat_template_kwargs=kwargs)
+    with Session(local) as s:
+        closed = s.render(s.chat_request(ask, Sampling(), template=r1))
+        on = {"enable_thinking": True}
+        opened = s.render(s.chat_request(ask, Sampling(), template=r1, template_kwargs=on))
+    assert closed.endswith("<think>\n</think>") and opened.endswith("<think>\n")
+    from subproc import child_env, run_cli
+
+    flag = ("--chat-template-kwargs", '{"enable_thinking": 1}', "--max-tokens", "1")
+    env = child_env(LLM_INPROC_CACHE=str(tmp_path), HF_HUB_OFFLINE="1")
+    assert run_cli("prompt", *flag, "hi", env=env).returncode == 0
+    bad = run_cli("prompt", "--chat-template-kwargs", "[1]", "hi", env=env)
+    assert bad.returncode == 2 and "--chat-template-kwargs" in bad.stderr

@@ -243,6 +243,10 @@ class Options:
     context_shift: bool = False
     """A reply that fills the context goes on, the older half of its conversation dropped
     (llama-server's ``--context-shift``); off: it ends with ``finish_reason="length"``."""
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Variables every chat template rendering gets besides the messages (llama-server's
+    ``--chat-template-kwargs``): ``{"enable_thinking": False}`` keeps a Qwen3 or DeepSeek
+    R1 model from thinking. A request's own (:meth:`Session.chat_request`) add to them."""
     backend: str = ""
     """``"inproc"``, ``"python"``, ``"llama-server"``, ``"remote"``; empty infers it."""
     max_pending: int = 64
@@ -271,6 +275,12 @@ class Options:
                 "or null (auto), or use an f16 V cache"
             )
         _check_type(f"{where}context_shift", self.context_shift, bool)
+        _check_type(f"{where}chat_template_kwargs", self.chat_template_kwargs, dict)
+        if not all(isinstance(k, str) for k in self.chat_template_kwargs):
+            raise InvalidInputError(
+                f"{where}chat_template_kwargs: the keys must be names (strings), such as "
+                '{"enable_thinking": false}'
+            )
         _check_type(f"{where}speculative", self.speculative, str)
         if self.speculative not in SPEC_TYPES:
             raise InvalidInputError(

@@ -141,7 +141,7 @@ class Session:
             chat_template=self.model_info.chat_template if local else None,
             local=local,
             template_tokens=self.model_info.template_tokens,
-            template_kwargs=template_kwargs,
+            template_kwargs={**self.options.chat_template_kwargs, **(template_kwargs or {})},
         )
         fmt = request.tool_format
         if fmt is not None and request.tools is not None:

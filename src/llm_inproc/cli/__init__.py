@@ -157,10 +157,30 @@ def add_common_model_flags(parser: argparse.ArgumentParser, *, session: bool = T
             default=None,
             help="llama.cpp's flash attention (default: auto, on when layers run on a GPU)",
         )
+        g.add_argument(
+            "--chat-template-kwargs",
+            metavar="JSON",
+            type=option_value("chat_template_kwargs", _json_object),
+            default=None,
+            help="a JSON object of variables every chat template rendering gets, e.g. "
+            "'{\"enable_thinking\": false}' (default: none)",
+        )
         from ._rpc import add_rpc_flags
 
         add_rpc_flags(g)
     add_cache_dir_flag(parser)
+
+
+def _json_object(text: str) -> Any:
+    import json
+
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON ({e.msg}): {text!r}") from None
+
+
+_json_object.__name__ = "JSON object"
 
 
 def flash_attention(args: argparse.Namespace) -> bool | None:

@@ -273,6 +273,8 @@ def session_options(args: argparse.Namespace) -> tuple[Options, list[KnownLLM] |
         opts.flash_attention = flash_attention(args)
     if getattr(args, "repack", None) is not None:
         opts.repack = args.repack
+    if getattr(args, "chat_template_kwargs", None) is not None:
+        opts.chat_template_kwargs = args.chat_template_kwargs
     from ._rpc import apply_rpc_flags
 
     apply_rpc_flags(args, opts)
