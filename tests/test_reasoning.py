@@ -361,6 +361,8 @@ def test_chat_template_kwargs_are_an_option(chat_model_path: Path, tmp_path: Pat
     assert Options.from_dict(opts.to_dict()) == opts
     with pytest.raises(InvalidInputError, match=r"llm\.chat_template_kwargs: expected"):
         Options.from_dict({"chat_template_kwargs": ["enable_thinking"]})
+    with pytest.raises(InvalidInputError, match=r"reasoning_format: 'auto' is not one of none"):
+        Options(reasoning_format="auto").validate()
     r1 = R1.read_text()
     ask = [Message(Role.USER, "Is the sea salty?")]
     kwargs = opts.chat_template_kwargs
@@ -377,3 +379,42 @@ def test_chat_template_kwargs_are_an_option(chat_model_path: Path, tmp_path: Pat
     assert run_cli("prompt", *flag, "hi", env=env).returncode == 0
     bad = run_cli("prompt", "--chat-template-kwargs", "[1]", "hi", env=env)
     assert bad.returncode == 2 and "--chat-template-kwargs" in bad.stderr
+
+
+@pytest.fixture(scope="module")
+def qwen3_model(chat_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2 with Qwen3's chat template in its GGUF."""
+    from gguf_tools import copy_with_metadata
+
+    dst = tmp_path_factory.mktemp("qwen3") / "smol-qwen3.gguf"
+    return copy_with_metadata(chat_model_path, dst, {"tokenizer.chat_template": QWEN3.read_text()})
+
+
+@pytest.mark.model
+def test_a_session_splits_the_thinking_when_asked(
+    qwen3_model: Path, servers: dict[tuple[str, str], Server]
+) -> None:
+    """``Options.reasoning_format="deepseek"``: the text is the answer, ``reasoning`` the
+    thinking, the stream the answer only; by default the text is as written. Through a
+    remote server as in this process."""
+    from llm_inproc import Message, Options, Role, Session
+    from llm_inproc.sampling import Sampling
+
+    ask = [Message(Role.USER, "Is the sea salty?")]
+    sampling = Sampling(grammar=GRAMMARS["qwen3"], max_tokens=32)
+    common = {"model": str(qwen3_model), "context_length": 1024}
+    with Session(Options(**common)) as plain:  # type: ignore[arg-type]
+        written = plain.complete(ask, sampling=sampling, temperature=0)
+    with Session(Options(**common, reasoning_format="deepseek")) as s:  # type: ignore[arg-type]
+        reply = s.complete(ask, sampling=sampling, temperature=0)
+        with s.prompt_streaming(ask, sampling=sampling, temperature=0) as stream:
+            shown = "".join(stream)
+    assert written.reasoning is None and written.text.startswith("<think>\n")
+    assert reply.reasoning and "<think>" not in reply.text + reply.reasoning
+    assert written.text == f"<think>\n{reply.reasoning}\n</think>\n\n{reply.text}"
+    assert shown.strip() == reply.text and stream.reply is not None
+    assert stream.reply.reasoning == reply.reasoning
+    server = servers["ours", "qwen3"]
+    with Session(Options(remote=f"127.0.0.1:{server.port}", reasoning_format="deepseek")) as r:
+        remote = r.complete(ask, sampling=sampling, temperature=0)
+    assert remote.reasoning and remote.text and "think>" not in remote.text

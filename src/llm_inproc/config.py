@@ -72,7 +72,8 @@ UNQUANTIZED_KV = frozenset({"f32", "f16", "bf16"})
 
 SPEC_TYPES: tuple[str, ...] = ("", "none", "ngram-simple")
 """``Options.speculative`` values: llama-server's ``--spec-type`` names we implement."""
-"""Values of :attr:`Options.backend` besides ``""`` (inferred)."""
+REASONING_FORMATS = ("none", "deepseek")
+"""``Options.reasoning_format`` values."""
 
 _NO_UPSTREAM = PackedRepoRef("")
 _HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
@@ -243,6 +244,11 @@ class Options:
     context_shift: bool = False
     """A reply that fills the context goes on, the older half of its conversation dropped
     (llama-server's ``--context-shift``); off: it ends with ``finish_reason="length"``."""
+    reasoning_format: str = "none"
+    """Where a thinking model's reasoning goes (its chat template's ``<think>`` …
+    ``</think>``): ``"none"``, the reply's text as written, thinking included;
+    ``"deepseek"``, :attr:`Reply.text` is the answer, :attr:`Reply.reasoning` the thinking,
+    and a stream yields the answer only (as llama-server's ``--reasoning-format``)."""
     chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
     """Variables every chat template rendering gets besides the messages (llama-server's
     ``--chat-template-kwargs``): ``{"enable_thinking": False}`` keeps a Qwen3 or DeepSeek
@@ -275,6 +281,12 @@ class Options:
                 "or null (auto), or use an f16 V cache"
             )
         _check_type(f"{where}context_shift", self.context_shift, bool)
+        _check_type(f"{where}reasoning_format", self.reasoning_format, str)
+        if self.reasoning_format not in REASONING_FORMATS:
+            raise InvalidInputError(
+                f"{where}reasoning_format: {self.reasoning_format!r} is not one of "
+                f"{', '.join(REASONING_FORMATS)}"
+            )
         _check_type(f"{where}chat_template_kwargs", self.chat_template_kwargs, dict)
         if not all(isinstance(k, str) for k in self.chat_template_kwargs):
             raise InvalidInputError(

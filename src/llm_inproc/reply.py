@@ -54,13 +54,17 @@ class Reply:
     tool_calls: tuple[ToolCall, ...] = ()
     """The tools the model called, when the request offered ``tools=``; :attr:`text` is
     then only what it wrote for the user beside them (often empty)."""
+    reasoning: str | None = None
+    """The model's thinking, split from :attr:`text` with ``Options.reasoning_format=
+    "deepseek"`` where the chat template thinks; None otherwise (or when it thought
+    nothing)."""
 
 
 class _Assembly:
     """Cleans raw pieces as they come and builds the Reply from the final Outcome; with a
     tool format, keeps call markup out of the text and reads the calls at the end."""
 
-    __slots__ = ("_cancel", "_cleaner", "_parts", "_tools", "reply")
+    __slots__ = ("_cancel", "_cleaner", "_parts", "_thinking", "_thoughts", "_tools", "reply")
 
     def __init__(self, request: GenerationRequest, cancel: Any) -> None:
         self._cleaner = ReplyCleaner(request.stops)
@@ -68,6 +72,9 @@ class _Assembly:
         self._parts: list[str] = []
         fmt, tools = request.tool_format, request.tools
         self._tools = fmt.stream(tools) if fmt is not None and tools is not None else None
+        split = request.thinking
+        self._thinking = split.splitter() if split is not None and self._tools is None else None
+        self._thoughts: list[str] = []
         self.reply: Reply | None = None
 
     @property
@@ -84,6 +91,8 @@ class _Assembly:
                 self._cancel()  # a stop marker in the text: no need to generate more
             if self._tools is not None and text:
                 text = self._tools.feed(text)
+            elif self._thinking is not None and text:
+                text = self._think(*self._thinking.feed(text))
         else:
             text = cleaner.finish()
             reason: FinishReason = "stop" if cleaner.stopped else item.finish_reason
@@ -94,17 +103,36 @@ class _Assembly:
                 content, calls = self._tools.finish()
                 self.reply = _reply(content, reason, item, calls)
             else:
-                self.reply = _reply("".join(self._parts) + text, reason, item, calls)
+                if self._thinking is not None:
+                    if text:
+                        text = self._think(*self._thinking.feed(text))
+                    text += self._think(*self._thinking.flush())
+                thought = "".join(self._thoughts).strip() or None
+                whole = "".join(self._parts) + text
+                self.reply = _reply(whole, reason, item, calls, thought)
         if text:
             self._parts.append(text)
         return text
 
+    def _think(self, thought: str, answer: str) -> str:
+        """Keep the thinking aside; the answer is what is shown."""
+        if thought:
+            self._thoughts.append(thought)
+        return answer
 
-def _reply(text: str, reason: FinishReason, outcome: Outcome, calls: tuple[ToolCall, ...]) -> Reply:
+
+def _reply(
+    text: str,
+    reason: FinishReason,
+    outcome: Outcome,
+    calls: tuple[ToolCall, ...],
+    reasoning: str | None = None,
+) -> Reply:
     if calls and reason == "stop":
         reason = "tool_calls"
     return Reply(
         text=text.strip(),
+        reasoning=reasoning,
         tool_calls=calls,
         finish_reason=reason,
         prompt=outcome.prompt,

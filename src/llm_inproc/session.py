@@ -150,7 +150,27 @@ class Session:
             if after is not fmt:
                 constraint = after.constraint(request.tools)
                 request = dataclasses.replace(request, tool_format=after, constraint=constraint)
+        elif self.options.reasoning_format != "none":
+            request = self._with_thinking(request, template)
         return request
+
+    def _with_thinking(self, request: GenerationRequest, template: str) -> GenerationRequest:
+        """``request`` marked to have its reply's thinking split off, where its chat
+        template thinks (a raw prompt encoding or a named format does not)."""
+        from .prompting.reasoning import ThinkingSplit, thinking_markers
+        from .prompting.request_builder import NAMED_TEMPLATES
+
+        if template:
+            source = "" if template in NAMED_TEMPLATES else template
+        elif request.messages and request.prompt is None:
+            source = self.model_info.chat_template or ""
+        else:
+            source = ""
+        markers = thinking_markers(source) if source else None
+        if markers is None:
+            return request
+        opened = bool(markers.opening(self.render(request)))
+        return dataclasses.replace(request, thinking=ThinkingSplit(markers, opened))
 
     def _sampling(
         self,

@@ -20,6 +20,7 @@ from ..sampling import Sampling, TokenProb
 from ..tools.types import Constraint, ToolCall, ToolRequest
 
 if TYPE_CHECKING:
+    from ..prompting.reasoning import ThinkingSplit
     from ..tools.formats import ToolFormat
     from .stream import RawStream
 
@@ -118,6 +119,9 @@ class GenerationRequest:
     template_kwargs: Mapping[str, Any] = field(default_factory=dict)
     """Variables the chat template reads besides the messages, such as ``enable_thinking``
     (llama-server's ``chat_template_kwargs``)."""
+    thinking: ThinkingSplit | None = None
+    """Split the reply's thinking from its text (``Options.reasoning_format``); None: the
+    text as written."""
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,15 @@ the split of a reply (whole or piece by piece) into reasoning and content, as ll
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
-__all__ = ["ReasoningSplitter", "ThinkingMarkers", "split_reasoning", "thinking_markers"]
+__all__ = [
+    "ReasoningSplitter",
+    "ThinkingMarkers",
+    "ThinkingSplit",
+    "split_reasoning",
+    "thinking_markers",
+]
 
 # Pairs a template may name without rendering a past turn's reasoning (DeepSeek R1 drops it
 # from the history, yet its replies think inside these).
@@ -31,6 +38,19 @@ class ThinkingMarkers:
         return prompt[prompt.rindex(self.start) :]
 
 
+@dataclass(frozen=True)
+class ThinkingSplit:
+    """How to split one reply: its template's markers, and whether its prompt opened the
+    thinking."""
+
+    markers: ThinkingMarkers
+    opened: bool
+
+    def splitter(self) -> ReasoningSplitter:
+        return ReasoningSplitter(self.markers, opened=self.opened)
+
+
+@lru_cache(maxsize=16)
 def thinking_markers(template: str) -> ThinkingMarkers | None:
     """The markers ``template`` (Jinja source) wraps reasoning in, or None if it has none.
 

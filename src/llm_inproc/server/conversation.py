@@ -7,6 +7,7 @@ both APIs report (a stream's first event, their ``count_tokens``/``input_tokens`
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -41,9 +42,11 @@ def chat_request(
     ``template_kwargs`` over them: every chat-shaped route builds it here."""
     template = state.settings.chat_template
     kwargs = {**state.settings.chat_template_kwargs, **(template_kwargs or {})}
-    return session.chat_request(
+    req = session.chat_request(
         messages, sampling, template=template, tools=tools, template_kwargs=kwargs
     )
+    # The routes split the thinking themselves (reasoning_format), from the text as written.
+    return req if req.thinking is None else dataclasses.replace(req, thinking=None)
 
 
 def template_kwargs(body: Mapping[str, Any]) -> dict[str, Any]:
