@@ -298,6 +298,10 @@ def test_template_kwargs_and_reasoning_flags(monkeypatch: pytest.MonkeyPatch) ->
         parse("--chat-template-kwargs", "enable_thinking=false")
     with pytest.raises(InvalidInputError, match=r"must be a JSON object"):
         parse("--chat-template-kwargs", "[1]")
+    assert parse("--reasoning-budget", "0").chat_template_kwargs == {"enable_thinking": False}
+    assert parse("--reasoning-budget", "-1").chat_template_kwargs == {}
+    with pytest.raises(InvalidInputError, match=r"--reasoning-budget 512: a thinking budget"):
+        parse("--reasoning-budget", "512")
     monkeypatch.setenv("LLAMA_ARG_CHAT_TEMPLATE_KWARGS", '{"y": 2}')
     assert parse().chat_template_kwargs == {"y": 2}
 

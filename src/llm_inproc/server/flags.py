@@ -204,6 +204,7 @@ ENV_FLAGS: dict[str, tuple[str, str | None]] = {
     "LLAMA_ARG_CHAT_TEMPLATE_FILE": ("--chat-template-file", None),
     "LLAMA_ARG_CHAT_TEMPLATE_KWARGS": ("--chat-template-kwargs", None),
     "LLAMA_ARG_REASONING": ("--reasoning", None),
+    "LLAMA_ARG_THINK_BUDGET": ("--reasoning-budget", None),
     "LLAMA_ARG_JINJA": ("--jinja", None),
     "LLAMA_ARG_HOST": ("--host", None),
     "LLAMA_ARG_PORT": ("--port", None),
@@ -491,6 +492,14 @@ def add_server_flags(p: argparse.ArgumentParser) -> None:
         "false (as llama-server) (default: auto, the template's own)",
     )
     m.add_argument(
+        "--reasoning-budget",
+        type=int,
+        default=-1,
+        metavar="N",
+        help="tokens a reply may think: -1 unrestricted, 0 none (the template renders with "
+        "enable_thinking false); a budget in between is refused (default: -1)",
+    )
+    m.add_argument(
         "--jinja",
         "--no-jinja",
         action="store_true",
@@ -625,6 +634,13 @@ def _template_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             )
     if args.reasoning != "auto":
         kwargs["enable_thinking"] = args.reasoning == "on"
+    if args.reasoning_budget == 0:
+        kwargs["enable_thinking"] = False
+    elif args.reasoning_budget != -1:
+        raise InvalidInputError(
+            f"--reasoning-budget {args.reasoning_budget}: a thinking budget in tokens is not "
+            "supported; use 0 (no thinking) or -1 (unrestricted)"
+        )
     return kwargs
 
 
