@@ -290,20 +290,22 @@ def test_template_kwargs_and_reasoning_flags(monkeypatch: pytest.MonkeyPatch) ->
         add_server_flags(p)
         return settings_from_args(p.parse_args(list(argv)))
 
-    assert parse().chat_template_kwargs == {}
-    assert parse("--reasoning", "off").chat_template_kwargs == {"enable_thinking": False}
+    assert parse().options.chat_template_kwargs == {}
+    assert parse("--reasoning", "off").options.chat_template_kwargs == {"enable_thinking": False}
     kw = parse("--chat-template-kwargs", '{"enable_thinking": true, "x": 1}', "-rea", "off")
-    assert kw.chat_template_kwargs == {"enable_thinking": False, "x": 1}
+    assert kw.options.chat_template_kwargs == {"enable_thinking": False, "x": 1}
     with pytest.raises(InvalidInputError, match=r"--chat-template-kwargs: not JSON"):
         parse("--chat-template-kwargs", "enable_thinking=false")
     with pytest.raises(InvalidInputError, match=r"must be a JSON object"):
         parse("--chat-template-kwargs", "[1]")
-    assert parse("--reasoning-budget", "0").chat_template_kwargs == {"enable_thinking": False}
-    assert parse("--reasoning-budget", "-1").chat_template_kwargs == {}
+    assert parse("--reasoning-budget", "0").options.chat_template_kwargs == {
+        "enable_thinking": False
+    }
+    assert parse("--reasoning-budget", "-1").options.chat_template_kwargs == {}
     with pytest.raises(InvalidInputError, match=r"--reasoning-budget 512: a thinking budget"):
         parse("--reasoning-budget", "512")
     monkeypatch.setenv("LLAMA_ARG_CHAT_TEMPLATE_KWARGS", '{"y": 2}')
-    assert parse().chat_template_kwargs == {"y": 2}
+    assert parse().options.chat_template_kwargs == {"y": 2}
 
 
 @pytest.mark.model

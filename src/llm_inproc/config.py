@@ -85,6 +85,23 @@ def _type_name(value: object) -> str:
     return "null" if value is None else type(value).__name__
 
 
+def template_kwargs_from_json(text: str, where: str) -> dict[str, Any]:
+    """``--chat-template-kwargs``' text as ``Options.chat_template_kwargs``; errors name
+    ``where``."""
+    import json
+
+    example = "'{\"enable_thinking\": false}'"
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InvalidInputError(
+            f"{where}: not JSON ({e.msg}); give an object such as {example}"
+        ) from None
+    if not isinstance(value, dict):
+        raise InvalidInputError(f"{where}: must be a JSON object, such as {example}")
+    return value
+
+
 def _check_type(where: str, value: object, kind: type, *, nullable: bool = False) -> None:
     """Raise naming ``where`` unless ``value`` is a ``kind`` (bool is not an int)."""
     if value is None and nullable:

@@ -73,7 +73,7 @@ class _Assembly:
         fmt, tools = request.tool_format, request.tools
         self._tools = fmt.stream(tools) if fmt is not None and tools is not None else None
         split = request.thinking
-        self._thinking = split.splitter() if split is not None and self._tools is None else None
+        self._thinking = split.start() if split is not None and self._tools is None else None
         self._thoughts: list[str] = []
         self.reply: Reply | None = None
 
@@ -89,24 +89,17 @@ class _Assembly:
             text = "" if was_stopped else cleaner.feed(item)
             if cleaner.stopped and not was_stopped:
                 self._cancel()  # a stop marker in the text: no need to generate more
-            if self._tools is not None and text:
-                text = self._tools.feed(text)
-            elif self._thinking is not None and text:
-                text = self._think(*self._thinking.feed(text))
+            text = self._shown(text)
         else:
-            text = cleaner.finish()
+            text = self._shown(cleaner.finish())
             reason: FinishReason = "stop" if cleaner.stopped else item.finish_reason
             calls = item.tool_calls
             if self._tools is not None:
-                if text:
-                    text = self._tools.feed(text)
                 content, calls = self._tools.finish()
                 self.reply = _reply(content, reason, item, calls)
             else:
                 if self._thinking is not None:
-                    if text:
-                        text = self._think(*self._thinking.feed(text))
-                    text += self._think(*self._thinking.flush())
+                    text += self._answer(*self._thinking.flush())
                 thought = "".join(self._thoughts).strip() or None
                 whole = "".join(self._parts) + text
                 self.reply = _reply(whole, reason, item, calls, thought)
@@ -114,8 +107,18 @@ class _Assembly:
             self._parts.append(text)
         return text
 
-    def _think(self, thought: str, answer: str) -> str:
-        """Keep the thinking aside; the answer is what is shown."""
+    def _shown(self, text: str) -> str:
+        """The part of cleaned ``text`` the caller sees: without call markup (tools), or
+        without the thinking (kept aside for :attr:`Reply.reasoning`)."""
+        if not text:
+            return text
+        if self._tools is not None:
+            return self._tools.feed(text)
+        if self._thinking is not None:
+            return self._answer(*self._thinking.feed(text))
+        return text
+
+    def _answer(self, thought: str, answer: str) -> str:
         if thought:
             self._thoughts.append(thought)
         return answer

@@ -28,7 +28,8 @@ from .metrics import Metrics
 from .models.references import PackedFileRef
 from .prompting.encoding import PromptEncoding
 from .prompting.messages import Message
-from .prompting.request_builder import build_request
+from .prompting.reasoning import ThinkingMarkers, ThinkingSplit, thinking_markers
+from .prompting.request_builder import NAMED_TEMPLATES, build_request
 from .reply import AsyncReplyStream, Reply, ReplyStream
 from .sampling import Sampling
 from .tools.types import ToolChoice, ToolRequest, tool_request
@@ -156,21 +157,23 @@ class Session:
 
     def _with_thinking(self, request: GenerationRequest, template: str) -> GenerationRequest:
         """``request`` marked to have its reply's thinking split off, where its chat
-        template thinks (a raw prompt encoding or a named format does not)."""
-        from .prompting.reasoning import ThinkingSplit, thinking_markers
-        from .prompting.request_builder import NAMED_TEMPLATES
-
-        if template:
-            source = "" if template in NAMED_TEMPLATES else template
-        elif request.messages and request.prompt is None:
-            source = self.model_info.chat_template or ""
-        else:
-            source = ""
-        markers = thinking_markers(source) if source else None
+        template thinks."""
+        markers = self.thinking_markers(template)
         if markers is None:
             return request
-        opened = bool(markers.opening(self.render(request)))
-        return dataclasses.replace(request, thinking=ThinkingSplit(markers, opened))
+        split = ThinkingSplit.of(markers, self.render(request), self.options.reasoning_format)
+        return dataclasses.replace(request, thinking=split)
+
+    def thinking_markers(self, template: str = "") -> ThinkingMarkers | None:
+        """The markers the chat template wraps the model's reasoning in (``<think>`` …
+        ``</think>``): ``template`` (a Jinja template overriding the model's), else the
+        model's own; None where it does not think, or where a named format or a raw prompt
+        encoding is used."""
+        if template:
+            source = "" if template in NAMED_TEMPLATES else template
+        else:
+            source = "" if self.encoding is not None else self.model_info.chat_template or ""
+        return thinking_markers(source) if source else None
 
     def _sampling(
         self,

@@ -172,12 +172,13 @@ def add_common_model_flags(parser: argparse.ArgumentParser, *, session: bool = T
 
 
 def _json_object(text: str) -> Any:
-    import json
+    from ..config import template_kwargs_from_json
+    from ..errors import InvalidInputError
 
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"not JSON ({e.msg}): {text!r}") from None
+        return template_kwargs_from_json(text, "value")
+    except InvalidInputError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("value: ")) from None
 
 
 _json_object.__name__ = "JSON object"

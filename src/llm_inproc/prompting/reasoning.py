@@ -10,6 +10,7 @@ from functools import lru_cache
 
 __all__ = [
     "ReasoningSplitter",
+    "Thinking",
     "ThinkingMarkers",
     "ThinkingSplit",
     "split_reasoning",
@@ -40,14 +41,59 @@ class ThinkingMarkers:
 
 @dataclass(frozen=True)
 class ThinkingSplit:
-    """How to split one reply: its template's markers, and whether its prompt opened the
-    thinking."""
+    """How one reply's thinking is told apart: its template's markers, where its prompt
+    opened the thinking, and where the thinking goes (a ``reasoning_format``: ``deepseek``
+    apart from the text, ``deepseek-legacy`` apart and in it, ``none`` in it only)."""
 
     markers: ThinkingMarkers
-    opened: bool
+    opening: str = ""
+    """The prompt's end from the start marker on, where the prompt opened the thinking
+    (R1's ``<think>\\n``); "" where the reply opens it."""
+    style: str = "deepseek"
 
-    def splitter(self) -> ReasoningSplitter:
-        return ReasoningSplitter(self.markers, opened=self.opened)
+    @classmethod
+    def of(cls, markers: ThinkingMarkers, prompt: str, style: str = "deepseek") -> ThinkingSplit:
+        """The split for a reply to the rendered ``prompt``."""
+        return cls(markers, markers.opening(prompt), style)
+
+    def start(self) -> Thinking:
+        """A fresh split for one reply's text, whole or piece by piece."""
+        return Thinking(self)
+
+
+class Thinking:
+    """One reply's split (:class:`ThinkingSplit`): :meth:`whole` for a whole reply, or
+    :meth:`feed` for each streamed piece and :meth:`flush` at its end."""
+
+    def __init__(self, split: ThinkingSplit) -> None:
+        self.markers, self.opening = split.markers, split.opening
+        self.apart = split.style != "none"
+        """Whether the thinking is returned apart (all but ``none``)."""
+        self.keep = split.style in ("none", "deepseek-legacy")
+        """Whether the text keeps the thinking as written; it then starts with the opening,
+        so that it shows the whole thinking block."""
+        self._splitter = ReasoningSplitter(split.markers, opened=bool(split.opening))
+        self._unopened = bool(split.opening) and self.keep
+
+    def whole(self, text: str) -> tuple[str | None, str]:
+        """``(reasoning or None, text)`` of the whole reply."""
+        thought, answer = split_reasoning(text, self.markers, opened=bool(self.opening))
+        return (thought if self.apart else None), (self.opening + text if self.keep else answer)
+
+    def feed(self, piece: str) -> tuple[str, str]:
+        """``(reasoning, text)`` a streamed piece adds."""
+        return self._out(*self._splitter.feed(piece), raw=piece)
+
+    def flush(self) -> tuple[str, str]:
+        """``(reasoning, text)`` held back until the reply's end."""
+        return self._out(*self._splitter.flush(), raw="")
+
+    def _out(self, thought: str, answer: str, raw: str) -> tuple[str, str]:
+        text = raw if self.keep else answer
+        if text and self._unopened:
+            self._unopened = False
+            text = self.opening + text
+        return (thought if self.apart else ""), text
 
 
 @lru_cache(maxsize=16)

@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from .. import wire
+from ..prompting.reasoning import Thinking
 from ..tools.types import ToolCall
 from .anthropic_request import parse_anthropic, parse_conversation
 from .conversation import answer_conversation, count_conversation
@@ -31,7 +32,7 @@ from .errors import translate
 from .loop import Done, NamedEvents, state_of
 from .parse import Generation, parse_json
 from .state import ServerState
-from .thinking import SplitPieces, Thinking
+from .thinking import SplitPieces
 
 __all__ = ["routes"]
 

@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from ..backends.base import GenerationRequest
 from ..prompting.messages import Message
+from ..prompting.reasoning import Thinking, ThinkingSplit
 from ..sampling import Sampling
 from ..session import Session
 from ..tools.types import ToolRequest
@@ -24,7 +25,6 @@ from .errors import invalid
 from .loop import Format, answer, submit
 from .parse import Generation
 from .state import ServerState
-from .thinking import Thinking, thinking_for
 
 __all__ = ["answer_conversation", "chat_request", "count_conversation", "template_kwargs"]
 
@@ -38,12 +38,11 @@ def chat_request(
     template_kwargs: Mapping[str, Any] | None = None,
 ) -> GenerationRequest:
     """The request for a conversation through the served chat template (``--chat-template``
-    or the model's), with ``--chat-template-kwargs`` and the request's own
-    ``template_kwargs`` over them: every chat-shaped route builds it here."""
+    or the model's), with the request's own ``template_kwargs`` over the session's
+    (``--chat-template-kwargs``): every chat-shaped route builds it here."""
     template = state.settings.chat_template
-    kwargs = {**state.settings.chat_template_kwargs, **(template_kwargs or {})}
     req = session.chat_request(
-        messages, sampling, template=template, tools=tools, template_kwargs=kwargs
+        messages, sampling, template=template, tools=tools, template_kwargs=template_kwargs
     )
     # The routes split the thinking themselves (reasoning_format), from the text as written.
     return req if req.thinking is None else dataclasses.replace(req, thinking=None)
@@ -84,11 +83,15 @@ async def answer_conversation(
     def build() -> tuple[GenerationRequest, int, Thinking | None]:
         # In a worker thread: rendering, tokenizing and a tools grammar take a while.
         req = chat_request(state, session, messages, gen.sampling, tools)
-        thinks = req.tool_format is None and state.thinking_markers() is not None
-        prompt = session.render(req) if gen.stream or thinks else ""
+        markers = None
+        if req.tool_format is None:  # (a tool format reads the reply and drops the thinking)
+            markers = session.thinking_markers(state.settings.chat_template)
+        prompt = session.render(req) if gen.stream or markers is not None else ""
         n_prompt = len(session.tokenize(prompt)) if gen.stream else 0
-        style = state.settings.reasoning_format
-        return req, n_prompt, thinking_for(state, prompt, style) if thinks else None
+        if markers is None:
+            return req, n_prompt, None
+        split = ThinkingSplit.of(markers, prompt, state.settings.reasoning_format)
+        return req, n_prompt, split.start()
 
     req, n_prompt, thinking = await anyio.to_thread.run_sync(build)
 

@@ -4,13 +4,18 @@ besides our long ones, so a script that starts llama-server can start this serve
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import DEFAULT_BATCH, DEFAULT_CACHE_RAM, KV_CACHE_TYPES, Options
+from ..config import (
+    DEFAULT_BATCH,
+    DEFAULT_CACHE_RAM,
+    KV_CACHE_TYPES,
+    Options,
+    template_kwargs_from_json,
+)
 from ..errors import InvalidInputError
 from ..sampling import Sampling
 from .parse import Defaults
@@ -39,10 +44,6 @@ class ServerSettings:
     """Directory for ``POST /slots/{id}?action=save|restore`` files; empty: actions off."""
     chat_template: str = ""
     """A Jinja template or a format name (chatml, gemma, llama3, phi3) overriding the model's."""
-    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
-    """``--chat-template-kwargs`` (and ``--reasoning off``: ``enable_thinking`` false): the
-    template's other variables for every request; a request's ``chat_template_kwargs``
-    add to them."""
     defaults: Defaults = field(default_factory=Defaults)
     webui: bool = True
     """Serve the chat page at ``/`` (``--no-webui``: 404 there)."""
@@ -617,21 +618,11 @@ def _save_dir(path: str) -> str:
 
 
 def _template_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """``--chat-template-kwargs`` as an object, with ``--reasoning``'s ``enable_thinking``."""
+    """``--chat-template-kwargs`` as an object, with ``--reasoning``'s and
+    ``--reasoning-budget``'s ``enable_thinking``."""
     kwargs: dict[str, Any] = {}
     if args.chat_template_kwargs:
-        try:
-            kwargs = json.loads(args.chat_template_kwargs)
-        except json.JSONDecodeError as e:
-            raise InvalidInputError(
-                f"--chat-template-kwargs: not JSON ({e.msg}); give an object such as "
-                "'{\"enable_thinking\": false}'"
-            ) from None
-        if not isinstance(kwargs, dict):
-            raise InvalidInputError(
-                "--chat-template-kwargs: must be a JSON object, such as "
-                "'{\"enable_thinking\": false}'"
-            )
+        kwargs = template_kwargs_from_json(args.chat_template_kwargs, "--chat-template-kwargs")
     if args.reasoning != "auto":
         kwargs["enable_thinking"] = args.reasoning == "on"
     if args.reasoning_budget == 0:
@@ -725,6 +716,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         if getattr(args, name) is not None:
             setattr(opts, name, getattr(args, name))
     _apply_rpc(args, opts)
+    opts.chat_template_kwargs = _template_kwargs(args)
     opts.validate()
     _check_compat(args)
     if not 0 <= args.port <= 65535:
@@ -750,7 +742,6 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         slots=args.slots,
         slot_save_path=_save_dir(args.slot_save_path),
         chat_template=_chat_template(args),
-        chat_template_kwargs=_template_kwargs(args),
         cors_origins=args.cors_origins,
         cors_methods=args.cors_methods,
         cors_headers=args.cors_headers,

@@ -22,6 +22,7 @@ from starlette.responses import Response
 from .. import wire
 from ..backends.base import GenerationRequest
 from ..prompting.messages import Role
+from ..prompting.reasoning import Thinking, ThinkingSplit
 from ..session import Session
 from .chat import parse_messages, parse_tools
 from .conversation import chat_request, template_kwargs
@@ -29,7 +30,7 @@ from .loop import Choice, Done, Format, answer, state_of, submit, total
 from .parse import Generation, Route, parse_generation, parse_json, parse_prompts
 from .prompts import completion_request
 from .state import ServerState
-from .thinking import Thinking, reasoning_style, thinking_for
+from .thinking import reasoning_style
 
 __all__ = ["chat_completions", "completion", "oai_completions"]
 
@@ -266,11 +267,11 @@ async def chat_completions(request: Request) -> Response:
     last = messages[-1]
     prefill = last.content if last.role is Role.ASSISTANT else ""
     thinking: dict[int, Thinking] = {}
-    if not prefill and state.thinking_markers() is not None:
+    markers = None if prefill else session.thinking_markers(state.settings.chat_template)
+    if markers is not None:
         # Replies whose tool format reads the calls already leave the thinking out.
         plain = [c for c in choices if c.req.tool_format is None]
         prompts = await anyio.to_thread.run_sync(lambda: [session.render(c.req) for c in plain])
         for c, prompt in zip(plain, prompts, strict=True):
-            if (split := thinking_for(state, prompt, style)) is not None:
-                thinking[c.index] = split
+            thinking[c.index] = ThinkingSplit.of(markers, prompt, style).start()
     return await answer(request, state, choices, gen, _Chat(state, gen, prefill, thinking))

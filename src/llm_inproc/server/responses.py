@@ -26,13 +26,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from .. import wire
+from ..prompting.reasoning import Thinking
 from ..tools.types import ToolCall
 from .conversation import answer_conversation, count_conversation
 from .loop import Done, NamedEvents, state_of
 from .parse import Generation, parse_json
 from .responses_request import parse_responses
 from .state import ServerState
-from .thinking import SplitPieces, Thinking
+from .thinking import SplitPieces
 
 __all__ = ["routes"]
 
@@ -96,6 +97,8 @@ class _Responses(SplitPieces, NamedEvents):
         self.thinking = thinking
         self.thought = ""
         """The reasoning streamed so far."""
+        self.text = ""
+        """The text streamed so far (without the reasoning)."""
         self.text_started = False
 
     def _progress(self, kind: str) -> dict[str, Any]:
@@ -134,6 +137,7 @@ class _Responses(SplitPieces, NamedEvents):
             out.append(
                 {"type": "response.content_part.added", "item_id": self.message_id, "part": part}
             )
+        self.text += text
         delta = {"type": "response.output_text.delta", "item_id": self.message_id, "delta": text}
         return [*out, delta]
 
@@ -170,7 +174,7 @@ class _Responses(SplitPieces, NamedEvents):
             if call.raw:
                 delta = {"delta": call.raw, "item_id": item["id"]}
                 out.append({"type": "response.function_call_arguments.delta", **delta})
-        text = self._split(done)[1] if self.text_started else None
+        text = self.text if self.text_started else None
         output = self._output(done, self.message_id, text, self.thought, self.reasoning_id)
         items = [{"type": "response.output_item.done", "item": item} for item in output]
         if self.thought:  # the reasoning is done first, as llama-server ends it

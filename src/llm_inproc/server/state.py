@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..metrics import Metrics
-from ..prompting.reasoning import ThinkingMarkers
 from ..reply import Reply
 from ..session import Session
 from .errors import ApiError
@@ -81,7 +80,6 @@ class ServerState:
         self.on_failure: Callable[[BaseException], None] = lambda e: None
         self._closed = False
         self._lock = threading.Lock()
-        self._thinking: tuple[ThinkingMarkers | None] | None = None
         self.ttft = Histogram(
             "llminproc:time_to_first_token_seconds",
             "Time from a request's arrival to its first generated token",
@@ -123,8 +121,8 @@ class ServerState:
                 session.close()
             else:
                 self.session = session
-        if self.session is not None:
-            self.thinking_markers()  # rendered here, not on the event loop at the first chat
+        if self.session is not None:  # the template is read here, not at the first chat
+            self.session.thinking_markers(self.settings.chat_template)
         self.loaded.set()
 
     def not_ready(self) -> ApiError:
@@ -139,27 +137,6 @@ class ServerState:
         if session is None:
             raise self.not_ready()
         return session
-
-    def thinking_markers(self) -> ThinkingMarkers | None:
-        """The markers the served chat template wraps reasoning in (``--chat-template``,
-        else the model's), found once; None for a named format, a raw prompt encoding, or a
-        template without them."""
-        if self._thinking is None:
-            from ..prompting.reasoning import thinking_markers
-            from ..prompting.request_builder import NAMED_TEMPLATES
-
-            template = self.settings.chat_template
-            if not template:
-                session = self.ready()
-                template = "" if session.encoding else session.model_info.chat_template or ""
-            found = None
-            if template and template not in NAMED_TEMPLATES:
-                try:
-                    found = thinking_markers(template)
-                except Exception as e:  # a template this cannot read: replies stay whole
-                    logger.warning("could not look for thinking markers in the template: %s", e)
-            self._thinking = (found,)
-        return self._thinking[0]
 
     def record(self, reply: Reply) -> None:
         if reply.generated.count:

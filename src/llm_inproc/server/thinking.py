@@ -1,17 +1,15 @@
-"""Where one chat result's thinking goes, as ``reasoning_format`` says: apart from the
-answer (``reasoning_content``, Anthropic's ``thinking`` block), also kept in the text
-(``deepseek-legacy``), or left in the text as written (``none``). Shared by the routes that
-answer a conversation, whole or streamed."""
+"""Where a chat result's thinking goes, as ``reasoning_format`` says (the split itself is
+:class:`~llm_inproc.prompting.reasoning.Thinking`): the values a request may name, and the
+piece-by-piece split shared by the stream formats that send the thinking apart."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..prompting.reasoning import ReasoningSplitter, ThinkingMarkers, split_reasoning
+from ..prompting.reasoning import Thinking
 from .errors import invalid
-from .state import ServerState
 
-__all__ = ["STYLES", "SplitPieces", "Thinking", "reasoning_style", "thinking_for"]
+__all__ = ["STYLES", "SplitPieces", "reasoning_style"]
 
 STYLES = ("auto", "none", "deepseek", "deepseek-legacy")
 
@@ -21,40 +19,6 @@ def reasoning_style(value: object) -> str:
     if value not in STYLES:
         raise invalid(f"'reasoning_format' must be one of {', '.join(STYLES)}; got {value!r}")
     return str(value)
-
-
-class Thinking:
-    """One result's split. ``opening``: the prompt's end from the start marker on, where
-    the prompt opened the thinking (R1's ``<think>\\n``), else ""."""
-
-    def __init__(self, markers: ThinkingMarkers, opening: str, style: str) -> None:
-        self.markers, self.opening = markers, opening
-        self.split = style != "none"
-        """Whether the thinking is returned apart (all but ``none``)."""
-        self.keep = style in ("none", "deepseek-legacy")
-        """Whether the text keeps the thinking as written; it then starts with the opening,
-        so that it shows the whole thinking block."""
-        self._splitter = ReasoningSplitter(markers, opened=bool(opening))
-        self._unopened = bool(opening) and self.keep
-
-    def whole(self, text: str) -> tuple[str | None, str]:
-        """``(reasoning or None, text)`` of the whole reply."""
-        thought, answer = split_reasoning(text, self.markers, opened=bool(self.opening))
-        return (thought if self.split else None), (self.opening + text if self.keep else answer)
-
-    def feed(self, piece: str) -> tuple[str, str]:
-        """``(reasoning, text)`` a streamed piece adds; :meth:`flush` at the end."""
-        return self._out(*self._splitter.feed(piece), raw=piece)
-
-    def flush(self) -> tuple[str, str]:
-        return self._out(*self._splitter.flush(), raw="")
-
-    def _out(self, thought: str, answer: str, raw: str) -> tuple[str, str]:
-        text = raw if self.keep else answer
-        if text and self._unopened:
-            self._unopened = False
-            text = self.opening + text
-        return (thought if self.split else ""), text
 
 
 class SplitPieces:
@@ -82,12 +46,3 @@ class SplitPieces:
 
     def _text(self, text: str) -> list[dict[str, Any]]:
         raise NotImplementedError
-
-
-def thinking_for(state: ServerState, prompt: str, style: str) -> Thinking | None:
-    """The split for a result whose rendered prompt is ``prompt``; None where the served
-    template does not think."""
-    markers = state.thinking_markers()
-    if markers is None:
-        return None
-    return Thinking(markers, markers.opening(prompt), style)
